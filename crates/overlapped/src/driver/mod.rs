@@ -1,0 +1,254 @@
+//! The proactor: starts operations, owns them while the kernel does, and
+//! turns kernel completions into the model's notifications.
+//!
+//! All `unsafe` code of the crate lives under this module. The operation
+//! model ([`op`], [`socket`]) is backend-neutral; [`uring`] is the io_uring
+//! backend that carries it out.
+//!
+//! Life of an operation:
+//! 1. The model builds an [`Op`] holding its buffers ([`op::IoParts`]).
+//! 2. [`start`] tries the call once without blocking, as Windows does: if the
+//!    data (or buffer space) is there, the operation completes at once.
+//!    Otherwise it goes to the kernel, or, if an earlier operation of the same
+//!    direction is still there, waits in the socket's lane.
+//! 3. The backend's completion thread calls [`complete`], which records the
+//!    outcome, signals the event, and hands the next queued operation of
+//!    that direction to the kernel.
+
+#![allow(unsafe_code)]
+
+pub(crate) mod buf;
+pub(crate) mod op;
+pub(crate) mod socket;
+pub(crate) mod sys;
+mod uring;
+
+use std::io;
+use std::sync::Arc;
+
+use op::{Direction, Op, OpKind, Outcome};
+use socket::Socket;
+
+use crate::error;
+
+/// The backend every socket uses, created on first use.
+pub(crate) fn backend() -> io::Result<&'static uring::Ring> {
+    uring::Ring::global()
+}
+
+/// Starts `op`: `Ok(Some(outcome))` when it completed at once (its event is
+/// then already signaled), `Ok(None)` when it is pending, `Err` when it could
+/// not start (then nothing will ever be reported for it).
+pub(crate) fn start(op: &Arc<Op>) -> io::Result<Option<Outcome>> {
+    let (Some(socket), Some(direction)) = (&op.socket, op.kind.direction()) else {
+        return Err(error::invalid_parameter("not a socket data operation"));
+    };
+    let ring = backend()?;
+    op.reset_notification()?;
+    let mut lanes = socket.lanes();
+    if lanes.closing {
+        return Err(error::aborted());
+    }
+    let lane = lanes.lane(direction);
+    if lane.busy {
+        lane.waiting.push_back(op.clone());
+        return Ok(None);
+    }
+    if let Some(outcome) = try_now(op, &socket.sock)? {
+        op.finish(outcome);
+        return Ok(Some(outcome));
+    }
+    op.mark_submitted();
+    if let Err(e) = ring.submit(op) {
+        op.mark_queued();
+        return Err(e);
+    }
+    lane.busy = true;
+    Ok(None)
+}
+
+/// One non-blocking attempt, the fast path Windows also takes. `Ok(None)`
+/// means the kernel must wait for the socket.
+fn try_now(op: &Op, sock: &socket2::Socket) -> io::Result<Option<Outcome>> {
+    let msg = op
+        .msg_ptr()
+        .ok_or_else(|| error::invalid_parameter("operation has no buffers"))?;
+    match op.kind {
+        OpKind::Recv | OpKind::RecvFrom => {
+            let flags = recv_flags(&op.kind);
+            // SAFETY: `msg` points into the op's IoParts, whose iovecs, buffers
+            // and address are live and owned by nobody else before submission.
+            let Some(n) = (unsafe { sys::recvmsg_now(sock, msg, flags)? }) else {
+                return Ok(None);
+            };
+            Ok(op.with_parts(|parts| recv_outcome(&op.kind, parts, n)))
+        }
+        OpKind::Send | OpKind::SendTo => {
+            // SAFETY: as above; the kernel only reads during this call.
+            let Some(n) = (unsafe { sys::sendmsg_now(sock, msg, libc::MSG_NOSIGNAL)? }) else {
+                return Ok(None);
+            };
+            Ok(op
+                .with_parts(|parts| {
+                    if n >= parts.total {
+                        Some(sent_outcome(n))
+                    } else {
+                        parts.advance(n);
+                        None
+                    }
+                })
+                .flatten())
+        }
+        OpKind::Cancel(_) | OpKind::CancelAll => Ok(None),
+    }
+}
+
+fn recv_flags(kind: &OpKind) -> i32 {
+    match kind {
+        // With MSG_TRUNC the kernel reports a datagram's real length, which
+        // tells us it did not fit (Winsock's WSAEMSGSIZE).
+        OpKind::RecvFrom => libc::MSG_TRUNC,
+        _ => 0,
+    }
+}
+
+fn sent_outcome(bytes: usize) -> Outcome {
+    Outcome {
+        bytes,
+        error: None,
+        flags: 0,
+        source: None,
+    }
+}
+
+fn recv_outcome(kind: &OpKind, parts: &op::IoParts, n: usize) -> Outcome {
+    let mut outcome = Outcome {
+        bytes: n,
+        error: None,
+        flags: parts.msg.msg_flags as u32,
+        source: None,
+    };
+    if let OpKind::RecvFrom = kind {
+        outcome.source = parts.source();
+        if n > parts.total {
+            outcome.bytes = parts.total;
+            outcome.error = Some(libc::EMSGSIZE);
+        }
+    }
+    outcome
+}
+
+/// Called by the backend with each completion the kernel posted.
+pub(crate) fn complete(op: Arc<Op>, result: i32) {
+    let outcome = match op.kind {
+        OpKind::Cancel(_) | OpKind::CancelAll => {
+            if result < 0 {
+                Outcome::failed(-result)
+            } else {
+                sent_outcome(0)
+            }
+        }
+        _ if result < 0 => Outcome::failed(-result),
+        OpKind::Recv | OpKind::RecvFrom => op
+            .with_parts(|parts| recv_outcome(&op.kind, parts, result as usize))
+            .unwrap_or_else(|| sent_outcome(result as usize)),
+        OpKind::Send | OpKind::SendTo => {
+            let early = op.with_parts(|parts| parts.sent_early).unwrap_or(0);
+            sent_outcome(early + result as usize)
+        }
+    };
+    op.finish(outcome);
+    if let (Some(socket), Some(direction)) = (&op.socket, op.kind.direction()) {
+        submit_next(socket, direction);
+    }
+}
+
+/// Hands the kernel the next operation waiting in `direction`, or marks the
+/// lane idle.
+fn submit_next(socket: &Socket, direction: Direction) {
+    let mut lanes = socket.lanes();
+    let closing = lanes.closing;
+    let lane = lanes.lane(direction);
+    while let Some(next) = lane.waiting.pop_front() {
+        if closing {
+            next.finish(Outcome::aborted());
+            continue;
+        }
+        next.mark_submitted();
+        match backend().and_then(|ring| ring.submit(&next)) {
+            Ok(()) => return,
+            Err(e) => {
+                // It was reported pending, so it must complete: with this error.
+                next.finish(Outcome::failed(e.raw_os_error().unwrap_or(libc::EIO)));
+            }
+        }
+    }
+    lane.busy = false;
+}
+
+/// `CancelIoEx` for one operation. With `wait`, blocks until the kernel has
+/// answered, so a lost race is reported as "not found".
+pub(crate) fn cancel(target: &Arc<Op>, wait: bool) -> io::Result<()> {
+    let Some(socket) = &target.socket else {
+        return Err(error::not_found());
+    };
+    {
+        let mut lanes = socket.lanes();
+        if target.is_done() {
+            return Err(error::not_found());
+        }
+        if target.is_queued() {
+            // Still waiting behind another operation: the kernel never saw it.
+            if let Some(direction) = target.kind.direction() {
+                lanes
+                    .lane(direction)
+                    .waiting
+                    .retain(|op| !Arc::ptr_eq(op, target));
+            }
+            drop(lanes);
+            target.finish(Outcome::aborted());
+            return Ok(());
+        }
+    }
+    let request = Op::new(
+        OpKind::Cancel(target.clone()),
+        None,
+        op::Notify::Silent,
+        None,
+    );
+    backend()?.submit(&request)?;
+    if !wait {
+        return Ok(());
+    }
+    match request.wait().error {
+        None | Some(libc::EALREADY) => Ok(()),
+        Some(libc::ENOENT) => Err(error::not_found()),
+        Some(errno) => Err(error::from_errno(errno)),
+    }
+}
+
+/// `closesocket`: nothing more starts, queued operations complete with
+/// "aborted" now, and those in the kernel are cancelled and complete with
+/// "aborted" when the kernel lets go of them. The descriptor itself closes
+/// when the last of them has completed.
+pub(crate) fn close(socket: &Arc<Socket>) {
+    let (queued, in_kernel) = {
+        let mut lanes = socket.lanes();
+        lanes.closing = true;
+        (lanes.drain_waiting(), lanes.any_busy())
+    };
+    for op in queued {
+        op.finish(Outcome::aborted());
+    }
+    if in_kernel {
+        let request = Op::new(
+            OpKind::CancelAll,
+            Some(socket.clone()),
+            op::Notify::Silent,
+            None,
+        );
+        if let Err(e) = backend().and_then(|ring| ring.submit(&request)) {
+            tracing::error!("cannot cancel the operations of a closed socket: {e}");
+        }
+    }
+}

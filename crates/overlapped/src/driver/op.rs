@@ -1,0 +1,380 @@
+//! The record of one operation while the driver owns it.
+//!
+//! An [`Op`] is shared (`Arc`) between the program's `Overlapped` and the
+//! driver. The driver holds one reference for as long as the kernel may touch
+//! the operation's memory, so dropping the `Overlapped` or the socket early
+//! never frees anything the kernel still uses. Nothing here is specific to
+//! io_uring: the backend only reads the prepared [`IoParts`].
+
+use std::any::Any;
+use std::io;
+use std::mem;
+use std::net::SocketAddr;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+
+use super::buf::{IoBuf, IoBufMut};
+use super::socket::Socket;
+use crate::error;
+use crate::event::Event;
+
+/// Which way data flows; operations in one direction on one socket are
+/// handed to the kernel one at a time, in posting order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Direction {
+    Recv,
+    Send,
+}
+
+/// What the operation does.
+pub(crate) enum OpKind {
+    /// Stream receive into the iovecs (`WSARecv`).
+    Recv,
+    /// Stream send of the iovecs, all of them (`WSASend`).
+    Send,
+    /// Datagram receive with the source address (`WSARecvFrom`).
+    RecvFrom,
+    /// Datagram send to an address (`WSASendTo`).
+    SendTo,
+    /// Cancel one in-flight operation (`CancelIoEx`). Holding the target
+    /// keeps its address, which the kernel matches on, from being reused.
+    Cancel(Arc<Op>),
+    /// Cancel every in-flight operation on the socket (`closesocket`).
+    CancelAll,
+}
+
+impl OpKind {
+    pub(crate) fn direction(&self) -> Option<Direction> {
+        match self {
+            OpKind::Recv | OpKind::RecvFrom => Some(Direction::Recv),
+            OpKind::Send | OpKind::SendTo => Some(Direction::Send),
+            OpKind::Cancel(_) | OpKind::CancelAll => None,
+        }
+    }
+}
+
+/// How the program learns that the operation completed.
+pub(crate) enum Notify {
+    /// Only through the `Overlapped` (polling or `get_overlapped_result`).
+    Silent,
+    /// Signal this event (`OVERLAPPED::hEvent`).
+    Event(Event),
+}
+
+/// The outcome of a completed operation.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Outcome {
+    /// Bytes transferred.
+    pub(crate) bytes: usize,
+    /// The errno the operation failed with, if it failed.
+    pub(crate) error: Option<i32>,
+    /// `msg_flags` of a receive.
+    pub(crate) flags: u32,
+    /// The source address of a datagram receive.
+    pub(crate) source: Option<SocketAddr>,
+}
+
+impl Outcome {
+    pub(crate) fn failed(errno: i32) -> Outcome {
+        Outcome {
+            bytes: 0,
+            error: Some(errno),
+            flags: 0,
+            source: None,
+        }
+    }
+
+    pub(crate) fn aborted() -> Outcome {
+        Outcome::failed(libc::ECANCELED)
+    }
+
+    pub(crate) fn into_result(self) -> io::Result<Outcome> {
+        match self.error {
+            Some(errno) => Err(error::from_errno(errno)),
+            None => Ok(self),
+        }
+    }
+}
+
+/// The memory an operation lends to the kernel: the program's buffers, the
+/// iovec array describing them, the message header and an address buffer.
+/// Every piece lives on the heap, so moving `IoParts` moves no byte the
+/// kernel points at.
+pub(crate) struct IoParts {
+    /// The program's buffers, `Vec<B>`, type-erased until they go back.
+    buffers: Box<dyn Any + Send>,
+    iovecs: Box<[libc::iovec]>,
+    pub(crate) msg: Box<libc::msghdr>,
+    pub(crate) addr: Box<libc::sockaddr_storage>,
+    /// Total length of the buffers.
+    pub(crate) total: usize,
+    /// Bytes a send already transferred on the fast path, before the rest
+    /// went to the kernel.
+    pub(crate) sent_early: usize,
+}
+
+// SAFETY: the raw pointers in `iovecs` and `msg` point into heap memory owned
+// by this same value (the buffers, the iovec array, the address buffer); they
+// move between threads together with their owner.
+unsafe impl Send for IoParts {}
+
+impl IoParts {
+    /// Describes buffers the kernel will write into.
+    pub(crate) fn for_recv<B: IoBufMut>(mut buffers: Vec<B>) -> IoParts {
+        let iovecs = buffers
+            .iter_mut()
+            .map(|b| libc::iovec {
+                iov_base: b.stable_mut_ptr().cast(),
+                iov_len: b.len(),
+            })
+            .collect();
+        IoParts::assemble(Box::new(buffers), iovecs)
+    }
+
+    /// Describes buffers the kernel will read from.
+    pub(crate) fn for_send<B: IoBuf>(buffers: Vec<B>) -> IoParts {
+        let iovecs = buffers
+            .iter()
+            .map(|b| libc::iovec {
+                iov_base: b.stable_ptr() as *mut libc::c_void,
+                iov_len: b.len(),
+            })
+            .collect();
+        IoParts::assemble(Box::new(buffers), iovecs)
+    }
+
+    fn assemble(buffers: Box<dyn Any + Send>, mut iovecs: Box<[libc::iovec]>) -> IoParts {
+        let total = iovecs.iter().map(|v| v.iov_len).sum();
+        // SAFETY: all-zero is a valid msghdr and sockaddr_storage.
+        let mut msg: Box<libc::msghdr> = Box::new(unsafe { mem::zeroed() });
+        // SAFETY: as above.
+        let addr: Box<libc::sockaddr_storage> = Box::new(unsafe { mem::zeroed() });
+        msg.msg_iov = iovecs.as_mut_ptr();
+        msg.msg_iovlen = iovecs.len();
+        IoParts {
+            buffers,
+            iovecs,
+            msg,
+            addr,
+            total,
+            sent_early: 0,
+        }
+    }
+
+    /// Points the header's name at the address buffer, for a datagram
+    /// receive (the kernel writes the source) or send (we write the target).
+    pub(crate) fn use_address(&mut self, target: Option<SocketAddr>) {
+        let len = match target {
+            Some(target) => {
+                let target = socket2::SockAddr::from(target);
+                // SAFETY: `target` holds `len()` valid bytes of a sockaddr, and
+                // sockaddr_storage is large enough for any address family.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(
+                        target.as_ptr().cast::<u8>(),
+                        (&mut *self.addr as *mut libc::sockaddr_storage).cast::<u8>(),
+                        target.len() as usize,
+                    );
+                }
+                target.len()
+            }
+            None => mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t,
+        };
+        self.msg.msg_name = (&mut *self.addr as *mut libc::sockaddr_storage).cast();
+        self.msg.msg_namelen = len;
+    }
+
+    /// The source address the kernel wrote for a datagram receive.
+    pub(crate) fn source(&self) -> Option<SocketAddr> {
+        let len = self.msg.msg_namelen;
+        if len == 0 {
+            return None;
+        }
+        // SAFETY: the kernel wrote a sockaddr of `len` bytes into `addr`, and
+        // the storage is copied, not referenced.
+        let addr = unsafe { socket2::SockAddr::new(*self.addr, len) };
+        addr.as_socket()
+    }
+
+    /// Skips the first `n` bytes after a partial send on the fast path, so
+    /// the kernel sends only the rest.
+    pub(crate) fn advance(&mut self, mut n: usize) {
+        self.sent_early += n;
+        let mut first = 0;
+        while first < self.iovecs.len() && n >= self.iovecs[first].iov_len {
+            n -= self.iovecs[first].iov_len;
+            first += 1;
+        }
+        if let Some(iov) = self.iovecs.get_mut(first) {
+            // SAFETY: n < iov_len, so the new base stays inside the buffer.
+            iov.iov_base = unsafe { iov.iov_base.cast::<u8>().add(n) }.cast();
+            iov.iov_len -= n;
+        }
+        let rest = &mut self.iovecs[first..];
+        self.msg.msg_iov = rest.as_mut_ptr();
+        self.msg.msg_iovlen = rest.len();
+    }
+
+    /// Gives the program's buffers back.
+    pub(crate) fn into_buffers<B: 'static>(self) -> Vec<B> {
+        match self.buffers.downcast::<Vec<B>>() {
+            Ok(buffers) => *buffers,
+            // An `Overlapped<B>` only ever starts operations with `Vec<B>`.
+            Err(_) => unreachable!("buffers of an operation changed type"),
+        }
+    }
+}
+
+/// Where the operation is in its life.
+enum Phase {
+    /// Created, or waiting behind earlier operations in its direction.
+    Queued,
+    /// Handed to the kernel; only the completion may touch its memory.
+    Submitted,
+    /// Completed; the outcome can be read any number of times.
+    Done(Outcome),
+}
+
+struct Inner {
+    phase: Phase,
+    parts: Option<IoParts>,
+    /// Threads blocked in `wait`, so completion only wakes when needed.
+    waiters: usize,
+}
+
+/// One operation, shared between the program and the driver.
+pub(crate) struct Op {
+    pub(crate) kind: OpKind,
+    pub(crate) socket: Option<Arc<Socket>>,
+    notify: Notify,
+    inner: Mutex<Inner>,
+    completed: Condvar,
+}
+
+impl Op {
+    pub(crate) fn new(
+        kind: OpKind,
+        socket: Option<Arc<Socket>>,
+        notify: Notify,
+        parts: Option<IoParts>,
+    ) -> Arc<Op> {
+        Arc::new(Op {
+            kind,
+            socket,
+            notify,
+            inner: Mutex::new(Inner {
+                phase: Phase::Queued,
+                parts,
+                waiters: 0,
+            }),
+            completed: Condvar::new(),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding this lock cannot leave `Inner` half-written
+        // (every update is a single assignment), so a poisoned lock is safe
+        // to keep using.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs `f` on the operation's memory. Only called while no kernel
+    /// request uses it: before submission, or once its completion arrived.
+    pub(crate) fn with_parts<R>(&self, f: impl FnOnce(&mut IoParts) -> R) -> Option<R> {
+        self.lock().parts.as_mut().map(f)
+    }
+
+    /// The raw header pointer for the kernel. The header stays at this
+    /// address until the parts are dropped, which happens only after the
+    /// completion.
+    pub(crate) fn msg_ptr(&self) -> Option<*mut libc::msghdr> {
+        self.lock()
+            .parts
+            .as_mut()
+            .map(|p| &mut *p.msg as *mut libc::msghdr)
+    }
+
+    pub(crate) fn is_done(&self) -> bool {
+        matches!(self.lock().phase, Phase::Done(_))
+    }
+
+    pub(crate) fn is_queued(&self) -> bool {
+        matches!(self.lock().phase, Phase::Queued)
+    }
+
+    pub(crate) fn mark_submitted(&self) {
+        self.lock().phase = Phase::Submitted;
+    }
+
+    pub(crate) fn mark_queued(&self) {
+        self.lock().phase = Phase::Queued;
+    }
+
+    /// The outcome, if the operation completed.
+    pub(crate) fn outcome(&self) -> Option<Outcome> {
+        match self.lock().phase {
+            Phase::Done(outcome) => Some(outcome),
+            _ => None,
+        }
+    }
+
+    /// Blocks until the operation completes and returns its outcome.
+    pub(crate) fn wait(&self) -> Outcome {
+        let mut inner = self.lock();
+        loop {
+            if let Phase::Done(outcome) = inner.phase {
+                return outcome;
+            }
+            inner.waiters += 1;
+            inner = self
+                .completed
+                .wait(inner)
+                .unwrap_or_else(|p| p.into_inner());
+            inner.waiters -= 1;
+        }
+    }
+
+    /// Takes the buffers back once the operation completed.
+    pub(crate) fn take_buffers<B: 'static>(&self) -> Option<Vec<B>> {
+        let mut inner = self.lock();
+        match inner.phase {
+            Phase::Done(_) => inner.parts.take().map(IoParts::into_buffers),
+            Phase::Queued | Phase::Submitted => None,
+        }
+    }
+
+    /// Takes the buffers back from an operation that never started.
+    pub(crate) fn reclaim_buffers<B: 'static>(&self) -> Vec<B> {
+        let mut inner = self.lock();
+        debug_assert!(matches!(inner.phase, Phase::Queued));
+        inner
+            .parts
+            .take()
+            .map(IoParts::into_buffers)
+            .unwrap_or_default()
+    }
+
+    /// Records the outcome and tells the program: the operation is over.
+    pub(crate) fn finish(&self, outcome: Outcome) {
+        let wake = {
+            let mut inner = self.lock();
+            inner.phase = Phase::Done(outcome);
+            inner.waiters > 0
+        };
+        if wake {
+            self.completed.notify_all();
+        }
+        if let Notify::Event(event) = &self.notify {
+            if let Err(e) = event.set() {
+                tracing::error!("cannot signal the event of a completed operation: {e}");
+            }
+        }
+    }
+
+    /// Clears the event before a start, as `WSARecv`/`WSASend` do.
+    pub(crate) fn reset_notification(&self) -> io::Result<()> {
+        match &self.notify {
+            Notify::Event(event) => event.reset(),
+            Notify::Silent => Ok(()),
+        }
+    }
+}

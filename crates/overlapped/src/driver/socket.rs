@@ -1,0 +1,73 @@
+//! A socket as the driver sees it: the descriptor, kept open while any
+//! operation on it is in flight, and one ordered lane per direction.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use super::op::{Direction, Op};
+
+/// Operations of one direction that wait for the one in the kernel.
+///
+/// Winsock fills receives and transmits sends in posting order. io_uring
+/// does not promise that for several requests on one socket (a partial send
+/// can be overtaken), so the driver hands the kernel one request per
+/// direction at a time and queues the rest here in posting order.
+#[derive(Default)]
+pub(crate) struct Lane {
+    /// An operation of this direction is in the kernel.
+    pub(crate) busy: bool,
+    pub(crate) waiting: VecDeque<Arc<Op>>,
+}
+
+#[derive(Default)]
+pub(crate) struct Lanes {
+    /// `closesocket` was called: nothing more starts.
+    pub(crate) closing: bool,
+    recv: Lane,
+    send: Lane,
+}
+
+impl Lanes {
+    pub(crate) fn lane(&mut self, direction: Direction) -> &mut Lane {
+        match direction {
+            Direction::Recv => &mut self.recv,
+            Direction::Send => &mut self.send,
+        }
+    }
+
+    /// Whether any operation is in the kernel.
+    pub(crate) fn any_busy(&self) -> bool {
+        self.recv.busy || self.send.busy
+    }
+
+    /// Empties both queues, for close.
+    pub(crate) fn drain_waiting(&mut self) -> Vec<Arc<Op>> {
+        self.recv
+            .waiting
+            .drain(..)
+            .chain(self.send.waiting.drain(..))
+            .collect()
+    }
+}
+
+/// The driver's side of a socket. Each in-flight operation holds an `Arc` of
+/// it, so the descriptor is closed only after the last completion.
+pub struct Socket {
+    pub(crate) sock: socket2::Socket,
+    lanes: Mutex<Lanes>,
+}
+
+impl Socket {
+    pub(crate) fn new(sock: socket2::Socket) -> Arc<Socket> {
+        Arc::new(Socket {
+            sock,
+            lanes: Mutex::new(Lanes::default()),
+        })
+    }
+
+    pub(crate) fn lanes(&self) -> MutexGuard<'_, Lanes> {
+        // Lane updates are single assignments or queue pushes/pops, which a
+        // panic cannot leave half-done.
+        self.lanes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}

@@ -1,0 +1,133 @@
+//! Thin, checked wrappers over the few raw syscalls the driver needs that
+//! neither `std` nor `socket2` expose: eventfd, poll, and non-blocking
+//! `recvmsg`/`sendmsg` on a prepared `msghdr`.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::time::Duration;
+
+/// Retries `f` while it fails with `EINTR`.
+fn retry_eintr(mut f: impl FnMut() -> isize) -> io::Result<usize> {
+    loop {
+        let rc = f();
+        if rc >= 0 {
+            return Ok(rc as usize);
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+}
+
+/// Creates a non-blocking, close-on-exec eventfd with a zero counter.
+pub(crate) fn eventfd() -> io::Result<OwnedFd> {
+    // SAFETY: eventfd takes no pointers; the flags are valid constants.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just returned by eventfd and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Adds one to an eventfd's counter, making it readable.
+pub(crate) fn eventfd_signal(fd: RawFd) -> io::Result<()> {
+    let one: u64 = 1;
+    // SAFETY: writes exactly 8 bytes from a live local u64, as eventfd requires.
+    let rc = retry_eintr(|| unsafe { libc::write(fd, (&one as *const u64).cast(), 8) });
+    match rc {
+        Ok(_) => Ok(()),
+        // The counter is saturated: the event is as signaled as it can be.
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Drains an eventfd's counter to zero, making it unreadable.
+pub(crate) fn eventfd_clear(fd: RawFd) -> io::Result<()> {
+    let mut value: u64 = 0;
+    // SAFETY: reads exactly 8 bytes into a live local u64, as eventfd requires.
+    let rc = retry_eintr(|| unsafe { libc::read(fd, (&mut value as *mut u64).cast(), 8) });
+    match rc {
+        Ok(_) => Ok(()),
+        // Already zero: nothing to clear.
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Converts an optional timeout into poll's milliseconds, rounding up so a
+/// short non-zero timeout never turns into a busy poll.
+fn poll_millis(timeout: Option<Duration>) -> libc::c_int {
+    match timeout {
+        None => -1,
+        Some(d) => {
+            let ms = d.as_nanos().div_ceil(1_000_000);
+            ms.min(libc::c_int::MAX as u128) as libc::c_int
+        }
+    }
+}
+
+/// Waits until at least one of `fds` is readable or `timeout` passes, and
+/// returns which are readable. Retries on `EINTR` with the same timeout,
+/// which the callers bound by their own deadline.
+pub(crate) fn poll_readable(fds: &[RawFd], timeout: Option<Duration>) -> io::Result<Vec<bool>> {
+    let mut pollfds: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|&fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    let millis = poll_millis(timeout);
+    // SAFETY: `pollfds` is a live, correctly sized array for the whole call.
+    retry_eintr(|| unsafe {
+        libc::poll(pollfds.as_mut_ptr(), pollfds.len() as libc::nfds_t, millis) as isize
+    })?;
+    Ok(pollfds
+        .iter()
+        .map(|p| p.revents & (libc::POLLIN | libc::POLLERR | libc::POLLHUP) != 0)
+        .collect())
+}
+
+/// Non-blocking `recvmsg` on a prepared header; `Ok(None)` when it would block.
+///
+/// # Safety
+/// `msg` must point to a valid `msghdr` whose iovecs and name buffer are live
+/// and writable for the duration of the call.
+pub(crate) unsafe fn recvmsg_now(
+    fd: &impl AsRawFd,
+    msg: *mut libc::msghdr,
+    flags: i32,
+) -> io::Result<Option<usize>> {
+    // SAFETY: the caller guarantees `msg` is valid for the call.
+    let rc =
+        retry_eintr(|| unsafe { libc::recvmsg(fd.as_raw_fd(), msg, flags | libc::MSG_DONTWAIT) });
+    would_block_to_none(rc)
+}
+
+/// Non-blocking `sendmsg` on a prepared header; `Ok(None)` when it would block.
+///
+/// # Safety
+/// `msg` must point to a valid `msghdr` whose iovecs and name are live and
+/// readable for the duration of the call.
+pub(crate) unsafe fn sendmsg_now(
+    fd: &impl AsRawFd,
+    msg: *const libc::msghdr,
+    flags: i32,
+) -> io::Result<Option<usize>> {
+    // SAFETY: the caller guarantees `msg` is valid for the call.
+    let rc =
+        retry_eintr(|| unsafe { libc::sendmsg(fd.as_raw_fd(), msg, flags | libc::MSG_DONTWAIT) });
+    would_block_to_none(rc)
+}
+
+fn would_block_to_none(rc: io::Result<usize>) -> io::Result<Option<usize>> {
+    match rc {
+        Ok(n) => Ok(Some(n)),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+        Err(e) => Err(e),
+    }
+}

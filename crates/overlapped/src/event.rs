@@ -1,0 +1,171 @@
+//! `Event` (WSAEVENT) and `wait_for_multiple_events` (WSAWaitForMultipleEvents).
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::driver::sys;
+use crate::error;
+
+/// The most events one [`wait_for_multiple_events`] call accepts
+/// (`WSA_MAXIMUM_WAIT_EVENTS`).
+///
+/// We keep Winsock's cap of 64 on purpose: code ported from Windows behaves
+/// the same, and the cap is what leads the seed's course to group sessions
+/// and, later, to completion ports. A program that needs more waits on
+/// several groups from several threads, as the seed's server does, or uses a
+/// completion port.
+pub const MAXIMUM_WAIT_EVENTS: usize = 64;
+
+/// Waits forever: the `WSA_INFINITE` timeout.
+pub const INFINITE: Option<Duration> = None;
+
+/// A manual-reset kernel event: the `WSAEVENT` counterpart.
+///
+/// Like `WSACreateEvent`, [`Event::new`] makes a manual-reset event that is
+/// not signaled. It stays signaled once set until [`Event::reset`] is called;
+/// waiting on it never clears it. It is a real kernel object (an `eventfd`
+/// whose counter is non-zero while signaled), so it can also be watched with
+/// `poll`/`epoll` through [`AsRawFd`].
+///
+/// Cloning gives another handle to the same event (like duplicating a
+/// handle); the event is closed (`WSACloseEvent`) when the last handle is
+/// dropped, and an operation that names the event keeps it open until the
+/// operation completes.
+#[derive(Clone, Debug)]
+pub struct Event {
+    fd: Arc<OwnedFd>,
+}
+
+impl Event {
+    /// Creates a manual-reset, non-signaled event (`WSACreateEvent`).
+    pub fn new() -> io::Result<Event> {
+        Ok(Event {
+            fd: Arc::new(sys::eventfd()?),
+        })
+    }
+
+    /// Signals the event (`WSASetEvent`). Setting a signaled event keeps it
+    /// signaled.
+    pub fn set(&self) -> io::Result<()> {
+        sys::eventfd_signal(self.fd.as_raw_fd())
+    }
+
+    /// Returns the event to non-signaled (`WSAResetEvent`).
+    pub fn reset(&self) -> io::Result<()> {
+        sys::eventfd_clear(self.fd.as_raw_fd())
+    }
+
+    /// Whether the event is signaled now, without waiting or changing it
+    /// (`WSAWaitForMultipleEvents` on this one event with a zero timeout).
+    pub fn is_set(&self) -> io::Result<bool> {
+        Ok(sys::poll_readable(&[self.fd.as_raw_fd()], Some(Duration::ZERO))?[0])
+    }
+
+    /// Whether two handles name the same event.
+    pub fn same_as(&self, other: &Event) -> bool {
+        Arc::ptr_eq(&self.fd, &other.fd)
+    }
+}
+
+impl AsRawFd for Event {
+    fn as_raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
+impl AsFd for Event {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+/// What [`wait_for_multiple_events`] saw.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WaitResult {
+    /// `WSA_WAIT_EVENT_0 + index`: with wait-any, the lowest index of a
+    /// signaled event; with wait-all, always 0 (every event is signaled).
+    Signaled(usize),
+    /// `WSA_WAIT_TIMEOUT` (258): the timeout passed first.
+    Timeout,
+    /// `WSA_WAIT_IO_COMPLETION` (0xC0): an alertable wait ran completion
+    /// routines and returned before any event was signaled.
+    IoCompletion,
+}
+
+/// Waits until one (`wait_all == false`) or every (`wait_all == true`) event
+/// is signaled, or the timeout passes: `WSAWaitForMultipleEvents`.
+///
+/// - `timeout`: `Some(Duration::ZERO)` polls, [`INFINITE`] (`None`) waits
+///   forever, expiry returns [`WaitResult::Timeout`].
+/// - Wait-any returns the **lowest** signaled index.
+/// - Waiting never resets an event; the program resets it.
+/// - `alertable`: the Winsock parameter of the same name. Completion
+///   routines arrive with the routine flavour of the model; until a thread
+///   has one queued, an alertable wait behaves like a non-alertable one.
+///
+/// Errors: an empty list or more than [`MAXIMUM_WAIT_EVENTS`] events is
+/// `WSA_INVALID_PARAMETER` (87), as on Windows.
+///
+/// Difference: Windows' wait-all is atomic across the events; here it
+/// returns once it has seen every event signaled in one check, which is the
+/// same for manual-reset events that nobody resets meanwhile.
+pub fn wait_for_multiple_events(
+    events: &[&Event],
+    wait_all: bool,
+    timeout: Option<Duration>,
+    alertable: bool,
+) -> io::Result<WaitResult> {
+    let _ = alertable;
+    if events.is_empty() || events.len() > MAXIMUM_WAIT_EVENTS {
+        return Err(error::invalid_parameter(format!(
+            "wait_for_multiple_events takes 1 to {MAXIMUM_WAIT_EVENTS} events, got {}",
+            events.len()
+        )));
+    }
+    let fds: Vec<RawFd> = events.iter().map(|e| e.as_raw_fd()).collect();
+    let deadline = timeout.map(|t| Instant::now() + t);
+    if wait_all {
+        wait_all_signaled(&fds, deadline)
+    } else {
+        wait_any_signaled(&fds, deadline)
+    }
+}
+
+fn remaining(deadline: Option<Instant>) -> Option<Duration> {
+    deadline.map(|d| d.saturating_duration_since(Instant::now()))
+}
+
+fn wait_any_signaled(fds: &[RawFd], deadline: Option<Instant>) -> io::Result<WaitResult> {
+    loop {
+        let ready = sys::poll_readable(fds, remaining(deadline))?;
+        if let Some(index) = ready.iter().position(|&r| r) {
+            return Ok(WaitResult::Signaled(index));
+        }
+        if remaining(deadline) == Some(Duration::ZERO) {
+            return Ok(WaitResult::Timeout);
+        }
+    }
+}
+
+fn wait_all_signaled(fds: &[RawFd], deadline: Option<Instant>) -> io::Result<WaitResult> {
+    loop {
+        let ready = sys::poll_readable(fds, Some(Duration::ZERO))?;
+        if ready.iter().all(|&r| r) {
+            return Ok(WaitResult::Signaled(0));
+        }
+        if remaining(deadline) == Some(Duration::ZERO) {
+            return Ok(WaitResult::Timeout);
+        }
+        // Sleep until one of the events still missing is signaled, then check
+        // them all again: an event seen earlier may have been reset meanwhile.
+        let missing: Vec<RawFd> = fds
+            .iter()
+            .zip(&ready)
+            .filter(|(_, &r)| !r)
+            .map(|(&fd, _)| fd)
+            .collect();
+        sys::poll_readable(&missing, remaining(deadline))?;
+    }
+}

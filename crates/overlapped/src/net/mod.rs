@@ -1,0 +1,94 @@
+//! Sockets and their overlapped operations: TCP ([`TcpListener`],
+//! [`TcpStream`]) and UDP ([`UdpSocket`]).
+
+mod tcp;
+mod udp;
+
+pub use tcp::{TcpListener, TcpStream};
+pub use udp::UdpSocket;
+
+use std::io;
+use std::sync::Arc;
+
+use crate::driver::op::{IoParts, Notify, Op, OpKind};
+use crate::driver::socket::Socket;
+use crate::driver::{self, buf::IoBuf, buf::IoBufMut};
+use crate::error;
+use crate::overlapped::{Overlapped, StartError, Started};
+
+mod sealed {
+    use std::sync::Arc;
+
+    use crate::driver::socket::Socket;
+
+    pub trait Sealed {
+        fn driver_socket(&self) -> &Arc<Socket>;
+    }
+}
+
+/// A socket that overlapped operations run on (a Winsock `SOCKET` created
+/// with `WSA_FLAG_OVERLAPPED`). Implemented by this crate's socket types.
+pub trait AsOverlappedSocket: sealed::Sealed {}
+
+impl<T: sealed::Sealed> AsOverlappedSocket for T {}
+
+/// Wraps a freshly made socket for the driver, making sure the driver can run.
+fn register(sock: socket2::Socket) -> io::Result<Arc<Socket>> {
+    driver::backend()?;
+    Ok(Socket::new(sock))
+}
+
+/// Starts a receive of `kind` into `buffers` on `socket` for `overlapped`.
+fn start_recv<B: IoBufMut>(
+    socket: &Arc<Socket>,
+    kind: OpKind,
+    overlapped: &mut Overlapped<B>,
+    buffers: Vec<B>,
+) -> Result<Started, StartError<B>> {
+    let datagram = matches!(kind, OpKind::RecvFrom);
+    overlapped.start(
+        |notify, buffers| {
+            let mut parts = IoParts::for_recv(buffers);
+            if datagram {
+                parts.use_address(None);
+            }
+            operation(socket, kind, notify, parts)
+        },
+        buffers,
+    )
+}
+
+/// Starts a send of `kind` from `buffers` on `socket` for `overlapped`.
+fn start_send<B: IoBuf>(
+    socket: &Arc<Socket>,
+    kind: OpKind,
+    target: Option<std::net::SocketAddr>,
+    overlapped: &mut Overlapped<B>,
+    buffers: Vec<B>,
+) -> Result<Started, StartError<B>> {
+    overlapped.start(
+        |notify, buffers| {
+            let mut parts = IoParts::for_send(buffers);
+            if target.is_some() {
+                parts.use_address(target);
+            }
+            operation(socket, kind, notify, parts)
+        },
+        buffers,
+    )
+}
+
+fn operation(socket: &Arc<Socket>, kind: OpKind, notify: Notify, parts: IoParts) -> Arc<Op> {
+    Op::new(kind, Some(socket.clone()), notify, Some(parts))
+}
+
+/// `CancelIoEx(socket, overlapped)` shared by every socket type.
+fn cancel<B: Send + 'static>(socket: &Arc<Socket>, overlapped: &Overlapped<B>) -> io::Result<()> {
+    let Some(op) = overlapped.current_op() else {
+        return Err(error::not_found());
+    };
+    if !op.socket.as_ref().is_some_and(|s| Arc::ptr_eq(s, socket)) {
+        return Err(error::not_found());
+    }
+    driver::cancel(op, true)
+}

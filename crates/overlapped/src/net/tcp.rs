@@ -1,0 +1,216 @@
+//! TCP: a listening socket and a connected stream.
+
+use std::io;
+use std::net::{Shutdown, SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
+use std::time::Duration;
+
+use socket2::{Domain, Protocol, Type};
+
+use super::{cancel, register, sealed, start_recv, start_send};
+use crate::driver::op::OpKind;
+use crate::driver::socket::Socket;
+use crate::driver::{self, buf::IoBuf, buf::IoBufMut};
+use crate::overlapped::{Overlapped, StartError, Started};
+
+/// Backlog of pending connections; the kernel caps it at `net.core.somaxconn`.
+const LISTEN_BACKLOG: i32 = 4096;
+
+/// A listening TCP socket (`socket` + `bind` + `listen`).
+#[derive(Debug)]
+pub struct TcpListener {
+    sock: socket2::Socket,
+}
+
+impl TcpListener {
+    /// Creates a socket, binds it to the first address of `addr` that works,
+    /// and listens (`socket`, `bind`, `listen(SOMAXCONN)`). The address may be
+    /// reused at once after a previous server exits (`SO_REUSEADDR`).
+    pub fn bind(addr: impl ToSocketAddrs) -> io::Result<TcpListener> {
+        each_address(addr, |addr| {
+            let sock =
+                socket2::Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+            sock.set_reuse_address(true)?;
+            sock.bind(&addr.into())?;
+            sock.listen(LISTEN_BACKLOG)?;
+            Ok(TcpListener { sock })
+        })
+    }
+
+    /// Waits for a connection and returns it with the peer's address (`accept`).
+    pub fn accept(&self) -> io::Result<(TcpStream, SocketAddr)> {
+        let (sock, addr) = loop {
+            match self.sock.accept() {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                other => break other?,
+            }
+        };
+        let peer = addr.as_socket().ok_or_else(|| {
+            io::Error::new(io::ErrorKind::InvalidData, "peer is not an IP address")
+        })?;
+        Ok((TcpStream::from_socket(sock)?, peer))
+    }
+
+    /// The address the listener is bound to (`getsockname`).
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        socket_addr(self.sock.local_addr()?)
+    }
+}
+
+/// A connected TCP socket that runs overlapped receives and sends.
+///
+/// Dropping it, or calling [`TcpStream::close`], is `closesocket`: every
+/// operation still pending on it completes with `WSA_OPERATION_ABORTED`
+/// (995) through its event. The descriptor is released once the kernel has
+/// let go of the last of them.
+#[derive(Debug)]
+pub struct TcpStream {
+    socket: Arc<Socket>,
+}
+
+impl std::fmt::Debug for Socket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Socket").field("sock", &self.sock).finish()
+    }
+}
+
+impl TcpStream {
+    /// Connects to the first address of `addr` that accepts (`connect`).
+    /// A refused connection is `ECONNREFUSED` (Winsock 10061).
+    pub fn connect(addr: impl ToSocketAddrs) -> io::Result<TcpStream> {
+        each_address(addr, |addr| {
+            let sock =
+                socket2::Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+            sock.connect(&addr.into())?;
+            TcpStream::from_socket(sock)
+        })
+    }
+
+    /// Like [`TcpStream::connect`], giving up after `timeout`.
+    pub fn connect_timeout(addr: &SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
+        let sock = socket2::Socket::new(
+            Domain::for_address(*addr),
+            Type::STREAM,
+            Some(Protocol::TCP),
+        )?;
+        sock.connect_timeout(&(*addr).into(), timeout)?;
+        TcpStream::from_socket(sock)
+    }
+
+    /// Takes over a connected `std` stream.
+    pub fn from_std(stream: std::net::TcpStream) -> io::Result<TcpStream> {
+        stream.set_nonblocking(false)?;
+        TcpStream::from_socket(stream.into())
+    }
+
+    fn from_socket(sock: socket2::Socket) -> io::Result<TcpStream> {
+        Ok(TcpStream {
+            socket: register(sock)?,
+        })
+    }
+
+    /// Starts a receive into `buffers` (`WSARecv`).
+    ///
+    /// The buffers are filled in order with no gaps; each buffer's `len()` is
+    /// its receive window. The receive completes when data arrives, possibly
+    /// filling less than all of it; with 0 bytes when the peer closed its
+    /// side; with `WSAECONNRESET` (10054) when the peer reset. Several
+    /// receives on one socket are filled in the order they were started.
+    ///
+    /// Returns [`Started::Completed`] when data was already there (the event
+    /// is then signaled too) or [`Started::Pending`] (997) otherwise; on a
+    /// start error no completion will ever be reported and the buffers come
+    /// back in the [`StartError`].
+    pub fn recv<B: IoBufMut>(
+        &self,
+        overlapped: &mut Overlapped<B>,
+        buffers: Vec<B>,
+    ) -> Result<Started, StartError<B>> {
+        start_recv(&self.socket, OpKind::Recv, overlapped, buffers)
+    }
+
+    /// Starts a send of every byte of `buffers`, in order (`WSASend`).
+    ///
+    /// It completes once the kernel has taken all the bytes (not when the
+    /// peer got them). Several sends on one socket are transmitted in the
+    /// order they were started, never interleaved.
+    pub fn send<B: IoBuf>(
+        &self,
+        overlapped: &mut Overlapped<B>,
+        buffers: Vec<B>,
+    ) -> Result<Started, StartError<B>> {
+        start_send(&self.socket, OpKind::Send, None, overlapped, buffers)
+    }
+
+    /// Cancels the operation of `overlapped` on this socket (`CancelIoEx`).
+    ///
+    /// The operation then completes with `WSA_OPERATION_ABORTED` (995)
+    /// through its event. `ERROR_NOT_FOUND` (1168) when nothing is pending:
+    /// nothing was started, it already completed, or it completed while the
+    /// cancel was on its way (its outcome is then the normal one).
+    pub fn cancel<B: Send + 'static>(&self, overlapped: &Overlapped<B>) -> io::Result<()> {
+        cancel(&self.socket, overlapped)
+    }
+
+    /// Shuts down one or both directions (`shutdown`); `Shutdown::Write`
+    /// sends FIN after the data already queued.
+    pub fn shutdown(&self, how: Shutdown) -> io::Result<()> {
+        self.socket.sock.shutdown(how)
+    }
+
+    /// Closes the socket (`closesocket`); the same as dropping it.
+    pub fn close(self) {}
+
+    /// Sets `SO_LINGER`; `Some(Duration::ZERO)` makes close send a reset.
+    pub fn set_linger(&self, linger: Option<Duration>) -> io::Result<()> {
+        self.socket.sock.set_linger(linger)
+    }
+
+    /// Sets `TCP_NODELAY`.
+    pub fn set_nodelay(&self, nodelay: bool) -> io::Result<()> {
+        self.socket.sock.set_nodelay(nodelay)
+    }
+
+    /// The local address (`getsockname`).
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        socket_addr(self.socket.sock.local_addr()?)
+    }
+
+    /// The peer's address (`getpeername`).
+    pub fn peer_addr(&self) -> io::Result<SocketAddr> {
+        socket_addr(self.socket.sock.peer_addr()?)
+    }
+}
+
+impl Drop for TcpStream {
+    fn drop(&mut self) {
+        driver::close(&self.socket);
+    }
+}
+
+impl sealed::Sealed for TcpStream {
+    fn driver_socket(&self) -> &Arc<Socket> {
+        &self.socket
+    }
+}
+
+pub(super) fn socket_addr(addr: socket2::SockAddr) -> io::Result<SocketAddr> {
+    addr.as_socket()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "not an IP socket address"))
+}
+
+/// Runs `f` on each address of `addr` until one succeeds; the last error
+/// otherwise.
+pub(super) fn each_address<T>(
+    addr: impl ToSocketAddrs,
+    mut f: impl FnMut(SocketAddr) -> io::Result<T>,
+) -> io::Result<T> {
+    let mut last = None;
+    for addr in addr.to_socket_addrs()? {
+        match f(addr) {
+            Ok(t) => return Ok(t),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no address to use")))
+}
