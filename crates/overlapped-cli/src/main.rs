@@ -1,1 +1,68 @@
-fn main() {}
+//! `overlapped`: the seed's overlapped-I/O server and client, on Linux.
+
+mod client;
+mod demo;
+mod server;
+mod text;
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Winsock's overlapped I/O model on Linux io_uring: the seed's server and
+/// client.
+#[derive(Parser)]
+#[command(name = "overlapped", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Accept clients and print every receive: `Recv Data : {text} ({n} bytes)`.
+    Server(server::ServerArgs),
+    /// Send a zero-padded message over and over and print `Send Bytes : {n}`.
+    Client(client::ClientArgs),
+    /// Run the server and a client together on a free loopback port.
+    Demo(demo::DemoArgs),
+}
+
+fn main() -> ExitCode {
+    init_logging();
+    raise_open_file_limit();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Server(args) => server::run(args),
+        Command::Client(args) => client::run(args),
+        Command::Demo(args) => demo::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("overlapped: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Log lines go to stderr, so stdout carries only the seed's output.
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("OVERLAPPED_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false)
+        .init();
+}
+
+/// A server holds a descriptor per client; lift the soft limit to the hard
+/// one so the default 1024 does not cap it.
+fn raise_open_file_limit() {
+    if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
+        tracing::warn!("cannot raise the open-file limit: {e}");
+    }
+}

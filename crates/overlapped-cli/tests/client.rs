@@ -1,0 +1,140 @@
+//! End-to-end: `overlapped client` against a plain TCP peer.
+
+mod common;
+
+use std::io::Read;
+use std::net::TcpListener;
+use std::process::Stdio;
+use std::thread;
+use std::time::Duration;
+
+use common::{binary, seed_buffer};
+
+#[test]
+fn client_sends_the_seed_buffer_count_times_and_exits_zero() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let reader = thread::spawn(move || {
+        let (mut peer, _) = listener.accept().unwrap();
+        let mut received = Vec::new();
+        peer.read_to_end(&mut received).unwrap();
+        received
+    });
+    let output = binary()
+        .args([
+            "client",
+            "--addr",
+            &addr,
+            "--count",
+            "3",
+            "--interval-ms",
+            "200",
+        ])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    assert_eq!(
+        stdout.lines().collect::<Vec<_>>(),
+        vec!["Send Bytes : 100"; 3]
+    );
+    assert_eq!(reader.join().unwrap(), seed_buffer().repeat(3));
+}
+
+#[test]
+fn client_sends_a_custom_message_and_size() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let reader = thread::spawn(move || {
+        let (mut peer, _) = listener.accept().unwrap();
+        let mut received = Vec::new();
+        peer.read_to_end(&mut received).unwrap();
+        received
+    });
+    let output = binary()
+        .args([
+            "client",
+            "--addr",
+            &addr,
+            "--count",
+            "1",
+            "--message",
+            "hi",
+            "--size",
+            "4",
+        ])
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "Send Bytes : 4\n");
+    assert_eq!(reader.join().unwrap(), b"hi\0\0");
+}
+
+#[test]
+fn refused_connection_is_a_one_line_error_and_nonzero_exit() {
+    let port = {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let output = binary()
+        .args([
+            "client",
+            "--addr",
+            &format!("127.0.0.1:{port}"),
+            "--count",
+            "1",
+        ])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("refused"), "{stderr}");
+}
+
+#[test]
+fn lost_server_is_a_one_line_error_and_nonzero_exit() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let mut child = binary()
+        .args(["client", "--addr", &addr, "--interval-ms", "50"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (peer, _) = listener.accept().unwrap();
+    socket2::SockRef::from(&peer)
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
+    drop(peer);
+    drop(listener);
+    let status = child.wait().unwrap();
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert!(!status.success());
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("WSASend Error"), "{stderr}");
+}
+
+#[test]
+fn message_longer_than_size_is_refused() {
+    let output = binary()
+        .args([
+            "client",
+            "--message",
+            "too long",
+            "--size",
+            "3",
+            "--count",
+            "1",
+        ])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--size"));
+}
