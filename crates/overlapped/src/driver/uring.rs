@@ -3,17 +3,21 @@
 //!
 //! The completion thread plays the part of the Windows kernel in the event
 //! model: it records each outcome and signals the operation's event. While
-//! nothing completes it is blocked in `io_uring_enter`, so an idle program
-//! uses no CPU.
+//! nothing completes it sleeps in `read` on an eventfd that the kernel
+//! signals whenever it posts a completion (`IORING_REGISTER_EVENTFD`), so
+//! an idle program uses no CPU. Sleeping in `read` rather than in
+//! `io_uring_enter` also keeps the driver usable under valgrind, which
+//! does not know that `io_uring_enter` may block.
 
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread;
 
 use io_uring::{opcode, squeue, types, IoUring};
 
 use super::op::{Op, OpKind};
+use super::sys;
 
 /// Submission queue size. Requests waiting on sockets do not occupy it, only
 /// requests not yet handed to the kernel, so this bounds a burst, not the
@@ -22,11 +26,10 @@ const SQ_ENTRIES: u32 = 1024;
 /// Completion queue size: room for a large burst of completions between two
 /// reaps (the kernel keeps any overflow, see IORING_FEAT_NODROP).
 const CQ_ENTRIES: u32 = 16 * 1024;
-/// `IORING_ENTER_GETEVENTS`: wait for completions.
-const ENTER_GETEVENTS: u32 = 1;
-
 pub(crate) struct Ring {
     ring: IoUring,
+    /// Signaled by the kernel each time it posts completions.
+    completions_posted: OwnedFd,
     /// Serializes writers of the submission queue.
     submit_lock: Mutex<()>,
 }
@@ -47,10 +50,14 @@ impl Ring {
             // error then arrives as a completion like any other.
             .setup_submit_all()
             .build(SQ_ENTRIES)?;
+        let completions_posted = sys::eventfd_blocking()?;
+        ring.submitter()
+            .register_eventfd(completions_posted.as_raw_fd())?;
         // The ring lives as long as the process: in-flight operations may
         // outlive every handle the program holds.
         let ring: &'static Ring = Box::leak(Box::new(Ring {
             ring,
+            completions_posted,
             submit_lock: Mutex::new(()),
         }));
         thread::Builder::new()
@@ -141,18 +148,12 @@ impl Ring {
     fn reap_forever(&self) {
         let mut batch: Vec<(u64, i32)> = Vec::with_capacity(256);
         loop {
-            // SAFETY: submits nothing (to_submit = 0) and passes no argument;
-            // it only sleeps until at least one completion is posted.
-            let waited = unsafe {
-                self.ring
-                    .submitter()
-                    .enter::<libc::sigset_t>(0, 1, ENTER_GETEVENTS, None)
-            };
-            if let Err(e) = waited {
-                if e.raw_os_error() != Some(libc::EINTR) {
-                    tracing::error!("io_uring wait failed: {e}");
-                    thread::sleep(std::time::Duration::from_millis(10));
-                }
+            // Clearing the counter before draining the queue means a
+            // completion posted after the drain signals it again: none is
+            // missed.
+            if let Err(e) = sys::eventfd_wait(self.completions_posted.as_raw_fd()) {
+                tracing::error!("waiting for io_uring completions failed: {e}");
+                thread::sleep(std::time::Duration::from_millis(10));
                 continue;
             }
             // SAFETY: this thread is the only reader of the completion queue.

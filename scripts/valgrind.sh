@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Runs the behaviour tests that drop, cancel and close with operations in
+# flight under valgrind's memcheck; any error fails the run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+command -v valgrind >/dev/null || { echo "valgrind is not installed (apt-get install valgrind)" >&2; exit 1; }
+for test in cancel recv udp event; do
+  binary=$(cargo test -p overlapped --test "$test" --no-run --message-format=json 2>/dev/null \
+    | grep -o '"executable":"[^"]*"' | cut -d'"' -f4 | tail -n 1)
+  echo "== valgrind: $test"
+  valgrind --error-exitcode=1 --leak-check=no -q "$binary" --test-threads=1 -q
+done
