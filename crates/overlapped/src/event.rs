@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use crate::driver::sys;
 use crate::error;
+use crate::routine;
 
 /// The most events one [`wait_for_multiple_events`] call accepts
 /// (`WSA_MAXIMUM_WAIT_EVENTS`).
@@ -101,9 +102,9 @@ pub enum WaitResult {
 ///   forever, expiry returns [`WaitResult::Timeout`].
 /// - Wait-any returns the **lowest** signaled index.
 /// - Waiting never resets an event; the program resets it.
-/// - `alertable`: the Winsock parameter of the same name. Completion
-///   routines arrive with the routine flavour of the model; until a thread
-///   has one queued, an alertable wait behaves like a non-alertable one.
+/// - `alertable`: completion routines queued to this thread (see
+///   [`crate::sleep_ex`]) run inside the wait, which then returns
+///   [`WaitResult::IoCompletion`]; a non-alertable wait never runs them.
 ///
 /// Errors: an empty list or more than [`MAXIMUM_WAIT_EVENTS`] events is
 /// `WSA_INVALID_PARAMETER` (87), as on Windows.
@@ -117,7 +118,6 @@ pub fn wait_for_multiple_events(
     timeout: Option<Duration>,
     alertable: bool,
 ) -> io::Result<WaitResult> {
-    let _ = alertable;
     if events.is_empty() || events.len() > MAXIMUM_WAIT_EVENTS {
         return Err(error::invalid_parameter(format!(
             "wait_for_multiple_events takes 1 to {MAXIMUM_WAIT_EVENTS} events, got {}",
@@ -125,11 +125,24 @@ pub fn wait_for_multiple_events(
         )));
     }
     let fds: Vec<RawFd> = events.iter().map(|e| e.as_raw_fd()).collect();
+    let routines = match alertable {
+        true => Some(routine::current_queue()?.wake.as_raw_fd()),
+        false => None,
+    };
     let deadline = timeout.map(|t| Instant::now() + t);
-    if wait_all {
-        wait_all_signaled(&fds, deadline)
-    } else {
-        wait_any_signaled(&fds, deadline)
+    loop {
+        if alertable && routine::run_queued() {
+            return Ok(WaitResult::IoCompletion);
+        }
+        let seen = if wait_all {
+            wait_all_signaled(&fds, routines, deadline)?
+        } else {
+            wait_any_signaled(&fds, routines, deadline)?
+        };
+        if let Some(seen) = seen {
+            return Ok(seen);
+        }
+        // `None`: routines were queued; the loop runs them.
     }
 }
 
@@ -137,26 +150,40 @@ fn remaining(deadline: Option<Instant>) -> Option<Duration> {
     deadline.map(|d| d.saturating_duration_since(Instant::now()))
 }
 
-fn wait_any_signaled(fds: &[RawFd], deadline: Option<Instant>) -> io::Result<WaitResult> {
+/// Waits for any of `fds`; `None` when `routines` became readable first.
+fn wait_any_signaled(
+    fds: &[RawFd],
+    routines: Option<RawFd>,
+    deadline: Option<Instant>,
+) -> io::Result<Option<WaitResult>> {
+    let watched: Vec<RawFd> = fds.iter().copied().chain(routines).collect();
     loop {
-        let ready = sys::poll_readable(fds, remaining(deadline))?;
-        if let Some(index) = ready.iter().position(|&r| r) {
-            return Ok(WaitResult::Signaled(index));
+        let ready = sys::poll_readable(&watched, remaining(deadline))?;
+        if let Some(index) = ready[..fds.len()].iter().position(|&r| r) {
+            return Ok(Some(WaitResult::Signaled(index)));
+        }
+        if ready.len() > fds.len() && ready[fds.len()] {
+            return Ok(None);
         }
         if remaining(deadline) == Some(Duration::ZERO) {
-            return Ok(WaitResult::Timeout);
+            return Ok(Some(WaitResult::Timeout));
         }
     }
 }
 
-fn wait_all_signaled(fds: &[RawFd], deadline: Option<Instant>) -> io::Result<WaitResult> {
+/// Waits for all of `fds`; `None` when `routines` became readable first.
+fn wait_all_signaled(
+    fds: &[RawFd],
+    routines: Option<RawFd>,
+    deadline: Option<Instant>,
+) -> io::Result<Option<WaitResult>> {
     loop {
         let ready = sys::poll_readable(fds, Some(Duration::ZERO))?;
         if ready.iter().all(|&r| r) {
-            return Ok(WaitResult::Signaled(0));
+            return Ok(Some(WaitResult::Signaled(0)));
         }
         if remaining(deadline) == Some(Duration::ZERO) {
-            return Ok(WaitResult::Timeout);
+            return Ok(Some(WaitResult::Timeout));
         }
         // Sleep until one of the events still missing is signaled, then check
         // them all again: an event seen earlier may have been reset meanwhile.
@@ -165,7 +192,11 @@ fn wait_all_signaled(fds: &[RawFd], deadline: Option<Instant>) -> io::Result<Wai
             .zip(&ready)
             .filter(|(_, &r)| !r)
             .map(|(&fd, _)| fd)
+            .chain(routines)
             .collect();
-        sys::poll_readable(&missing, remaining(deadline))?;
+        let woke = sys::poll_readable(&missing, remaining(deadline))?;
+        if routines.is_some() && woke[woke.len() - 1] {
+            return Ok(None);
+        }
     }
 }

@@ -58,9 +58,11 @@ pub mod error;
 mod event;
 pub mod net;
 mod overlapped;
+mod routine;
 
 pub use driver::buf::{IoBuf, IoBufMut};
 pub use error::ErrorExt;
 pub use event::{wait_for_multiple_events, Event, WaitResult, INFINITE, MAXIMUM_WAIT_EVENTS};
 pub use net::{AsOverlappedSocket, TcpListener, TcpStream, UdpSocket};
 pub use overlapped::{get_overlapped_result, Overlapped, StartError, Started, Transfer};
+pub use routine::sleep_ex;

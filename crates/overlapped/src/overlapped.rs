@@ -79,6 +79,10 @@ pub struct StartError<B> {
 }
 
 impl<B> StartError<B> {
+    pub(crate) fn new(error: io::Error, buffers: Vec<B>) -> StartError<B> {
+        StartError { error, buffers }
+    }
+
     /// The reason the operation did not start.
     pub fn error(&self) -> &io::Error {
         &self.error

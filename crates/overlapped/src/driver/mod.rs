@@ -24,6 +24,7 @@ pub(crate) mod sys;
 mod uring;
 
 use std::io;
+use std::os::fd::{FromRawFd, OwnedFd};
 use std::sync::Arc;
 
 use op::{Direction, Op, OpKind, Outcome};
@@ -40,8 +41,8 @@ pub(crate) fn backend() -> io::Result<&'static uring::Ring> {
 /// then already signaled), `Ok(None)` when it is pending, `Err` when it could
 /// not start (then nothing will ever be reported for it).
 pub(crate) fn start(op: &Arc<Op>) -> io::Result<Option<Outcome>> {
-    let (Some(socket), Some(direction)) = (&op.socket, op.kind.direction()) else {
-        return Err(error::invalid_parameter("not a socket data operation"));
+    let Some(socket) = &op.socket else {
+        return Err(error::invalid_parameter("not a socket operation"));
     };
     let ring = backend()?;
     op.reset_notification()?;
@@ -49,6 +50,15 @@ pub(crate) fn start(op: &Arc<Op>) -> io::Result<Option<Outcome>> {
     if lanes.closing {
         return Err(error::aborted());
     }
+    if op.kind.is_unordered() {
+        op.mark_submitted();
+        ring.submit(op).inspect_err(|_| op.mark_queued())?;
+        lanes.unordered += 1;
+        return Ok(None);
+    }
+    let Some(direction) = op.kind.direction() else {
+        return Err(error::invalid_parameter("not a socket data operation"));
+    };
     let lane = lanes.lane(direction);
     if lane.busy {
         lane.waiting.push_back(op.clone());
@@ -99,7 +109,7 @@ fn try_now(op: &Op, sock: &socket2::Socket) -> io::Result<Option<Outcome>> {
                 })
                 .flatten())
         }
-        OpKind::Cancel(_) | OpKind::CancelAll => Ok(None),
+        _ => Ok(None),
     }
 }
 
@@ -156,10 +166,30 @@ pub(crate) fn complete(op: Arc<Op>, result: i32) {
             let early = op.with_parts(|parts| parts.sent_early).unwrap_or(0);
             sent_outcome(early + result as usize)
         }
+        OpKind::Accept => op
+            .with_parts(|parts| {
+                // SAFETY: a successful accept's result is a new descriptor
+                // that nothing else owns.
+                parts.accepted = Some(unsafe { OwnedFd::from_raw_fd(result) });
+                Outcome {
+                    source: parts.source(),
+                    ..sent_outcome(0)
+                }
+            })
+            // No memory to hold it: close the connection rather than leak it.
+            // SAFETY: as above; dropping it closes it.
+            .unwrap_or_else(|| {
+                drop(unsafe { OwnedFd::from_raw_fd(result) });
+                Outcome::aborted()
+            }),
+        OpKind::Connect | OpKind::Shutdown(_) => sent_outcome(0),
     };
     op.finish(outcome);
-    if let (Some(socket), Some(direction)) = (&op.socket, op.kind.direction()) {
+    let Some(socket) = &op.socket else { return };
+    if let Some(direction) = op.kind.direction() {
         submit_next(socket, direction);
+    } else if op.kind.is_unordered() {
+        socket.lanes().unordered -= 1;
     }
 }
 

@@ -40,6 +40,13 @@ pub(crate) enum OpKind {
     Cancel(Arc<Op>),
     /// Cancel every in-flight operation on the socket (`closesocket`).
     CancelAll,
+    /// Accept a connection (`AcceptEx`); the new descriptor lands in
+    /// [`IoParts::accepted`], the peer's address in the address buffer.
+    Accept,
+    /// Connect to the address in the address buffer (`ConnectEx`).
+    Connect,
+    /// Shut the connection down (`DisconnectEx`).
+    Shutdown(i32),
 }
 
 impl OpKind {
@@ -47,10 +54,20 @@ impl OpKind {
         match self {
             OpKind::Recv | OpKind::RecvFrom => Some(Direction::Recv),
             OpKind::Send | OpKind::SendTo => Some(Direction::Send),
-            OpKind::Cancel(_) | OpKind::CancelAll => None,
+            _ => None,
         }
     }
+
+    /// Whether the operation works on a socket without a lane: several may
+    /// be in the kernel at once (accepts, connect, disconnect).
+    pub(crate) fn is_unordered(&self) -> bool {
+        matches!(self, OpKind::Accept | OpKind::Connect | OpKind::Shutdown(_))
+    }
 }
+
+/// Hands a completed operation's outcome and memory to whoever waits for
+/// them: a completion routine's thread or a completion port.
+pub(crate) type Deliver = Box<dyn FnOnce(Outcome, Option<IoParts>) + Send>;
 
 /// How the program learns that the operation completed.
 pub(crate) enum Notify {
@@ -58,6 +75,8 @@ pub(crate) enum Notify {
     Silent,
     /// Signal this event (`OVERLAPPED::hEvent`).
     Event(Event),
+    /// Give the outcome and the buffers away (completion routine, port).
+    Deliver(Deliver),
 }
 
 /// The outcome of a completed operation.
@@ -110,6 +129,11 @@ pub(crate) struct IoParts {
     /// Bytes a send already transferred on the fast path, before the rest
     /// went to the kernel.
     pub(crate) sent_early: usize,
+    /// The connection an accept produced.
+    pub(crate) accepted: Option<std::os::fd::OwnedFd>,
+    /// The program's own record of the operation (a completion port's
+    /// `OVERLAPPED`), given back with the outcome, or on a failed start.
+    record: Option<Box<dyn Any + Send>>,
 }
 
 // SAFETY: the raw pointers in `iovecs` and `msg` point into heap memory owned
@@ -157,7 +181,39 @@ impl IoParts {
             addr,
             total,
             sent_early: 0,
+            accepted: None,
+            record: None,
         }
+    }
+
+    /// Attaches the program's record of the operation.
+    pub(crate) fn with_record<T: Send + 'static>(mut self, record: T) -> IoParts {
+        self.record = Some(Box::new(record));
+        self
+    }
+
+    /// Takes the program's record back, if it is of type `T`.
+    pub(crate) fn take_record<T: 'static>(&mut self) -> Option<T> {
+        let record = self.record.take()?.downcast::<T>().ok()?;
+        Some(*record)
+    }
+
+    /// Memory for an operation that moves no data (accept, connect): only
+    /// the address buffer.
+    pub(crate) fn for_address(target: Option<SocketAddr>) -> IoParts {
+        let mut parts = IoParts::assemble(Box::new(Vec::<Vec<u8>>::new()), Box::new([]));
+        parts.use_address(target);
+        parts
+    }
+
+    /// Takes the connection an accept produced.
+    pub(crate) fn take_accepted(&mut self) -> Option<std::os::fd::OwnedFd> {
+        self.accepted.take()
+    }
+
+    /// The program's buffers, if they are of type `B`.
+    pub(crate) fn try_into_buffers<B: 'static>(self) -> Option<Vec<B>> {
+        self.buffers.downcast::<Vec<B>>().ok().map(|b| *b)
     }
 
     /// Points the header's name at the address buffer, for a datagram
@@ -237,6 +293,8 @@ enum Phase {
 struct Inner {
     phase: Phase,
     parts: Option<IoParts>,
+    /// Where the outcome goes, for `Notify::Deliver`; taken at completion.
+    deliver: Option<Deliver>,
     /// Threads blocked in `wait`, so completion only wakes when needed.
     waiters: usize,
 }
@@ -245,7 +303,8 @@ struct Inner {
 pub(crate) struct Op {
     pub(crate) kind: OpKind,
     pub(crate) socket: Option<Arc<Socket>>,
-    notify: Notify,
+    /// The event to signal (`Notify::Event`).
+    event: Option<Event>,
     inner: Mutex<Inner>,
     completed: Condvar,
 }
@@ -257,13 +316,19 @@ impl Op {
         notify: Notify,
         parts: Option<IoParts>,
     ) -> Arc<Op> {
+        let (event, deliver) = match notify {
+            Notify::Silent => (None, None),
+            Notify::Event(event) => (Some(event), None),
+            Notify::Deliver(deliver) => (None, Some(deliver)),
+        };
         Arc::new(Op {
             kind,
             socket,
-            notify,
+            event,
             inner: Mutex::new(Inner {
                 phase: Phase::Queued,
                 parts,
+                deliver,
                 waiters: 0,
             }),
             completed: Condvar::new(),
@@ -291,6 +356,15 @@ impl Op {
             .parts
             .as_mut()
             .map(|p| &mut *p.msg as *mut libc::msghdr)
+    }
+
+    /// The address buffer and its length field, for accept and connect.
+    /// Stable until the parts are dropped, like [`Op::msg_ptr`].
+    pub(crate) fn addr_ptrs(&self) -> Option<(*mut libc::sockaddr, *mut libc::socklen_t)> {
+        self.lock().parts.as_mut().map(|p| {
+            let addr = (&mut *p.addr as *mut libc::sockaddr_storage).cast();
+            (addr, &mut p.msg.msg_namelen as *mut libc::socklen_t)
+        })
     }
 
     pub(crate) fn is_done(&self) -> bool {
@@ -342,28 +416,40 @@ impl Op {
         }
     }
 
-    /// Takes the buffers back from an operation that never started.
-    pub(crate) fn reclaim_buffers<B: 'static>(&self) -> Vec<B> {
+    /// Takes the memory back from an operation that never started, and
+    /// drops its delivery without running it.
+    pub(crate) fn reclaim(&self) -> Option<IoParts> {
         let mut inner = self.lock();
         debug_assert!(matches!(inner.phase, Phase::Queued));
-        inner
-            .parts
-            .take()
+        inner.deliver = None;
+        inner.parts.take()
+    }
+
+    /// [`Op::reclaim`], keeping only the buffers.
+    pub(crate) fn reclaim_buffers<B: 'static>(&self) -> Vec<B> {
+        self.reclaim()
             .map(IoParts::into_buffers)
             .unwrap_or_default()
     }
 
     /// Records the outcome and tells the program: the operation is over.
     pub(crate) fn finish(&self, outcome: Outcome) {
-        let wake = {
+        let (wake, delivery) = {
             let mut inner = self.lock();
             inner.phase = Phase::Done(outcome);
-            inner.waiters > 0
+            let delivery = match inner.deliver.take() {
+                Some(deliver) => Some((deliver, inner.parts.take())),
+                None => None,
+            };
+            (inner.waiters > 0, delivery)
         };
         if wake {
             self.completed.notify_all();
         }
-        if let Notify::Event(event) = &self.notify {
+        if let Some((deliver, parts)) = delivery {
+            deliver(outcome, parts);
+        }
+        if let Some(event) = &self.event {
             if let Err(e) = event.set() {
                 tracing::error!("cannot signal the event of a completed operation: {e}");
             }
@@ -372,9 +458,9 @@ impl Op {
 
     /// Clears the event before a start, as `WSARecv`/`WSASend` do.
     pub(crate) fn reset_notification(&self) -> io::Result<()> {
-        match &self.notify {
-            Notify::Event(event) => event.reset(),
-            Notify::Silent => Ok(()),
+        match &self.event {
+            Some(event) => event.reset(),
+            None => Ok(()),
         }
     }
 }

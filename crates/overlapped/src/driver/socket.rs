@@ -23,6 +23,8 @@ pub(crate) struct Lane {
 pub(crate) struct Lanes {
     /// `closesocket` was called: nothing more starts.
     pub(crate) closing: bool,
+    /// Operations without a lane (accept, connect, disconnect) in the kernel.
+    pub(crate) unordered: usize,
     recv: Lane,
     send: Lane,
 }
@@ -37,7 +39,7 @@ impl Lanes {
 
     /// Whether any operation is in the kernel.
     pub(crate) fn any_busy(&self) -> bool {
-        self.recv.busy || self.send.busy
+        self.recv.busy || self.send.busy || self.unordered > 0
     }
 
     /// Empties both queues, for close.

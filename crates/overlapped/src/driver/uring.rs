@@ -93,6 +93,10 @@ impl Ring {
             op.msg_ptr()
                 .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))
         };
+        let addr = || {
+            op.addr_ptrs()
+                .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))
+        };
         let entry = match &op.kind {
             OpKind::Recv => opcode::RecvMsg::new(fd(op)?, msg()?).build(),
             OpKind::RecvFrom => opcode::RecvMsg::new(fd(op)?, msg()?)
@@ -110,6 +114,19 @@ impl Ring {
             OpKind::CancelAll => {
                 opcode::AsyncCancel2::new(types::CancelBuilder::fd(fd(op)?).all()).build()
             }
+            OpKind::Accept => {
+                let (addr, len) = addr()?;
+                opcode::Accept::new(fd(op)?, addr, len)
+                    .flags(libc::SOCK_CLOEXEC)
+                    .build()
+            }
+            OpKind::Connect => {
+                let (addr, len) = addr()?;
+                // SAFETY: `len` points into the op's header, which the
+                // connect does not change; read here before submission.
+                opcode::Connect::new(fd(op)?, addr, unsafe { *len }).build()
+            }
+            OpKind::Shutdown(how) => opcode::Shutdown::new(fd(op)?, *how).build(),
         };
         Ok(entry)
     }

@@ -10,11 +10,12 @@ pub use udp::UdpSocket;
 use std::io;
 use std::sync::Arc;
 
-use crate::driver::op::{IoParts, Notify, Op, OpKind};
+use crate::driver::op::{IoParts, Notify, Op, OpKind, Outcome};
 use crate::driver::socket::Socket;
 use crate::driver::{self, buf::IoBuf, buf::IoBufMut};
 use crate::error;
-use crate::overlapped::{Overlapped, StartError, Started};
+use crate::overlapped::{Overlapped, StartError, Started, Transfer};
+use crate::routine;
 
 mod sealed {
     use std::sync::Arc;
@@ -76,6 +77,36 @@ fn start_send<B: IoBuf>(
         },
         buffers,
     )
+}
+
+/// Starts `kind` on `socket` with a completion routine instead of an event.
+fn start_with_routine<B, F>(
+    socket: &Arc<Socket>,
+    kind: OpKind,
+    parts: IoParts,
+    routine: F,
+) -> Result<Started, StartError<B>>
+where
+    B: Send + 'static,
+    F: FnOnce(io::Result<Transfer>, Vec<B>) + 'static,
+{
+    let routine: routine::Routine = Box::new(move |outcome: Outcome, parts: Option<IoParts>| {
+        let buffers = parts.map(IoParts::into_buffers).unwrap_or_default();
+        routine(outcome.into_result().map(Transfer::from), buffers)
+    });
+    let (id, notify) = match routine::register(routine) {
+        Ok(registered) => registered,
+        Err(error) => return Err(StartError::new(error, parts.into_buffers())),
+    };
+    let op = operation(socket, kind, notify, parts);
+    match driver::start(&op) {
+        Ok(Some(outcome)) => Ok(Started::Completed(outcome.into())),
+        Ok(None) => Ok(Started::Pending),
+        Err(error) => {
+            routine::unregister(id);
+            Err(StartError::new(error, op.reclaim_buffers()))
+        }
+    }
 }
 
 fn operation(socket: &Arc<Socket>, kind: OpKind, notify: Notify, parts: IoParts) -> Arc<Op> {

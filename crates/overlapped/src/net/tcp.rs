@@ -7,11 +7,11 @@ use std::time::Duration;
 
 use socket2::{Domain, Protocol, Type};
 
-use super::{cancel, register, sealed, start_recv, start_send};
-use crate::driver::op::OpKind;
+use super::{cancel, register, sealed, start_recv, start_send, start_with_routine};
+use crate::driver::op::{IoParts, OpKind};
 use crate::driver::socket::Socket;
 use crate::driver::{self, buf::IoBuf, buf::IoBufMut};
-use crate::overlapped::{Overlapped, StartError, Started};
+use crate::overlapped::{Overlapped, StartError, Started, Transfer};
 
 /// Backlog of pending connections; the kernel caps it at `net.core.somaxconn`.
 const LISTEN_BACKLOG: i32 = 4096;
@@ -140,6 +140,51 @@ impl TcpStream {
         buffers: Vec<B>,
     ) -> Result<Started, StartError<B>> {
         start_send(&self.socket, OpKind::Send, None, overlapped, buffers)
+    }
+
+    /// Starts a receive whose outcome goes to a completion routine
+    /// (`WSARecv` with `lpCompletionRoutine`), with the same semantics as
+    /// [`TcpStream::recv`].
+    ///
+    /// `routine` gets the outcome and the buffers back. It runs on this
+    /// thread only, inside an alertable wait ([`crate::sleep_ex`] or
+    /// [`crate::wait_for_multiple_events`] with `alertable`), even when the
+    /// receive completed at once. It may start new operations. Closing the
+    /// socket runs it with `WSA_OPERATION_ABORTED` (995).
+    pub fn recv_with_routine<B, F>(
+        &self,
+        buffers: Vec<B>,
+        routine: F,
+    ) -> Result<Started, StartError<B>>
+    where
+        B: IoBufMut,
+        F: FnOnce(io::Result<Transfer>, Vec<B>) + 'static,
+    {
+        start_with_routine(
+            &self.socket,
+            OpKind::Recv,
+            IoParts::for_recv(buffers),
+            routine,
+        )
+    }
+
+    /// Starts a send whose outcome goes to a completion routine (`WSASend`
+    /// with `lpCompletionRoutine`); see [`TcpStream::recv_with_routine`].
+    pub fn send_with_routine<B, F>(
+        &self,
+        buffers: Vec<B>,
+        routine: F,
+    ) -> Result<Started, StartError<B>>
+    where
+        B: IoBuf,
+        F: FnOnce(io::Result<Transfer>, Vec<B>) + 'static,
+    {
+        start_with_routine(
+            &self.socket,
+            OpKind::Send,
+            IoParts::for_send(buffers),
+            routine,
+        )
     }
 
     /// Cancels the operation of `overlapped` on this socket (`CancelIoEx`).
