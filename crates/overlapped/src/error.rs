@@ -23,6 +23,8 @@ pub const WSA_OPERATION_ABORTED: u32 = 995;
 pub const WSA_IO_INCOMPLETE: u32 = 996;
 /// `WSA_IO_PENDING`: the operation started and will complete later.
 pub const WSA_IO_PENDING: u32 = 997;
+/// `ERROR_ABANDONED_WAIT_0`: the completion port was closed while waiting.
+pub const ERROR_ABANDONED_WAIT_0: u32 = 735;
 /// `ERROR_NOT_FOUND`: there was no pending operation to cancel.
 pub const ERROR_NOT_FOUND: u32 = 1168;
 /// `WSAEMSGSIZE`: a datagram was larger than the receive buffers.
@@ -137,6 +139,20 @@ pub(crate) fn aborted() -> io::Error {
         io::ErrorKind::Other,
         WSA_OPERATION_ABORTED,
         "the overlapped operation was aborted by a cancel or by closing its socket",
+    )
+}
+
+/// 6: a closed handle.
+pub(crate) fn invalid_handle(message: impl Into<String>) -> io::Error {
+    with_code(io::ErrorKind::InvalidInput, WSA_INVALID_HANDLE, message)
+}
+
+/// 735: the completion port closed under a waiter.
+pub(crate) fn abandoned() -> io::Error {
+    with_code(
+        io::ErrorKind::BrokenPipe,
+        ERROR_ABANDONED_WAIT_0,
+        "the completion port was closed",
     )
 }
 

@@ -58,6 +58,7 @@ pub mod error;
 mod event;
 pub mod net;
 mod overlapped;
+pub mod port;
 mod routine;
 
 pub use driver::buf::{IoBuf, IoBufMut};
@@ -65,4 +66,5 @@ pub use error::ErrorExt;
 pub use event::{wait_for_multiple_events, Event, WaitResult, INFINITE, MAXIMUM_WAIT_EVENTS};
 pub use net::{AsOverlappedSocket, TcpListener, TcpStream, UdpSocket};
 pub use overlapped::{get_overlapped_result, Overlapped, StartError, Started, Transfer};
+pub use port::{Completion, CompletionPort, PortListener, PortStream};
 pub use routine::sleep_ex;

@@ -72,15 +72,33 @@ pub enum Started {
 /// than `WSA_IO_PENDING`). The operation never started, so no completion will
 /// ever be reported for it; the buffers it was given come back here.
 ///
+/// For an operation started through a completion port, the record given
+/// to the start comes back too ([`StartError::into_parts`]).
+///
 /// It converts into `std::io::Error` with `?`.
-pub struct StartError<B> {
+pub struct StartError<B, R = ()> {
     error: io::Error,
     buffers: Vec<B>,
+    record: Option<R>,
 }
 
-impl<B> StartError<B> {
-    pub(crate) fn new(error: io::Error, buffers: Vec<B>) -> StartError<B> {
-        StartError { error, buffers }
+impl<B, R> StartError<B, R> {
+    pub(crate) fn new(error: io::Error, buffers: Vec<B>) -> StartError<B, R> {
+        StartError {
+            error,
+            buffers,
+            record: None,
+        }
+    }
+
+    pub(crate) fn with_record(mut self, record: Option<R>) -> StartError<B, R> {
+        self.record = record;
+        self
+    }
+
+    /// The reason, the buffers and the record (completion-port starts).
+    pub fn into_parts(self) -> (io::Error, Vec<B>, Option<R>) {
+        (self.error, self.buffers, self.record)
     }
 
     /// The reason the operation did not start.
@@ -99,7 +117,7 @@ impl<B> StartError<B> {
     }
 }
 
-impl<B> fmt::Debug for StartError<B> {
+impl<B, R> fmt::Debug for StartError<B, R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("StartError")
             .field("error", &self.error)
@@ -108,16 +126,16 @@ impl<B> fmt::Debug for StartError<B> {
     }
 }
 
-impl<B> fmt::Display for StartError<B> {
+impl<B, R> fmt::Display for StartError<B, R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "the overlapped operation did not start: {}", self.error)
     }
 }
 
-impl<B> std::error::Error for StartError<B> {}
+impl<B, R> std::error::Error for StartError<B, R> {}
 
-impl<B> From<StartError<B>> for io::Error {
-    fn from(e: StartError<B>) -> io::Error {
+impl<B, R> From<StartError<B, R>> for io::Error {
+    fn from(e: StartError<B, R>) -> io::Error {
         e.error
     }
 }
@@ -209,12 +227,10 @@ impl<B: Send + 'static> Overlapped<B> {
         buffers: Vec<B>,
     ) -> Result<Started, StartError<B>> {
         if self.is_pending() {
-            return Err(StartError {
-                error: error::invalid_parameter(
-                    "this OVERLAPPED still belongs to a pending operation",
-                ),
+            return Err(StartError::new(
+                error::invalid_parameter("this OVERLAPPED still belongs to a pending operation"),
                 buffers,
-            });
+            ));
         }
         let notify = match &self.event {
             Some(event) => Notify::Event(event.clone()),
@@ -230,10 +246,7 @@ impl<B: Send + 'static> Overlapped<B> {
                     None => Started::Pending,
                 })
             }
-            Err(error) => Err(StartError {
-                error,
-                buffers: op.reclaim_buffers(),
-            }),
+            Err(error) => Err(StartError::new(error, op.reclaim_buffers())),
         }
     }
 

@@ -437,10 +437,10 @@ impl Op {
         let (wake, delivery) = {
             let mut inner = self.lock();
             inner.phase = Phase::Done(outcome);
-            let delivery = match inner.deliver.take() {
-                Some(deliver) => Some((deliver, inner.parts.take())),
-                None => None,
-            };
+            let delivery = inner
+                .deliver
+                .take()
+                .map(|deliver| (deliver, inner.parts.take()));
             (inner.waiters > 0, delivery)
         };
         if wake {

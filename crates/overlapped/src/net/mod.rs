@@ -33,6 +33,11 @@ pub trait AsOverlappedSocket: sealed::Sealed {}
 
 impl<T: sealed::Sealed> AsOverlappedSocket for T {}
 
+/// The driver's side of one of our sockets.
+pub(crate) fn driver_socket<S: sealed::Sealed>(socket: &S) -> &Arc<Socket> {
+    socket.driver_socket()
+}
+
 /// Wraps a freshly made socket for the driver, making sure the driver can run.
 fn register(sock: socket2::Socket) -> io::Result<Arc<Socket>> {
     driver::backend()?;

@@ -55,6 +55,10 @@ impl TcpListener {
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         socket_addr(self.sock.local_addr()?)
     }
+
+    pub(crate) fn into_socket(self) -> socket2::Socket {
+        self.sock
+    }
 }
 
 /// A connected TCP socket that runs overlapped receives and sends.
@@ -101,6 +105,18 @@ impl TcpStream {
     pub fn from_std(stream: std::net::TcpStream) -> io::Result<TcpStream> {
         stream.set_nonblocking(false)?;
         TcpStream::from_socket(stream.into())
+    }
+
+    /// Wraps a connection the driver accepted (the driver already runs).
+    pub(crate) fn from_accepted(fd: std::os::fd::OwnedFd) -> TcpStream {
+        TcpStream {
+            socket: Socket::new(socket2::Socket::from(fd)),
+        }
+    }
+
+    /// Wraps a socket about to be connected by the driver (`ConnectEx`).
+    pub(crate) fn from_unconnected(sock: socket2::Socket) -> io::Result<TcpStream> {
+        TcpStream::from_socket(sock)
     }
 
     fn from_socket(sock: socket2::Socket) -> io::Result<TcpStream> {

@@ -1,0 +1,308 @@
+//! `CompletionPort`: the I/O completion port flavour (IOCP).
+//!
+//! A port is a queue of completion packets shared by worker threads. A
+//! socket is associated with one port and a *completion key*; every
+//! operation on it then reports to the port, carrying the program's own
+//! *record* of the operation (what an extended `OVERLAPPED` carries in a
+//! Windows server: the session, the kind of request). Workers dequeue
+//! packets with [`CompletionPort::get_queued_completion_status`] (one) or
+//! [`CompletionPort::get_queued_completion_status_ex`] (a batch).
+//!
+//! ## How completions reach workers
+//! The driver's completion thread reaps the kernel's completions in batches
+//! and appends each packet to the port's queue; a waiting worker is woken
+//! only when one is waiting. Packets are handed out first in, first out, to
+//! whichever worker asks next; a worker that takes a batch takes up to its
+//! `max` packets under one lock acquisition, which is the intended hot path
+//! for servers. Several packets of one socket may therefore be processed by
+//! different workers at once; the session layer keeps at most one receive
+//! and one send in flight per session so that this never reorders a stream.
+
+mod socket;
+
+pub use socket::{PortListener, PortStream};
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use crate::driver::op::{IoParts, Notify, Outcome};
+use crate::error;
+use crate::net::TcpStream;
+use crate::overlapped::Transfer;
+
+/// One completion packet: what `GetQueuedCompletionStatus` returns.
+pub struct Completion<T> {
+    /// The completion key of the socket, or of a posted packet.
+    pub key: u64,
+    /// Bytes and flags, or the operation's own error (995 when cancelled
+    /// or its socket closed, 10054 on reset, …).
+    pub result: io::Result<Transfer>,
+    /// The record given when the operation started (the `OVERLAPPED`).
+    pub record: Option<T>,
+    parts: Option<IoParts>,
+}
+
+impl<T> Completion<T> {
+    /// Bytes transferred (`lpNumberOfBytesTransferred`); 0 for a failure.
+    pub fn bytes(&self) -> usize {
+        self.result.as_ref().map_or(0, |t| t.bytes)
+    }
+
+    /// The buffers of a receive or send, if they are of type `B`.
+    pub fn take_buffers<B: 'static>(&mut self) -> Option<Vec<B>> {
+        self.parts.take()?.try_into_buffers()
+    }
+
+    /// The connection an accept produced ([`PortListener::accept`]), with
+    /// the peer's address.
+    pub fn take_accepted(&mut self) -> Option<(TcpStream, SocketAddr)> {
+        let fd = self.parts.as_mut()?.take_accepted()?;
+        let peer = self.result.as_ref().ok()?.source?;
+        Some((TcpStream::from_accepted(fd), peer))
+    }
+}
+
+impl<T> fmt::Debug for Completion<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Completion")
+            .field("key", &self.key)
+            .field("result", &self.result)
+            .field("record", &self.record.is_some())
+            .finish()
+    }
+}
+
+struct Queue<T> {
+    packets: VecDeque<Completion<T>>,
+    closed: bool,
+    /// Workers blocked in a dequeue.
+    waiting: usize,
+}
+
+pub(crate) struct Shared<T> {
+    queue: Mutex<Queue<T>>,
+    ready: Condvar,
+    concurrency: usize,
+}
+
+impl<T> Shared<T> {
+    fn lock(&self) -> MutexGuard<'_, Queue<T>> {
+        // Queue updates are single pushes, pops and flag writes.
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Appends a packet; dropped if the port is closed.
+    fn enqueue(&self, packet: Completion<T>) {
+        let wake = {
+            let mut queue = self.lock();
+            if queue.closed {
+                return;
+            }
+            queue.packets.push_back(packet);
+            queue.waiting > 0
+        };
+        if wake {
+            self.ready.notify_one();
+        }
+    }
+}
+
+/// An I/O completion port (`CreateIoCompletionPort`).
+///
+/// Cloning gives another handle to the same port. [`CompletionPort::close`]
+/// closes it for every handle.
+pub struct CompletionPort<T> {
+    shared: Arc<Shared<T>>,
+}
+
+impl<T> Clone for CompletionPort<T> {
+    fn clone(&self) -> Self {
+        CompletionPort {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<T: Send + 'static> CompletionPort<T> {
+    /// Creates a port (`CreateIoCompletionPort(INVALID_HANDLE_VALUE, NULL,
+    /// 0, concurrency)`). `concurrency` is the number of worker threads the
+    /// program means to run on it; 0 means one per CPU, as on Windows. It
+    /// is advisory: the port does not block extra workers.
+    pub fn new(concurrency: usize) -> io::Result<CompletionPort<T>> {
+        crate::driver::backend()?;
+        let concurrency = match concurrency {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
+        Ok(CompletionPort {
+            shared: Arc::new(Shared {
+                queue: Mutex::new(Queue {
+                    packets: VecDeque::new(),
+                    closed: false,
+                    waiting: 0,
+                }),
+                ready: Condvar::new(),
+                concurrency,
+            }),
+        })
+    }
+
+    /// The number of worker threads the port was created for.
+    pub fn concurrency(&self) -> usize {
+        self.shared.concurrency
+    }
+
+    /// Associates a connected socket with the port under `key`
+    /// (`CreateIoCompletionPort(socket, port, key, 0)`): every operation on
+    /// the returned stream reports here.
+    pub fn associate(&self, stream: TcpStream, key: u64) -> PortStream<T> {
+        PortStream::new(stream, self.clone(), key)
+    }
+
+    /// Associates a listening socket with the port under `key`, for
+    /// overlapped accepts ([`PortListener::accept`]).
+    pub fn associate_listener(
+        &self,
+        listener: crate::TcpListener,
+        key: u64,
+    ) -> io::Result<PortListener<T>> {
+        PortListener::new(listener, self.clone(), key)
+    }
+
+    /// Starts an overlapped connect (`ConnectEx`) on a new socket associated
+    /// with the port under `key`. The stream comes back at once; the packet
+    /// carrying `record` reports whether the connection was made.
+    pub fn connect(
+        &self,
+        addr: SocketAddr,
+        key: u64,
+        record: T,
+    ) -> Result<PortStream<T>, (io::Error, T)> {
+        PortStream::connect(self.clone(), addr, key, record)
+    }
+
+    /// Dequeues one packet (`GetQueuedCompletionStatus`), waiting up to
+    /// `timeout` ([`crate::INFINITE`] = forever). `Ok(None)` when the
+    /// timeout passed (`WAIT_TIMEOUT`); `ERROR_ABANDONED_WAIT_0` (735) once
+    /// the port is closed.
+    pub fn get_queued_completion_status(
+        &self,
+        timeout: Option<Duration>,
+    ) -> io::Result<Option<Completion<T>>> {
+        let mut queue = self.wait_for_packets(timeout)?;
+        Ok(queue.packets.pop_front())
+    }
+
+    /// Dequeues up to `max` packets into `into` (`GetQueuedCompletionStatusEx`),
+    /// waiting up to `timeout` for the first. Returns how many were added;
+    /// 0 means the timeout passed.
+    pub fn get_queued_completion_status_ex(
+        &self,
+        into: &mut Vec<Completion<T>>,
+        max: usize,
+        timeout: Option<Duration>,
+    ) -> io::Result<usize> {
+        let mut queue = self.wait_for_packets(timeout)?;
+        let n = queue.packets.len().min(max);
+        into.extend(queue.packets.drain(..n));
+        Ok(n)
+    }
+
+    /// Blocks until a packet is queued, the timeout passes or the port closes.
+    fn wait_for_packets(&self, timeout: Option<Duration>) -> io::Result<MutexGuard<'_, Queue<T>>> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let mut queue = self.shared.lock();
+        loop {
+            if queue.closed {
+                return Err(error::abandoned());
+            }
+            if !queue.packets.is_empty() {
+                return Ok(queue);
+            }
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            if left == Some(Duration::ZERO) {
+                return Ok(queue);
+            }
+            queue.waiting += 1;
+            queue = match left {
+                Some(left) => {
+                    let waited = self.shared.ready.wait_timeout(queue, left);
+                    waited.unwrap_or_else(|p| p.into_inner()).0
+                }
+                None => self
+                    .shared
+                    .ready
+                    .wait(queue)
+                    .unwrap_or_else(|p| p.into_inner()),
+            };
+            queue.waiting -= 1;
+        }
+    }
+
+    /// Queues a packet of the program's own (`PostQueuedCompletionStatus`):
+    /// it is dequeued like any completion, with `bytes` as its byte count.
+    /// `WSA_INVALID_HANDLE` (6) once the port is closed.
+    pub fn post(&self, key: u64, bytes: usize, record: Option<T>) -> io::Result<()> {
+        if self.shared.lock().closed {
+            return Err(error::invalid_handle("the completion port is closed"));
+        }
+        self.shared.enqueue(Completion {
+            key,
+            result: Ok(Transfer {
+                bytes,
+                flags: 0,
+                source: None,
+            }),
+            record,
+            parts: None,
+        });
+        Ok(())
+    }
+
+    /// Closes the port (`CloseHandle`): every waiting worker wakes with
+    /// `ERROR_ABANDONED_WAIT_0` (735), queued packets are dropped, and later
+    /// completions of its sockets are discarded.
+    pub fn close(&self) {
+        let dropped = {
+            let mut queue = self.shared.lock();
+            queue.closed = true;
+            std::mem::take(&mut queue.packets)
+        };
+        self.shared.ready.notify_all();
+        drop(dropped);
+    }
+
+    /// Whether [`CompletionPort::close`] was called.
+    pub fn is_closed(&self) -> bool {
+        self.shared.lock().closed
+    }
+
+    /// The notification that turns an operation's completion into a packet
+    /// for this port under `key`.
+    pub(crate) fn delivery(&self, key: u64) -> Notify {
+        let shared = self.shared.clone();
+        Notify::Deliver(Box::new(
+            move |outcome: Outcome, mut parts: Option<IoParts>| {
+                let record = parts.as_mut().and_then(IoParts::take_record::<T>);
+                shared.enqueue(Completion {
+                    key,
+                    result: outcome.into_result().map(Transfer::from),
+                    record,
+                    parts,
+                });
+            },
+        ))
+    }
+}
+
+impl<T> fmt::Debug for CompletionPort<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CompletionPort")
+            .field("concurrency", &self.shared.concurrency)
+            .finish()
+    }
+}

@@ -1,0 +1,205 @@
+//! Sockets associated with a completion port.
+
+use std::io;
+use std::net::{Shutdown, SocketAddr};
+use std::sync::Arc;
+
+use socket2::{Domain, Protocol, Type};
+
+use super::CompletionPort;
+use crate::driver::op::{IoParts, Op, OpKind};
+use crate::driver::socket::Socket;
+use crate::driver::{self, buf::IoBuf, buf::IoBufMut};
+use crate::net::{TcpListener, TcpStream};
+use crate::overlapped::{StartError, Started};
+
+/// A TCP stream associated with a completion port: its receives, sends and
+/// disconnect report to the port as packets carrying a record `T`.
+///
+/// Dropping it, or [`PortStream::close`], is `closesocket`: operations in
+/// flight complete with `WSA_OPERATION_ABORTED` (995) through the port.
+#[derive(Debug)]
+pub struct PortStream<T> {
+    stream: TcpStream,
+    port: CompletionPort<T>,
+    key: u64,
+}
+
+impl<T: Send + 'static> PortStream<T> {
+    pub(super) fn new(stream: TcpStream, port: CompletionPort<T>, key: u64) -> PortStream<T> {
+        PortStream { stream, port, key }
+    }
+
+    pub(super) fn connect(
+        port: CompletionPort<T>,
+        addr: SocketAddr,
+        key: u64,
+        record: T,
+    ) -> Result<PortStream<T>, (io::Error, T)> {
+        let made =
+            socket2::Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
+                .and_then(TcpStream::from_unconnected);
+        let stream = match made {
+            Ok(stream) => PortStream::new(stream, port, key),
+            Err(e) => return Err((e, record)),
+        };
+        let parts = IoParts::for_address(Some(addr)).with_record(record);
+        match stream.start(OpKind::Connect, parts) {
+            Ok(_) => Ok(stream),
+            Err((e, mut parts)) => {
+                let record = parts
+                    .take_record::<T>()
+                    .expect("the record given to connect");
+                Err((e, record))
+            }
+        }
+    }
+
+    /// Starts a receive (`WSARecv` on an associated socket); the packet
+    /// carries `record` and the buffers. Even a receive that completes at
+    /// once queues its packet, as on Windows.
+    pub fn recv<B: IoBufMut>(
+        &self,
+        buffers: Vec<B>,
+        record: T,
+    ) -> Result<Started, StartError<B, T>> {
+        self.start_io(OpKind::Recv, IoParts::for_recv(buffers).with_record(record))
+    }
+
+    /// Starts a send of every byte of `buffers`, gathered (`WSASend`).
+    pub fn send<B: IoBuf>(&self, buffers: Vec<B>, record: T) -> Result<Started, StartError<B, T>> {
+        self.start_io(OpKind::Send, IoParts::for_send(buffers).with_record(record))
+    }
+
+    /// Starts a graceful disconnect (`DisconnectEx`): queued data is sent,
+    /// then FIN; a pending receive completes with 0 bytes.
+    pub fn disconnect(&self, record: T) -> Result<Started, (io::Error, T)> {
+        let parts = IoParts::for_address(None).with_record(record);
+        self.start(OpKind::Shutdown(libc::SHUT_RDWR), parts)
+            .map_err(|(e, mut parts)| {
+                (
+                    e,
+                    parts
+                        .take_record::<T>()
+                        .expect("the record given to disconnect"),
+                )
+            })
+    }
+
+    fn start_io<B: 'static>(
+        &self,
+        kind: OpKind,
+        parts: IoParts,
+    ) -> Result<Started, StartError<B, T>> {
+        self.start(kind, parts).map_err(|(error, mut parts)| {
+            let record = parts.take_record::<T>();
+            StartError::new(error, parts.into_buffers()).with_record(record)
+        })
+    }
+
+    /// Starts `kind`; on failure the memory comes back untouched.
+    fn start(&self, kind: OpKind, parts: IoParts) -> Result<Started, (io::Error, IoParts)> {
+        let op = Op::new(
+            kind,
+            Some(self.socket().clone()),
+            self.port.delivery(self.key),
+            Some(parts),
+        );
+        match driver::start(&op) {
+            Ok(Some(outcome)) => Ok(Started::Completed(outcome.into())),
+            Ok(None) => Ok(Started::Pending),
+            Err(e) => Err((
+                e,
+                op.reclaim()
+                    .expect("an unstarted operation keeps its memory"),
+            )),
+        }
+    }
+
+    /// Closes the socket now (`closesocket`), keeping the handle: nothing
+    /// more starts, and operations in flight complete with 995. Safe to call
+    /// more than once.
+    pub fn close(&self) {
+        driver::close(self.socket());
+    }
+
+    /// Shuts down one or both directions at once (`shutdown`).
+    pub fn shutdown(&self, how: Shutdown) -> io::Result<()> {
+        self.stream.shutdown(how)
+    }
+
+    /// The completion key this stream reports with.
+    pub fn key(&self) -> u64 {
+        self.key
+    }
+
+    /// The underlying stream, for its options and addresses.
+    pub fn stream(&self) -> &TcpStream {
+        &self.stream
+    }
+
+    fn socket(&self) -> &Arc<Socket> {
+        crate::net::driver_socket(&self.stream)
+    }
+}
+
+/// A listening socket associated with a completion port, for overlapped
+/// accepts (`AcceptEx`). Several accepts may be posted at once.
+#[derive(Debug)]
+pub struct PortListener<T> {
+    socket: Arc<Socket>,
+    local_addr: SocketAddr,
+    port: CompletionPort<T>,
+    key: u64,
+}
+
+impl<T: Send + 'static> PortListener<T> {
+    pub(super) fn new(
+        listener: TcpListener,
+        port: CompletionPort<T>,
+        key: u64,
+    ) -> io::Result<PortListener<T>> {
+        let local_addr = listener.local_addr()?;
+        Ok(PortListener {
+            socket: Socket::new(listener.into_socket()),
+            local_addr,
+            port,
+            key,
+        })
+    }
+
+    /// Posts an accept (`AcceptEx`). Its packet carries `record`; take the
+    /// connection from it with [`super::Completion::take_accepted`].
+    pub fn accept(&self, record: T) -> Result<Started, (io::Error, T)> {
+        let parts = IoParts::for_address(None).with_record(record);
+        let op = Op::new(
+            OpKind::Accept,
+            Some(self.socket.clone()),
+            self.port.delivery(self.key),
+            Some(parts),
+        );
+        match driver::start(&op) {
+            Ok(_) => Ok(Started::Pending),
+            Err(e) => {
+                let record = op.reclaim().and_then(|mut p| p.take_record::<T>());
+                Err((e, record.expect("an unstarted accept keeps its record")))
+            }
+        }
+    }
+
+    /// The address the listener is bound to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Stops listening: posted accepts complete with 995, the socket closes.
+    pub fn close(&self) {
+        driver::close(&self.socket);
+    }
+}
+
+impl<T> Drop for PortListener<T> {
+    fn drop(&mut self) {
+        driver::close(&self.socket);
+    }
+}
