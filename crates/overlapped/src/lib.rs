@@ -53,6 +53,8 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+pub use bytes::Bytes;
+
 mod driver;
 pub mod error;
 mod event;
@@ -60,8 +62,9 @@ pub mod net;
 mod overlapped;
 pub mod port;
 mod routine;
+pub mod session;
 
-pub use driver::buf::{IoBuf, IoBufMut};
+pub use driver::buf::{IoBuf, IoBufMut, Tail};
 pub use error::ErrorExt;
 pub use event::{wait_for_multiple_events, Event, WaitResult, INFINITE, MAXIMUM_WAIT_EVENTS};
 pub use net::{AsOverlappedSocket, TcpListener, TcpStream, UdpSocket};

@@ -87,3 +87,53 @@ unsafe impl IoBuf for &'static [u8] {
         <[u8]>::len(self)
     }
 }
+
+// SAFETY: `Bytes` is immutable and reference-counted; its bytes stay at the
+// same address, unchanged, while any handle to them lives.
+unsafe impl IoBuf for bytes::Bytes {
+    fn stable_ptr(&self) -> *const u8 {
+        self.as_ptr()
+    }
+    fn len(&self) -> usize {
+        bytes::Bytes::len(self)
+    }
+}
+
+/// A `Vec<u8>` lent from an offset to its end: a `WSABUF` that points into
+/// the middle of a larger buffer (the free tail of a receive buffer).
+#[derive(Debug, Default)]
+pub struct Tail {
+    vec: Vec<u8>,
+    start: usize,
+}
+
+impl Tail {
+    /// Lends `vec[start..]`; `start` past the end lends nothing.
+    pub fn new(vec: Vec<u8>, start: usize) -> Tail {
+        let start = start.min(vec.len());
+        Tail { vec, start }
+    }
+
+    /// The whole vector back.
+    pub fn into_inner(self) -> Vec<u8> {
+        self.vec
+    }
+}
+
+// SAFETY: the window is inside the Vec's heap allocation, which does not
+// move when the Tail moves and cannot be resized while the driver owns it.
+unsafe impl IoBuf for Tail {
+    fn stable_ptr(&self) -> *const u8 {
+        self.vec[self.start..].as_ptr()
+    }
+    fn len(&self) -> usize {
+        self.vec.len() - self.start
+    }
+}
+
+// SAFETY: as for IoBuf; the window is valid for writes of `len()` bytes.
+unsafe impl IoBufMut for Tail {
+    fn stable_mut_ptr(&mut self) -> *mut u8 {
+        self.vec[self.start..].as_mut_ptr()
+    }
+}

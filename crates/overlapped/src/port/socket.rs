@@ -43,16 +43,23 @@ impl<T: Send + 'static> PortStream<T> {
             Ok(stream) => PortStream::new(stream, port, key),
             Err(e) => return Err((e, record)),
         };
+        stream.start_connect(addr, record)?;
+        Ok(stream)
+    }
+
+    /// Starts an overlapped connect (`ConnectEx`) of this stream, which is
+    /// not connected yet; the packet carrying `record` reports the outcome.
+    pub(crate) fn start_connect(
+        &self,
+        addr: SocketAddr,
+        record: T,
+    ) -> Result<Started, (io::Error, T)> {
         let parts = IoParts::for_address(Some(addr)).with_record(record);
-        match stream.start(OpKind::Connect, parts) {
-            Ok(_) => Ok(stream),
-            Err((e, mut parts)) => {
-                let record = parts
-                    .take_record::<T>()
-                    .expect("the record given to connect");
-                Err((e, record))
-            }
-        }
+        self.start(OpKind::Connect, parts)
+            .map_err(|(e, mut parts)| {
+                let record = parts.take_record::<T>();
+                (e, record.expect("an unstarted connect keeps its record"))
+            })
     }
 
     /// Starts a receive (`WSARecv` on an associated socket); the packet

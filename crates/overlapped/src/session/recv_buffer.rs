@@ -1,0 +1,157 @@
+//! `RecvBuffer`: where a session's one posted receive lands.
+
+use crate::driver::buf::Tail;
+
+/// A receive buffer with read and write cursors, the classic IOCP
+/// session's `RecvBuffer`.
+///
+/// The kernel writes at the write cursor (the free tail is what the next
+/// receive is given); the program consumes whole packets at the read
+/// cursor. When the unread bytes reach the end and little room is left,
+/// they are moved to the front (compaction), so a buffer of capacity `C`
+/// always has room for a packet of up to `C - low_water` bytes.
+#[derive(Debug)]
+pub struct RecvBuffer {
+    data: Vec<u8>,
+    read: usize,
+    write: usize,
+    /// Compact when less than this much room is left at the end.
+    low_water: usize,
+}
+
+impl RecvBuffer {
+    /// A buffer of `capacity` bytes that compacts once less than
+    /// `low_water` bytes are free at its end.
+    pub fn new(capacity: usize, low_water: usize) -> RecvBuffer {
+        RecvBuffer {
+            data: vec![0; capacity.max(1)],
+            read: 0,
+            write: 0,
+            low_water: low_water.min(capacity),
+        }
+    }
+
+    /// The bytes received and not yet consumed.
+    pub fn readable(&self) -> &[u8] {
+        &self.data[self.read..self.write]
+    }
+
+    /// Marks `n` readable bytes as consumed. Consuming more than
+    /// [`RecvBuffer::readable`] holds is `InvalidInput` and changes nothing.
+    pub fn consume(&mut self, n: usize) -> std::io::Result<()> {
+        let readable = self.write - self.read;
+        if n > readable {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("cannot consume {n} bytes: only {readable} were received"),
+            ));
+        }
+        self.read += n;
+        if self.read == self.write {
+            // Empty: start over at the front for free.
+            self.read = 0;
+            self.write = 0;
+        }
+        Ok(())
+    }
+
+    /// Bytes free after the write cursor.
+    pub fn free(&self) -> usize {
+        self.data.len() - self.write
+    }
+
+    /// The buffer's size.
+    pub fn capacity(&self) -> usize {
+        self.data.len()
+    }
+
+    /// Moves the unread bytes to the front if the free tail is below the
+    /// low-water mark. Returns whether it moved anything.
+    pub fn compact_if_needed(&mut self) -> bool {
+        if self.free() >= self.low_water || self.read == 0 {
+            return false;
+        }
+        self.data.copy_within(self.read..self.write, 0);
+        self.write -= self.read;
+        self.read = 0;
+        true
+    }
+
+    /// Lends the free tail to a receive.
+    pub(crate) fn lend(&mut self) -> Tail {
+        Tail::new(std::mem::take(&mut self.data), self.write)
+    }
+
+    /// Takes the storage back after a receive of `received` bytes.
+    pub(crate) fn restore(&mut self, tail: Tail, received: usize) {
+        self.data = tail.into_inner();
+        self.write = (self.write + received).min(self.data.len());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn receive(buffer: &mut RecvBuffer, bytes: &[u8]) {
+        let write = buffer.write;
+        let mut vec = buffer.lend().into_inner();
+        vec[write..write + bytes.len()].copy_from_slice(bytes);
+        buffer.restore(Tail::new(vec, write), bytes.len());
+    }
+
+    #[test]
+    fn received_bytes_are_readable_until_consumed() {
+        let mut buffer = RecvBuffer::new(16, 4);
+        receive(&mut buffer, b"abcdef");
+        assert_eq!(buffer.readable(), b"abcdef");
+        buffer.consume(2).unwrap();
+        assert_eq!(buffer.readable(), b"cdef");
+    }
+
+    #[test]
+    fn consuming_everything_resets_the_cursors() {
+        let mut buffer = RecvBuffer::new(16, 4);
+        receive(&mut buffer, b"abcdef");
+        buffer.consume(6).unwrap();
+        assert_eq!(buffer.free(), 16);
+    }
+
+    #[test]
+    fn compaction_moves_unread_bytes_to_the_front_when_nearly_full() {
+        let mut buffer = RecvBuffer::new(16, 4);
+        receive(&mut buffer, b"0123456789abcd");
+        buffer.consume(10).unwrap();
+        assert_eq!(buffer.free(), 2);
+        assert!(buffer.compact_if_needed());
+        assert_eq!(buffer.readable(), b"abcd");
+        assert_eq!(buffer.free(), 12);
+    }
+
+    #[test]
+    fn no_compaction_while_room_is_left() {
+        let mut buffer = RecvBuffer::new(16, 4);
+        receive(&mut buffer, b"0123");
+        buffer.consume(2).unwrap();
+        assert!(!buffer.compact_if_needed());
+        assert_eq!(buffer.readable(), b"23");
+    }
+
+    #[test]
+    fn consuming_more_than_received_is_an_error_and_changes_nothing() {
+        let mut buffer = RecvBuffer::new(16, 4);
+        receive(&mut buffer, b"ab");
+        assert!(buffer.consume(3).is_err());
+        assert_eq!(buffer.readable(), b"ab");
+    }
+
+    #[test]
+    fn lending_gives_the_free_tail() {
+        let mut buffer = RecvBuffer::new(16, 4);
+        receive(&mut buffer, b"abc");
+        let tail = buffer.lend();
+        assert_eq!(crate::IoBuf::len(&tail), 13);
+        buffer.restore(tail, 0);
+        assert_eq!(buffer.readable(), b"abc");
+    }
+}

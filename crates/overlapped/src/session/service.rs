@@ -1,0 +1,298 @@
+//! `Service`: a completion port, its worker threads, and the sessions they
+//! serve, on the server side (with a [`super::Listener`]) or the client side.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::io;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::{self, JoinHandle};
+
+use bytes::Bytes;
+
+use super::listener::Listener;
+use super::recv_buffer::RecvBuffer;
+use super::session::{Session, SessionHandler};
+use crate::event::INFINITE;
+use crate::net::{TcpListener, TcpStream};
+use crate::port::{Completion, CompletionPort};
+
+/// Makes the handler of each new session.
+pub type SessionFactory = Arc<dyn Fn() -> Arc<dyn SessionHandler> + Send + Sync>;
+
+/// The record each operation carries through the port: what to do with its
+/// completion, and the `Arc` that keeps its owner alive meanwhile.
+pub(crate) enum Io {
+    Accept(Arc<Listener>),
+    Connect(Arc<Session>),
+    Recv(Arc<Session>),
+    Send(Arc<Session>),
+}
+
+/// Tunables of a [`Service`].
+#[derive(Clone, Debug)]
+pub struct ServiceConfig {
+    /// Worker threads dequeuing from the port.
+    pub workers: usize,
+    /// Accepts kept posted by the listener.
+    pub accepts: usize,
+    /// Bytes of each session's receive buffer.
+    pub recv_buffer: usize,
+    /// Free bytes below which a receive buffer is compacted; set it to the
+    /// largest packet so a whole packet always fits.
+    pub recv_low_water: usize,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        ServiceConfig {
+            workers: thread::available_parallelism().map_or(1, |n| n.get()),
+            accepts: 16,
+            recv_buffer: 64 * 1024,
+            recv_low_water: 4096,
+        }
+    }
+}
+
+pub(crate) struct ServiceCore {
+    port: CompletionPort<Io>,
+    factory: SessionFactory,
+    config: ServiceConfig,
+    sessions: Mutex<HashMap<u64, Arc<Session>>>,
+    next_id: AtomicU64,
+    listener: Mutex<Option<Arc<Listener>>>,
+    workers: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl ServiceCore {
+    fn sessions(&self) -> MutexGuard<'_, HashMap<u64, Arc<Session>>> {
+        self.sessions.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Drops a disconnected session from the table.
+    pub(crate) fn forget(&self, id: u64) {
+        self.sessions().remove(&id);
+    }
+
+    /// Makes a session for a connected stream and tracks it.
+    pub(crate) fn adopt(self: &Arc<Self>, stream: TcpStream, peer: SocketAddr) -> Arc<Session> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
+        let stream = self.port.associate(stream, id);
+        let session = Session::new(
+            id,
+            peer,
+            stream,
+            (self.factory)(),
+            Arc::downgrade(self),
+            RecvBuffer::new(self.config.recv_buffer, self.config.recv_low_water),
+        );
+        self.sessions().insert(id, session.clone());
+        session
+    }
+
+    pub(crate) fn port(&self) -> &CompletionPort<Io> {
+        &self.port
+    }
+
+    pub(crate) fn config(&self) -> &ServiceConfig {
+        &self.config
+    }
+
+    fn dispatch(self: &Arc<Self>, mut packet: Completion<Io>) {
+        let Some(io) = packet.record.take() else {
+            return;
+        };
+        match io {
+            Io::Accept(listener) => listener.on_accept(self, packet),
+            Io::Connect(session) => match packet.result {
+                Ok(_) => session.start(),
+                Err(e) => session.disconnect(&format!("connect failed: {e}")),
+            },
+            Io::Recv(session) => {
+                let tails = packet.take_buffers();
+                session.on_recv_complete(packet.result, tails)
+            }
+            Io::Send(session) => {
+                let sent = packet.take_buffers();
+                session.on_send_complete(packet.result, sent)
+            }
+        }
+    }
+
+    fn work(self: Arc<Self>) {
+        let mut batch = Vec::with_capacity(64);
+        // The port returns an error only once it is closed.
+        while self
+            .port
+            .get_queued_completion_status_ex(&mut batch, 64, INFINITE)
+            .is_ok()
+        {
+            for packet in batch.drain(..) {
+                self.dispatch(packet);
+            }
+        }
+    }
+}
+
+/// A server or client: a completion port, worker threads that dispatch its
+/// packets, and the sessions it tracks (the classic IOCP `Service`).
+///
+/// Cloning gives another handle to the same service.
+#[derive(Clone)]
+pub struct Service {
+    core: Arc<ServiceCore>,
+}
+
+impl Service {
+    pub(crate) fn from_core(core: Arc<ServiceCore>) -> Service {
+        Service { core }
+    }
+
+    fn start(config: ServiceConfig, factory: SessionFactory) -> io::Result<Service> {
+        let core = Arc::new(ServiceCore {
+            port: CompletionPort::new(config.workers)?,
+            factory,
+            config,
+            sessions: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(0),
+            listener: Mutex::new(None),
+            workers: Mutex::new(Vec::new()),
+        });
+        let mut workers = Vec::new();
+        for index in 0..core.config.workers.max(1) {
+            let core = core.clone();
+            workers.push(
+                thread::Builder::new()
+                    .name(format!("service-worker-{index}"))
+                    .spawn(move || core.work())?,
+            );
+        }
+        *core.workers.lock().unwrap_or_else(|p| p.into_inner()) = workers;
+        Ok(Service { core })
+    }
+
+    /// A server: listens on `addr`, keeps `config.accepts` accepts posted,
+    /// and makes a session with a handler from `factory` for each client.
+    pub fn server(
+        addr: impl ToSocketAddrs,
+        config: ServiceConfig,
+        factory: SessionFactory,
+    ) -> io::Result<Service> {
+        let listener = TcpListener::bind(addr)?;
+        let service = Service::start(config, factory)?;
+        let listener = Listener::start(&service.core, listener)?;
+        *service
+            .core
+            .listener
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(listener);
+        Ok(service)
+    }
+
+    /// A client: connects `count` sessions to `addr` with overlapped
+    /// connects (`ConnectEx`). Failed connects are reported to their
+    /// handler's `on_disconnected`.
+    pub fn client(
+        addr: SocketAddr,
+        count: usize,
+        config: ServiceConfig,
+        factory: SessionFactory,
+    ) -> io::Result<Service> {
+        let service = Service::start(config, factory)?;
+        for _ in 0..count {
+            service.connect(addr)?;
+        }
+        Ok(service)
+    }
+
+    /// Starts one more client session to `addr`.
+    pub fn connect(&self, addr: SocketAddr) -> io::Result<Arc<Session>> {
+        let core = &self.core;
+        let id = core.next_id.fetch_add(1, Ordering::Relaxed) + 1;
+        // The session must exist before its connect completes, so the
+        // socket is made and associated first, then connected.
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(addr),
+            socket2::Type::STREAM,
+            Some(socket2::Protocol::TCP),
+        )?;
+        let stream = core
+            .port
+            .associate(TcpStream::from_unconnected(socket)?, id);
+        let session = Session::new(
+            id,
+            addr,
+            stream,
+            (core.factory)(),
+            Arc::downgrade(core),
+            RecvBuffer::new(core.config.recv_buffer, core.config.recv_low_water),
+        );
+        core.sessions().insert(id, session.clone());
+        if let Err(e) = session.connect(addr) {
+            session.disconnect(&format!("connect failed: {e}"));
+            return Err(e);
+        }
+        Ok(session)
+    }
+
+    /// The listening address of a server.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        let listener = self.core.listener.lock().unwrap_or_else(|p| p.into_inner());
+        listener.as_ref().map(|l| l.local_addr())
+    }
+
+    /// Connected sessions right now.
+    pub fn session_count(&self) -> usize {
+        self.core.sessions().len()
+    }
+
+    /// A snapshot of the connected sessions.
+    pub fn sessions(&self) -> Vec<Arc<Session>> {
+        self.core.sessions().values().cloned().collect()
+    }
+
+    /// Queues the same bytes on every connected session; they are written
+    /// once and shared. Returns how many sessions took them.
+    pub fn broadcast(&self, data: &Bytes) -> usize {
+        self.sessions()
+            .iter()
+            .filter(|session| session.send(data.clone()))
+            .count()
+    }
+
+    /// Stops the service: stops listening, disconnects every session,
+    /// closes the port and waits for the workers to finish.
+    pub fn stop(&self) {
+        if let Some(listener) = self
+            .core
+            .listener
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            listener.close();
+        }
+        for session in self.sessions() {
+            session.disconnect("service stopped");
+        }
+        self.core.port.close();
+        let workers =
+            std::mem::take(&mut *self.core.workers.lock().unwrap_or_else(|p| p.into_inner()));
+        let me = thread::current().id();
+        for worker in workers {
+            if worker.thread().id() != me {
+                let _ = worker.join();
+            }
+        }
+    }
+}
+
+impl fmt::Debug for Service {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Service")
+            .field("sessions", &self.session_count())
+            .field("local_addr", &self.local_addr())
+            .finish()
+    }
+}

@@ -1,0 +1,259 @@
+//! `Session`: one connection of a service, with its receive always posted
+//! and a send queue of which at most one gathered send is in flight.
+
+use std::fmt;
+use std::io;
+use std::mem;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+
+use bytes::Bytes;
+
+use super::recv_buffer::RecvBuffer;
+use super::service::{Io, Service, ServiceCore};
+use crate::driver::buf::Tail;
+use crate::overlapped::Transfer;
+use crate::port::PortStream;
+
+/// What a service's sessions do: the hooks of the classic IOCP session.
+///
+/// Hooks run on the service's worker threads. For one session, receives
+/// are handled one at a time, in order; a send completion may run on
+/// another worker at the same time.
+pub trait SessionHandler: Send + Sync + 'static {
+    /// The session is connected and its first receive is about to be posted.
+    fn on_connected(&self, session: &Arc<Session>) {
+        let _ = session;
+    }
+
+    /// Bytes arrived; `data` holds every byte received and not yet
+    /// consumed. Returns how many bytes it consumed (the rest stays for the
+    /// next call), or the reason to disconnect the session.
+    fn on_recv(&self, session: &Arc<Session>, data: &[u8]) -> Result<usize, String>;
+
+    /// A gathered send of `bytes` bytes completed.
+    fn on_sent(&self, session: &Arc<Session>, bytes: usize) {
+        let _ = (session, bytes);
+    }
+
+    /// The session is gone; called exactly once, with the reason.
+    fn on_disconnected(&self, session: &Arc<Session>, reason: &str) {
+        let _ = (session, reason);
+    }
+}
+
+/// Sends waiting for the one in flight.
+#[derive(Default)]
+struct SendQueue {
+    pending: Vec<Bytes>,
+    in_flight: bool,
+}
+
+/// One connection of a [`Service`].
+///
+/// Every operation in flight holds an `Arc` of its session, so a session
+/// lives until its last completion has been handled, whatever else drops it.
+pub struct Session {
+    id: u64,
+    peer: SocketAddr,
+    stream: PortStream<Io>,
+    handler: Arc<dyn SessionHandler>,
+    service: Weak<ServiceCore>,
+    /// The receive buffer while no receive is in flight.
+    recv: Mutex<Option<RecvBuffer>>,
+    send: Mutex<SendQueue>,
+    disconnected: AtomicBool,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every critical section here is a few field updates that a panic
+    // cannot leave half-done.
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Session {
+    pub(crate) fn new(
+        id: u64,
+        peer: SocketAddr,
+        stream: PortStream<Io>,
+        handler: Arc<dyn SessionHandler>,
+        service: Weak<ServiceCore>,
+        recv_buffer: RecvBuffer,
+    ) -> Arc<Session> {
+        Arc::new(Session {
+            id,
+            peer,
+            stream,
+            handler,
+            service,
+            recv: Mutex::new(Some(recv_buffer)),
+            send: Mutex::new(SendQueue::default()),
+            disconnected: AtomicBool::new(false),
+        })
+    }
+
+    /// The session's id, unique within its service.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The peer's address.
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.peer
+    }
+
+    /// Whether the session is still connected.
+    pub fn is_connected(&self) -> bool {
+        !self.disconnected.load(Ordering::Acquire)
+    }
+
+    /// The service the session belongs to, while it runs.
+    pub fn service(&self) -> Option<Service> {
+        self.service.upgrade().map(Service::from_core)
+    }
+
+    /// Queues `data` to be sent. If no send is in flight, everything queued
+    /// goes out in one gathered send now; otherwise it joins the next one.
+    /// The bytes are shared, not copied: the same `Bytes` can be queued on
+    /// many sessions. Returns `false` (and drops `data`) once disconnected.
+    pub fn send(self: &Arc<Self>, data: Bytes) -> bool {
+        if !self.is_connected() {
+            return false;
+        }
+        let batch = {
+            let mut queue = lock(&self.send);
+            queue.pending.push(data);
+            if queue.in_flight {
+                return true;
+            }
+            queue.in_flight = true;
+            mem::take(&mut queue.pending)
+        };
+        self.post_send(batch);
+        true
+    }
+
+    /// Disconnects the session: in-flight operations are cancelled and
+    /// [`SessionHandler::on_disconnected`] runs. Only the first call does
+    /// anything.
+    pub fn disconnect(self: &Arc<Self>, reason: &str) {
+        if self.disconnected.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        self.stream.close();
+        if let Some(service) = self.service.upgrade() {
+            service.forget(self.id);
+        }
+        self.handler.on_disconnected(self, reason);
+    }
+
+    /// Starts the overlapped connect of a client session; its completion
+    /// starts the session.
+    pub(crate) fn connect(self: &Arc<Self>, addr: SocketAddr) -> io::Result<()> {
+        self.stream
+            .start_connect(addr, Io::Connect(self.clone()))
+            .map(drop)
+            .map_err(|(e, _)| e)
+    }
+
+    /// Announces the connection and posts the first receive.
+    pub(crate) fn start(self: &Arc<Self>) {
+        self.handler.on_connected(self);
+        let buffer = lock(&self.recv).take();
+        if let Some(buffer) = buffer {
+            self.post_recv(buffer);
+        }
+    }
+
+    fn post_recv(self: &Arc<Self>, mut buffer: RecvBuffer) {
+        if !self.is_connected() {
+            return;
+        }
+        let tail = buffer.lend();
+        *lock(&self.recv) = Some(buffer);
+        if let Err(e) = self.stream.recv(vec![tail], Io::Recv(self.clone())) {
+            let (error, _, _) = e.into_parts();
+            self.disconnect(&format!("cannot post a receive: {error}"));
+        }
+    }
+
+    /// A receive completed: hand the bytes to the handler, then post the
+    /// next receive.
+    pub(crate) fn on_recv_complete(
+        self: &Arc<Self>,
+        result: io::Result<Transfer>,
+        tails: Option<Vec<Tail>>,
+    ) {
+        let Some(mut buffer) = lock(&self.recv).take() else {
+            return;
+        };
+        let received = match result {
+            Ok(transfer) => transfer.bytes,
+            Err(e) => return self.disconnect(&format!("receive failed: {e}")),
+        };
+        if let Some(tail) = tails.and_then(|mut t| t.pop()) {
+            buffer.restore(tail, received);
+        }
+        if received == 0 {
+            return self.disconnect("closed by peer");
+        }
+        if !self.is_connected() {
+            return;
+        }
+        let consumed = match self.handler.on_recv(self, buffer.readable()) {
+            Ok(consumed) => consumed,
+            Err(reason) => return self.disconnect(&reason),
+        };
+        if let Err(e) = buffer.consume(consumed) {
+            return self.disconnect(&format!("handler error: {e}"));
+        }
+        buffer.compact_if_needed();
+        if buffer.free() == 0 {
+            return self.disconnect("receive buffer full: a packet larger than the buffer");
+        }
+        self.post_recv(buffer);
+    }
+
+    fn post_send(self: &Arc<Self>, batch: Vec<Bytes>) {
+        if let Err(e) = self.stream.send(batch, Io::Send(self.clone())) {
+            let (error, _, _) = e.into_parts();
+            self.disconnect(&format!("cannot post a send: {error}"));
+        }
+    }
+
+    /// A gathered send completed: report it, then send whatever queued up
+    /// meanwhile.
+    pub(crate) fn on_send_complete(
+        self: &Arc<Self>,
+        result: io::Result<Transfer>,
+        sent: Option<Vec<Bytes>>,
+    ) {
+        match result {
+            Ok(transfer) => self.handler.on_sent(self, transfer.bytes),
+            Err(e) => return self.disconnect(&format!("send failed: {e}")),
+        }
+        let batch = {
+            let mut queue = lock(&self.send);
+            if queue.pending.is_empty() || !self.is_connected() {
+                queue.in_flight = false;
+                return;
+            }
+            // Reuse the finished batch's vector for the next queue.
+            let mut spare = sent.unwrap_or_default();
+            spare.clear();
+            mem::replace(&mut queue.pending, spare)
+        };
+        self.post_send(batch);
+    }
+}
+
+impl fmt::Debug for Session {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Session")
+            .field("id", &self.id)
+            .field("peer", &self.peer)
+            .field("connected", &self.is_connected())
+            .finish()
+    }
+}
