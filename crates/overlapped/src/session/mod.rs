@@ -10,10 +10,10 @@ mod listener;
 mod packet;
 mod recv_buffer;
 mod service;
-mod session;
+mod connection;
 
 pub use listener::Listener;
 pub use packet::{recv_buffer_for, PacketHandler, PacketSession};
 pub use recv_buffer::RecvBuffer;
 pub use service::{Service, ServiceConfig, SessionFactory};
-pub use session::{Session, SessionHandler};
+pub use connection::{Session, SessionHandler};

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use super::framing::{self, next_frame};
-use super::session::{Session, SessionHandler};
+use super::connection::{Session, SessionHandler};
 
 /// What a packet-based session does with whole frames.
 pub trait PacketHandler: Send + Sync + 'static {

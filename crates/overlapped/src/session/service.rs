@@ -13,7 +13,7 @@ use bytes::Bytes;
 
 use super::listener::Listener;
 use super::recv_buffer::RecvBuffer;
-use super::session::{Session, SessionHandler};
+use super::connection::{Session, SessionHandler};
 use crate::event::INFINITE;
 use crate::net::{TcpListener, TcpStream};
 use crate::port::{Completion, CompletionPort};
