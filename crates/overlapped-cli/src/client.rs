@@ -28,13 +28,16 @@ pub struct ClientArgs {
     /// Pause between sends, in milliseconds.
     #[arg(long, default_value_t = 1000)]
     pub interval_ms: u64,
-    /// Number of sends, then exit 0 (default: send forever).
+    /// Number of sends per connection, then exit 0 (default: forever).
     #[arg(long)]
     pub count: Option<u64>,
+    /// Connections from this process, each sending as the seed's client.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub clients: u32,
 }
 
 pub fn run(args: ClientArgs) -> io::Result<()> {
-    let mut send_buffer = zero_padded(&args.message, args.size as usize).ok_or_else(|| {
+    let send_buffer = zero_padded(&args.message, args.size as usize).ok_or_else(|| {
         io::Error::new(
             io::ErrorKind::InvalidInput,
             format!(
@@ -44,50 +47,87 @@ pub fn run(args: ClientArgs) -> io::Result<()> {
             ),
         )
     })?;
-    let socket = TcpStream::connect(args.addr)
-        .map_err(|e| io::Error::new(e.kind(), format!("cannot connect to {}: {e}", args.addr)))?;
-    let event = Event::new()?;
-    let mut overlapped = Overlapped::with_event(event.clone());
-    let mut sent = 0u64;
-    while args.count.is_none_or(|count| sent < count) {
-        let bytes = send_once(&socket, &mut overlapped, &event, send_buffer)?;
-        send_buffer = overlapped.take_buffers().unwrap_or_default().swap_remove(0);
-        if writeln!(io::stdout().lock(), "Send Bytes : {bytes}").is_err() {
-            return Ok(());
+    let mut connections = (0..args.clients)
+        .map(|_| Connection::open(args.addr, send_buffer.clone()))
+        .collect::<io::Result<Vec<_>>>()?;
+    let mut rounds = 0u64;
+    while args.count.is_none_or(|count| rounds < count) {
+        // Post every connection's send first, then wait for each: the
+        // sends of one round are in flight together.
+        let mut pending = Vec::with_capacity(connections.len());
+        for connection in &mut connections {
+            pending.push(connection.post()?);
         }
-        sent += 1;
-        if args.count.is_none_or(|count| sent < count) {
+        for (connection, started) in connections.iter_mut().zip(pending) {
+            let bytes = connection.finish(started)?;
+            if writeln!(io::stdout().lock(), "Send Bytes : {bytes}").is_err() {
+                return Ok(());
+            }
+        }
+        rounds += 1;
+        if args.count.is_none_or(|count| rounds < count) {
             thread::sleep(Duration::from_millis(args.interval_ms));
         }
     }
     Ok(())
 }
 
-/// The seed's loop body: `WSASend`, and on `WSA_IO_PENDING` wait on the
-/// event and read the result.
-fn send_once(
-    socket: &TcpStream,
-    overlapped: &mut Overlapped,
-    event: &Event,
-    buffer: Vec<u8>,
-) -> io::Result<usize> {
-    let lost = |e: io::Error| {
-        let code = e.winsock_code().unwrap_or(0);
-        io::Error::new(
-            e.kind(),
-            format!("WSASend Error : {code} (server lost: {e})"),
-        )
-    };
-    match socket.send(overlapped, vec![buffer]) {
-        Ok(Started::Completed(transfer)) => Ok(transfer.bytes),
-        Ok(Started::Pending) => {
-            wait_for_multiple_events(&[event], false, INFINITE, false)?;
-            get_overlapped_result(socket, overlapped, false)
-                .map(|t| t.bytes)
-                .map_err(lost)
-        }
-        Err(e) => Err(lost(e.into_error())),
+/// One connection of the client: the seed's socket, send buffer and
+/// overlapped record with its event.
+struct Connection {
+    socket: TcpStream,
+    event: Event,
+    overlapped: Overlapped,
+    send_buffer: Vec<u8>,
+}
+
+impl Connection {
+    fn open(addr: SocketAddr, send_buffer: Vec<u8>) -> io::Result<Connection> {
+        let socket = TcpStream::connect(addr)
+            .map_err(|e| io::Error::new(e.kind(), format!("cannot connect to {addr}: {e}")))?;
+        let event = Event::new()?;
+        Ok(Connection {
+            socket,
+            overlapped: Overlapped::with_event(event.clone()),
+            event,
+            send_buffer,
+        })
     }
+
+    /// `WSASend` of the buffer.
+    fn post(&mut self) -> io::Result<Started> {
+        let buffer = std::mem::take(&mut self.send_buffer);
+        self.socket
+            .send(&mut self.overlapped, vec![buffer])
+            .map_err(|e| lost(e.into_error()))
+    }
+
+    /// On `WSA_IO_PENDING`, waits on the event and reads the result; then
+    /// takes the buffer back for the next round.
+    fn finish(&mut self, started: Started) -> io::Result<usize> {
+        let bytes = match started {
+            Started::Completed(transfer) => transfer.bytes,
+            Started::Pending => {
+                wait_for_multiple_events(&[&self.event], false, INFINITE, false)?;
+                get_overlapped_result(&self.socket, &mut self.overlapped, false)
+                    .map_err(lost)?
+                    .bytes
+            }
+        };
+        if let Some(mut buffers) = self.overlapped.take_buffers() {
+            self.send_buffer = buffers.swap_remove(0);
+        }
+        Ok(bytes)
+    }
+}
+
+/// A send that failed means the server is gone.
+fn lost(e: io::Error) -> io::Error {
+    let code = e.winsock_code().unwrap_or(0);
+    io::Error::new(
+        e.kind(),
+        format!("WSASend Error : {code} (server lost: {e})"),
+    )
 }
 
 /// Where the demo's client should connect.
@@ -98,5 +138,6 @@ pub fn demo_args(addr: SocketAddr, count: u64, interval_ms: u64) -> ClientArgs {
         size: 100,
         interval_ms,
         count: Some(count),
+        clients: 1,
     }
 }

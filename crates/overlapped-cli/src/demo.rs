@@ -27,7 +27,7 @@ pub fn run(args: DemoArgs) -> io::Result<()> {
     tracing::info!("server listening on {addr}");
     thread::Builder::new()
         .name("server".into())
-        .spawn(move || server::serve(listener))?;
+        .spawn(move || server::serve_seed(listener))?;
     client::run(client::demo_args(addr, args.count, args.interval_ms))?;
     // Let the server print the last receive before the process ends.
     thread::sleep(std::time::Duration::from_millis(100));

@@ -1,5 +1,6 @@
 //! `overlapped`: the seed's overlapped-I/O server and client, on Linux.
 
+mod chat;
 mod client;
 mod demo;
 mod server;
@@ -21,7 +22,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Accept clients and print every receive: `Recv Data : {text} ({n} bytes)`.
+    /// Accept clients and print every receive: `Recv Data : {text} ({n} bytes)`
+    /// (or echo, or run a chat room) in the event, routine or port model.
     Server(server::ServerArgs),
     /// Send a zero-padded message over and over and print `Send Bytes : {n}`.
     Client(client::ClientArgs),

@@ -31,8 +31,14 @@ pub struct Server {
 
 impl Server {
     pub fn start() -> Server {
+        Server::start_with(&[])
+    }
+
+    /// Starts `overlapped server` with extra arguments (model, mode, ...).
+    pub fn start_with(extra: &[&str]) -> Server {
         let mut child = binary()
             .args(["server", "--addr", "127.0.0.1:0"])
+            .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

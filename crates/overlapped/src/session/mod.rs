@@ -5,15 +5,15 @@
 //! Send buffers are [`bytes::Bytes`]: a broadcast encodes its packet once
 //! and every session's send queue holds a reference to the same bytes.
 
+mod connection;
 pub mod framing;
 mod listener;
 mod packet;
 mod recv_buffer;
 mod service;
-mod connection;
 
+pub use connection::{Session, SessionHandler};
 pub use listener::Listener;
 pub use packet::{recv_buffer_for, PacketHandler, PacketSession};
 pub use recv_buffer::RecvBuffer;
 pub use service::{Service, ServiceConfig, SessionFactory};
-pub use connection::{Session, SessionHandler};

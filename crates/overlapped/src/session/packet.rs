@@ -2,8 +2,8 @@
 
 use std::sync::Arc;
 
-use super::framing::{self, next_frame};
 use super::connection::{Session, SessionHandler};
+use super::framing::{self, next_frame};
 
 /// What a packet-based session does with whole frames.
 pub trait PacketHandler: Send + Sync + 'static {

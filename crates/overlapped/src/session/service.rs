@@ -11,9 +11,9 @@ use std::thread::{self, JoinHandle};
 
 use bytes::Bytes;
 
+use super::connection::{Session, SessionHandler};
 use super::listener::Listener;
 use super::recv_buffer::RecvBuffer;
-use super::connection::{Session, SessionHandler};
 use crate::event::INFINITE;
 use crate::net::{TcpListener, TcpStream};
 use crate::port::{Completion, CompletionPort};
@@ -42,6 +42,9 @@ pub struct ServiceConfig {
     /// Free bytes below which a receive buffer is compacted; set it to the
     /// largest packet so a whole packet always fits.
     pub recv_low_water: usize,
+    /// Set `TCP_NODELAY` on every session, as game servers do: a small
+    /// packet goes out at once instead of waiting for an acknowledgement.
+    pub nodelay: bool,
 }
 
 impl Default for ServiceConfig {
@@ -51,6 +54,7 @@ impl Default for ServiceConfig {
             accepts: 16,
             recv_buffer: 64 * 1024,
             recv_low_water: 4096,
+            nodelay: true,
         }
     }
 }
@@ -77,6 +81,7 @@ impl ServiceCore {
 
     /// Makes a session for a connected stream and tracks it.
     pub(crate) fn adopt(self: &Arc<Self>, stream: TcpStream, peer: SocketAddr) -> Arc<Session> {
+        self.configure(&stream);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
         let stream = self.port.associate(stream, id);
         let session = Session::new(
@@ -89,6 +94,14 @@ impl ServiceCore {
         );
         self.sessions().insert(id, session.clone());
         session
+    }
+
+    fn configure(&self, stream: &TcpStream) {
+        if self.config.nodelay {
+            if let Err(e) = stream.set_nodelay(true) {
+                tracing::warn!("cannot set TCP_NODELAY: {e}");
+            }
+        }
     }
 
     pub(crate) fn port(&self) -> &CompletionPort<Io> {

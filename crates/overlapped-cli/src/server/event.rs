@@ -1,4 +1,4 @@
-//! `overlapped server`: the seed's server, serving many clients at once.
+//! The event model: the seed's server, serving many clients at once.
 //!
 //! Each client gets the seed's `Session` (socket, 1000-byte receive buffer,
 //! `OVERLAPPED` with an event). Sessions are gathered into groups; one
@@ -7,21 +7,20 @@
 //! clients (the 64th event wakes it when a new session joins). Groups are
 //! added as clients arrive.
 
-use std::io::{self, Write};
+use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
-use clap::Args;
 use overlapped::error::{ErrorExt, WSA_IO_INCOMPLETE};
 use overlapped::{
     get_overlapped_result, wait_for_multiple_events, Event, Overlapped, TcpListener, TcpStream,
     WaitResult, INFINITE, MAXIMUM_WAIT_EVENTS,
 };
 
-use crate::text::c_string;
+use super::{print_line, recv_line, Mode};
 
 /// The seed's `BUFFER_SIZE`.
 const BUFFER_SIZE: usize = 1000;
@@ -31,23 +30,8 @@ const SESSIONS_PER_GROUP: usize = MAXIMUM_WAIT_EVENTS - 1;
 /// the loop does not spin while the condition lasts.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
-/// Options of `overlapped server`.
-#[derive(Args)]
-pub struct ServerArgs {
-    /// Address to listen on.
-    #[arg(long, default_value = "127.0.0.1:7777")]
-    pub addr: SocketAddr,
-}
-
-pub fn run(args: ServerArgs) -> io::Result<()> {
-    let listener = TcpListener::bind(args.addr)
-        .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {}: {e}", args.addr)))?;
-    tracing::info!("listening on {}", listener.local_addr()?);
-    serve(listener)
-}
-
 /// Accepts clients forever, handing each to a group with room.
-pub fn serve(listener: TcpListener) -> io::Result<()> {
+pub fn serve(listener: TcpListener, mode: Mode) -> io::Result<()> {
     let mut groups: Vec<Arc<Group>> = Vec::new();
     loop {
         let (socket, peer) = match listener.accept() {
@@ -59,7 +43,10 @@ pub fn serve(listener: TcpListener) -> io::Result<()> {
             }
         };
         tracing::info!("client {peer} connected");
-        let session = Session::new(socket, peer)?;
+        if mode == Mode::Echo {
+            set_nodelay(&socket);
+        }
+        let session = Session::new(socket, peer, mode)?;
         let group = match groups.iter().find(|g| g.has_room()) {
             Some(group) => group.clone(),
             None => {
@@ -72,17 +59,29 @@ pub fn serve(listener: TcpListener) -> io::Result<()> {
     }
 }
 
-/// The seed's `Session`, plus the event its overlapped record names.
+/// Echoes go out as soon as they are received, however small: without
+/// this, the second part of a message split across receives would wait for
+/// the peer's delayed acknowledgement of the first (Nagle's algorithm).
+pub(super) fn set_nodelay(socket: &TcpStream) {
+    if let Err(e) = socket.set_nodelay(true) {
+        tracing::warn!("cannot set TCP_NODELAY: {e}");
+    }
+}
+
+/// The seed's `Session`, plus the event its overlapped record names and,
+/// for echo, whether the record currently carries the echo's send.
 struct Session {
     socket: TcpStream,
     peer: SocketAddr,
     recv_buffer: Vec<u8>,
     overlapped: Overlapped,
     event: Event,
+    mode: Mode,
+    sending: bool,
 }
 
 impl Session {
-    fn new(socket: TcpStream, peer: SocketAddr) -> io::Result<Session> {
+    fn new(socket: TcpStream, peer: SocketAddr, mode: Mode) -> io::Result<Session> {
         // `session.overlapped.hEvent = WSACreateEvent()`
         let event = Event::new()?;
         Ok(Session {
@@ -91,6 +90,8 @@ impl Session {
             recv_buffer: vec![0; BUFFER_SIZE],
             overlapped: Overlapped::with_event(event.clone()),
             event,
+            mode,
+            sending: false,
         })
     }
 
@@ -101,52 +102,54 @@ impl Session {
         Ok(())
     }
 
-    /// Handles every receive that has completed and posts the next one.
+    /// Posts the echo of the `n` bytes just received (`WSASend` with the
+    /// same record: one operation at a time per session).
+    fn post_echo(&mut self, n: usize) -> io::Result<()> {
+        let mut buffer = std::mem::take(&mut self.recv_buffer);
+        buffer.truncate(n);
+        self.sending = true;
+        self.socket.send(&mut self.overlapped, vec![buffer])?;
+        Ok(())
+    }
+
+    /// Handles every operation that has completed and posts the next one.
     /// Returns `false` when the client is gone.
     fn service(&mut self) -> bool {
         while !self.overlapped.is_pending() {
             let result = get_overlapped_result(&self.socket, &mut self.overlapped, false);
             if let Some(mut buffers) = self.overlapped.take_buffers() {
                 self.recv_buffer = buffers.swap_remove(0);
+                self.recv_buffer.resize(BUFFER_SIZE, 0);
             }
-            match result {
-                Ok(transfer) if transfer.bytes == 0 => {
-                    tracing::info!("client {} disconnected: closed by peer", self.peer);
-                    return false;
-                }
-                Ok(transfer) => {
-                    let data = &self.recv_buffer[..transfer.bytes];
-                    print_line(&format!(
-                        "Recv Data : {} ({} bytes)",
-                        c_string(data),
-                        transfer.bytes
-                    ));
-                }
+            let transfer = match result {
+                Ok(transfer) => transfer,
                 Err(e) if e.winsock_code() == Some(WSA_IO_INCOMPLETE) => return true,
                 Err(e) => {
                     tracing::info!("client {} disconnected: {e}", self.peer);
                     return false;
                 }
-            }
-            if let Err(e) = self.post_recv() {
+            };
+            let posted = if std::mem::take(&mut self.sending) {
+                self.post_recv()
+            } else if transfer.bytes == 0 {
+                tracing::info!("client {} disconnected: closed by peer", self.peer);
+                return false;
+            } else if self.mode == Mode::Echo {
+                self.post_echo(transfer.bytes)
+            } else {
+                print_line(&recv_line(&self.recv_buffer[..transfer.bytes]));
+                self.post_recv()
+            };
+            if let Err(e) = posted {
                 let code = e.winsock_code().unwrap_or(0);
                 tracing::info!(
-                    "client {} disconnected: WSARecv Error : {code} ({e})",
+                    "client {} disconnected: WSARecv/WSASend Error : {code} ({e})",
                     self.peer
                 );
                 return false;
             }
         }
         true
-    }
-}
-
-/// Writes one line of the seed's output. A closed stdout ends the program
-/// quietly, as for any filter whose reader went away.
-fn print_line(line: &str) {
-    let mut out = io::stdout().lock();
-    if writeln!(out, "{line}").is_err() {
-        std::process::exit(0);
     }
 }
 

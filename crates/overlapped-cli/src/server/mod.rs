@@ -1,0 +1,98 @@
+//! `overlapped server`: the seed's server in each notification model.
+
+mod event;
+mod port;
+mod routine;
+
+use std::io::{self, Write};
+use std::net::SocketAddr;
+
+use clap::{Args, ValueEnum};
+use overlapped::TcpListener;
+
+/// How the server learns that an operation completed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Model {
+    /// Events and `wait_for_multiple_events`, as in the seed.
+    Event,
+    /// Completion routines run in alertable waits.
+    Routine,
+    /// A completion port with worker threads and the session layer.
+    Port,
+}
+
+/// What the server does with what it receives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Mode {
+    /// Print `Recv Data : {text} ({n} bytes)` for each receive (the seed's).
+    Print,
+    /// Write every received byte back to its sender, unframed.
+    Echo,
+    /// A chat room of framed packets (port model only).
+    Chat,
+}
+
+/// Options of `overlapped server`.
+#[derive(Args)]
+pub struct ServerArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:7777")]
+    pub addr: SocketAddr,
+    /// Notification model.
+    #[arg(long, value_enum, default_value_t = Model::Event)]
+    pub model: Model,
+    /// What to do with received bytes.
+    #[arg(long, value_enum, default_value_t = Mode::Print)]
+    pub mode: Mode,
+    /// Worker threads: routine threads (routine model, default 1) or port
+    /// workers (port model, default one per CPU). The event model adds a
+    /// thread per 63 clients instead.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub threads: Option<u16>,
+    /// Largest chat packet accepted, header included (chat mode).
+    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u16).range(4..))]
+    pub max_packet: u16,
+}
+
+pub fn run(args: ServerArgs) -> io::Result<()> {
+    if args.mode == Mode::Chat && args.model != Model::Port {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "--mode chat runs on the session layer: use it with --model port",
+        ));
+    }
+    if args.model == Model::Port {
+        return port::run(&args);
+    }
+    let listener = TcpListener::bind(args.addr)
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {}: {e}", args.addr)))?;
+    tracing::info!("listening on {}", listener.local_addr()?);
+    match args.model {
+        Model::Event => event::serve(listener, args.mode),
+        Model::Routine => routine::serve(listener, args.mode, args.threads.map_or(1, usize::from)),
+        Model::Port => unreachable!("handled above"),
+    }
+}
+
+/// The seed's server (event model, print mode) on `listener`.
+pub fn serve_seed(listener: TcpListener) -> io::Result<()> {
+    event::serve(listener, Mode::Print)
+}
+
+/// Writes one line of the seed's output. A closed stdout ends the program
+/// quietly, as for any filter whose reader went away.
+pub fn print_line(line: &str) {
+    let mut out = io::stdout().lock();
+    if writeln!(out, "{line}").is_err() {
+        std::process::exit(0);
+    }
+}
+
+/// The seed's line for a receive of `data`.
+pub fn recv_line(data: &[u8]) -> String {
+    format!(
+        "Recv Data : {} ({} bytes)",
+        crate::text::c_string(data),
+        data.len()
+    )
+}
