@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v valgrind >/dev/null || { echo "valgrind is not installed (apt-get install valgrind)" >&2; exit 1; }
-for test in cancel recv udp event; do
+for test in cancel recv udp event routine port session; do
   binary=$(cargo test -p overlapped --test "$test" --no-run --message-format=json 2>/dev/null \
     | grep -o '"executable":"[^"]*"' | cut -d'"' -f4 | tail -n 1)
   echo "== valgrind: $test"

@@ -1,0 +1,75 @@
+//! A chat client for `overlapped server --model port --mode chat`: lines
+//! typed on stdin go out as `C_CHAT`; every `S_CHAT` is printed.
+//!
+//! Run: `cargo run --release -- server --model port --mode chat`, then
+//! `cargo run -p overlapped --example chat_client` in two terminals.
+
+use std::io::BufRead;
+use std::sync::Arc;
+
+use overlapped::session::{framing, PacketHandler, PacketSession, Service, ServiceConfig, Session};
+
+const C_CHAT: u16 = 1;
+const S_CHAT: u16 = 2;
+const S_WELCOME: u16 = 3;
+
+struct ChatClient;
+
+impl PacketHandler for ChatClient {
+    fn on_packet(&self, _: &Arc<Session>, id: u16, payload: &[u8]) -> Result<(), String> {
+        let id_at = |at: usize| {
+            payload
+                .get(at..at + 8)
+                .map(|b| u64::from_le_bytes(b.try_into().unwrap()))
+        };
+        match id {
+            S_WELCOME => println!("* you are session {}", id_at(0).ok_or("short welcome")?),
+            S_CHAT => println!(
+                "[{}] {}",
+                id_at(0).ok_or("short chat")?,
+                String::from_utf8_lossy(&payload[8..])
+            ),
+            other => return Err(format!("unknown packet id {other}")),
+        }
+        Ok(())
+    }
+
+    fn on_disconnected(&self, _: &Arc<Session>, reason: &str) {
+        println!("* disconnected: {reason}");
+        std::process::exit(0);
+    }
+}
+
+fn main() -> std::io::Result<()> {
+    let addr = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "127.0.0.1:7777".into());
+    let addr = addr.parse().map_err(|e| {
+        std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{addr}: {e}"))
+    })?;
+    let config = ServiceConfig {
+        workers: 1,
+        ..ServiceConfig::default()
+    };
+    let service = Service::client(
+        addr,
+        1,
+        config,
+        Arc::new(|| Arc::new(PacketSession::new(ChatClient, 4096))),
+    )?;
+    for line in std::io::stdin().lock().lines() {
+        let line = line?;
+        if line.is_empty() {
+            continue;
+        }
+        let Some(frame) = framing::encode(C_CHAT, &[line.as_bytes()]) else {
+            println!("* too long");
+            continue;
+        };
+        for session in service.sessions() {
+            session.send(frame.clone());
+        }
+    }
+    service.stop();
+    Ok(())
+}
