@@ -1,5 +1,6 @@
 //! `overlapped`: the seed's overlapped-I/O server and client, on Linux.
 
+mod bench;
 mod chat;
 mod client;
 mod demo;
@@ -29,6 +30,8 @@ enum Command {
     Client(client::ClientArgs),
     /// Run the server and a client together on a free loopback port.
     Demo(demo::DemoArgs),
+    /// Load an echo or chat server and report throughput and latency.
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -39,6 +42,7 @@ fn main() -> ExitCode {
         Command::Server(args) => server::run(args),
         Command::Client(args) => client::run(args),
         Command::Demo(args) => demo::run(args),
+        Command::Bench(args) => bench::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

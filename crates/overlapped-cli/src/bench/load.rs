@@ -1,0 +1,293 @@
+//! Echo load: ping-pong, flood, fixed rate, or idle connections, every
+//! echoed byte checked against the pattern it was sent with.
+
+use std::collections::VecDeque;
+use std::io;
+use std::time::{Duration, Instant};
+
+use overlapped::{CompletionPort, PortStream};
+
+use super::report::{Report, Tally};
+use super::{BenchArgs, BenchMode};
+
+/// What a packet was for, and which connection it belongs to.
+enum Req {
+    Connect(usize),
+    Send(usize),
+    Recv(usize),
+}
+
+/// How long every connection has to come up.
+const CONNECT_LIMIT: Duration = Duration::from_secs(60);
+
+/// The bytes of message `seq` of connection `conn`: its numbers, then a
+/// pattern that differs for every message, so a byte from the wrong message
+/// or place shows.
+fn fill_message(out: &mut Vec<u8>, conn: usize, seq: u64, size: usize) {
+    let start = out.len();
+    out.extend_from_slice(&seq.to_le_bytes());
+    out.extend_from_slice(&(conn as u32).to_le_bytes());
+    let seed = (conn as u64)
+        .wrapping_mul(131)
+        .wrapping_add(seq.wrapping_mul(31));
+    out.extend((12..size).map(|i| seed.wrapping_add(i as u64 * 7) as u8));
+    debug_assert_eq!(out.len() - start, size);
+}
+
+struct Conn {
+    index: usize,
+    stream: PortStream<Req>,
+    alive: bool,
+    /// Intended send times of messages not sent yet.
+    queued: VecDeque<Instant>,
+    /// Intended send times of messages sent and not echoed yet.
+    in_flight: VecDeque<Instant>,
+    sending: bool,
+    next_send: u64,
+    next_recv: u64,
+    /// Echoed bytes not yet making a whole message.
+    rx: Vec<u8>,
+    expected: Vec<u8>,
+    /// When the next message is due, at a fixed rate.
+    due: Instant,
+}
+
+impl Conn {
+    fn post_recv(&mut self, buffer: Vec<u8>, tally: &mut Tally) {
+        if self
+            .stream
+            .recv(vec![buffer], Req::Recv(self.index))
+            .is_err()
+        {
+            self.fail(tally);
+        }
+    }
+
+    fn fail(&mut self, tally: &mut Tally) {
+        if self.alive {
+            self.alive = false;
+            tally.errors += 1;
+            self.stream.close();
+        }
+    }
+
+    /// Sends every queued message in one gathered send, if none is in flight.
+    fn flush(&mut self, size: usize, tally: &mut Tally) {
+        if self.sending || self.queued.is_empty() || !self.alive {
+            return;
+        }
+        let mut batch = Vec::with_capacity(self.queued.len() * size);
+        while let Some(intended) = self.queued.pop_front() {
+            fill_message(&mut batch, self.index, self.next_send, size);
+            self.next_send += 1;
+            self.in_flight.push_back(intended);
+        }
+        self.sending = true;
+        if self
+            .stream
+            .send(vec![batch], Req::Send(self.index))
+            .is_err()
+        {
+            self.fail(tally);
+        }
+    }
+
+    /// Checks every whole message echoed so far; returns how many.
+    fn check_echoes(&mut self, size: usize, tally: &mut Tally) -> usize {
+        let mut at = 0;
+        let mut whole = 0;
+        while self.rx.len() - at >= size {
+            self.expected.clear();
+            fill_message(&mut self.expected, self.index, self.next_recv, size);
+            if self.rx[at..at + size] != self.expected[..] {
+                tally.mismatches += 1;
+            }
+            let intended = self.in_flight.pop_front().unwrap_or_else(Instant::now);
+            tally.record(intended.elapsed(), size);
+            self.next_recv += 1;
+            at += size;
+            whole += 1;
+        }
+        self.rx.drain(..at);
+        whole
+    }
+}
+
+pub fn run(args: &BenchArgs, duration: Duration) -> io::Result<Report> {
+    let size = args.size as usize;
+    let port = CompletionPort::<Req>::new(1)?;
+    let mut tally = Tally::new();
+    let mut conns = connect_all(args, &port, &mut tally)?;
+    let recv_size = (size * 4).max(4096);
+
+    tally.start();
+    let started = Instant::now();
+    let end = started + duration;
+    let interval = args
+        .rate
+        .map(|rate| Duration::from_secs_f64(conns.len() as f64 / rate as f64));
+    let total = conns.len() as f64;
+    for conn in &mut conns {
+        match (args.mode, interval) {
+            (BenchMode::Idle, _) => {}
+            // Spread the connections over one interval so the load is smooth.
+            (_, Some(interval)) => conn.due = started + interval.mul_f64(conn.index as f64 / total),
+            (BenchMode::Flood, None) => conn.queued.extend((0..args.window).map(|_| started)),
+            _ => conn.queued.push_back(started),
+        }
+        conn.flush(size, &mut tally);
+    }
+
+    let mut batch = Vec::with_capacity(256);
+    let mut next_due = started;
+    loop {
+        let now = Instant::now();
+        if now >= end {
+            break;
+        }
+        if let Some(interval) = interval {
+            if now >= next_due {
+                next_due = pace(&mut conns, interval, now, size, &mut tally);
+            }
+        }
+        let wait = (end - now).min(Duration::from_millis(100));
+        let wait = match interval {
+            Some(_) => wait.min(next_due.saturating_duration_since(now)),
+            None => wait,
+        };
+        port.get_queued_completion_status_ex(&mut batch, 256, Some(wait))?;
+        for mut packet in batch.drain(..) {
+            match packet.record.take() {
+                Some(Req::Recv(i)) => {
+                    let buffer = packet.take_buffers::<Vec<u8>>().and_then(|mut b| b.pop());
+                    on_recv(
+                        &mut conns[i],
+                        packet.result.map(|t| t.bytes),
+                        buffer,
+                        args,
+                        &mut tally,
+                        recv_size,
+                    );
+                }
+                Some(Req::Send(i)) => {
+                    let conn = &mut conns[i];
+                    conn.sending = false;
+                    match packet.result {
+                        Ok(_) => conn.flush(size, &mut tally),
+                        Err(_) => conn.fail(&mut tally),
+                    }
+                }
+                Some(Req::Connect(_)) | None => {}
+            }
+        }
+        tally.tick();
+    }
+    let elapsed = started.elapsed();
+    drop(conns);
+    port.close();
+    Ok(tally.report(args, elapsed))
+}
+
+/// Opens every connection with overlapped connects and waits for them.
+fn connect_all(
+    args: &BenchArgs,
+    port: &CompletionPort<Req>,
+    tally: &mut Tally,
+) -> io::Result<Vec<Conn>> {
+    let mut conns = Vec::with_capacity(args.conns as usize);
+    for index in 0..args.conns as usize {
+        let stream = port
+            .connect(args.addr, index as u64, Req::Connect(index))
+            .map_err(|(e, _)| {
+                io::Error::new(e.kind(), format!("cannot connect to {}: {e}", args.addr))
+            })?;
+        let _ = stream.stream().set_nodelay(true);
+        conns.push(Conn {
+            index,
+            stream,
+            alive: true,
+            queued: VecDeque::new(),
+            in_flight: VecDeque::new(),
+            sending: false,
+            next_send: 0,
+            next_recv: 0,
+            rx: Vec::new(),
+            expected: Vec::new(),
+            due: Instant::now(),
+        });
+    }
+    let recv_size = (args.size as usize * 4).max(4096);
+    let deadline = Instant::now() + CONNECT_LIMIT;
+    let mut waiting = conns.len();
+    while waiting > 0 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let Some(mut packet) = port.get_queued_completion_status(Some(left))? else {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("{waiting} connections did not come up"),
+            ));
+        };
+        let Some(Req::Connect(i)) = packet.record.take() else {
+            continue;
+        };
+        waiting -= 1;
+        match packet.result {
+            Ok(_) => {
+                tally.connected += 1;
+                conns[i].post_recv(vec![0; recv_size], tally);
+            }
+            Err(e) => {
+                if tally.errors == 0 {
+                    eprintln!("connect failed: {e}");
+                }
+                conns[i].fail(tally);
+            }
+        }
+    }
+    Ok(conns)
+}
+
+/// Queues the messages that fell due; returns when the next one is due.
+fn pace(
+    conns: &mut [Conn],
+    interval: Duration,
+    now: Instant,
+    size: usize,
+    tally: &mut Tally,
+) -> Instant {
+    let mut next = now + interval;
+    for conn in conns.iter_mut().filter(|c| c.alive) {
+        while conn.due <= now {
+            conn.queued.push_back(conn.due);
+            conn.due += interval;
+        }
+        next = next.min(conn.due);
+        conn.flush(size, tally);
+    }
+    next
+}
+
+fn on_recv(
+    conn: &mut Conn,
+    result: io::Result<usize>,
+    buffer: Option<Vec<u8>>,
+    args: &BenchArgs,
+    tally: &mut Tally,
+    recv_size: usize,
+) {
+    let buffer = buffer.unwrap_or_else(|| vec![0; recv_size]);
+    let received = match result {
+        Ok(n) if n > 0 => n,
+        _ => return conn.fail(tally),
+    };
+    conn.rx.extend_from_slice(&buffer[..received]);
+    let size = args.size as usize;
+    let whole = conn.check_echoes(size, tally);
+    if args.rate.is_none() {
+        // Closed loop: each echo lets the next message go.
+        let now = Instant::now();
+        conn.queued.extend((0..whole).map(|_| now));
+    }
+    conn.flush(size, tally);
+    conn.post_recv(buffer, tally);
+}

@@ -1,0 +1,99 @@
+//! `overlapped bench`: a load generator on our own driver, so that one core
+//! of client can push harder than one core of server.
+
+mod fanout;
+mod load;
+mod report;
+
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+
+/// What the load looks like.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BenchMode {
+    /// Each connection sends a message and waits for its echo.
+    Pingpong,
+    /// Each connection keeps a window of messages in flight.
+    Flood,
+    /// Chat room fan-out: one sender, every session receives each message.
+    Fanout,
+    /// Connections that only stay open, for memory per connection.
+    Idle,
+}
+
+/// Options of `overlapped bench`.
+#[derive(Args, Clone, Debug)]
+pub struct BenchArgs {
+    /// Server address.
+    #[arg(long, default_value = "127.0.0.1:7777")]
+    pub addr: SocketAddr,
+    /// Connections.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub conns: u32,
+    /// Bytes per message (fanout: bytes of chat text).
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(16..=65_536))]
+    pub size: u32,
+    /// Seconds of measured load, after every connection is up.
+    #[arg(long, default_value_t = 5.0)]
+    pub duration: f64,
+    /// Load shape.
+    #[arg(long, value_enum, default_value_t = BenchMode::Pingpong)]
+    pub mode: BenchMode,
+    /// Messages per second in total, for a fixed offered load (pingpong and
+    /// flood); unlimited when absent.
+    #[arg(long)]
+    pub rate: Option<u64>,
+    /// Messages in flight per connection in flood mode (fanout: for the sender).
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub window: u32,
+    /// Print the report as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl BenchArgs {
+    fn duration(&self) -> io::Result<Duration> {
+        Duration::try_from_secs_f64(self.duration)
+            .ok()
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "--duration must be a positive number of seconds",
+                )
+            })
+    }
+}
+
+pub fn run(args: BenchArgs) -> io::Result<()> {
+    let duration = args.duration()?;
+    if args.rate == Some(0) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "--rate must be at least 1",
+        ));
+    }
+    let report = match args.mode {
+        BenchMode::Fanout => fanout::run(&args, duration)?,
+        _ => load::run(&args, duration)?,
+    };
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string(&report).map_err(io::Error::other)?
+        );
+    } else {
+        println!("{report}");
+    }
+    if report.errors > 0 || report.mismatches > 0 {
+        return Err(io::Error::other(format!(
+            "{} errors, {} mismatches",
+            report.errors, report.mismatches
+        )));
+    }
+    Ok(())
+}
