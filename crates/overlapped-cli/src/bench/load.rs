@@ -5,7 +5,7 @@ use std::collections::VecDeque;
 use std::io;
 use std::time::{Duration, Instant};
 
-use overlapped::{CompletionPort, PortStream};
+use overlapped::{Completion, CompletionPort, PortStream};
 
 use super::report::{Report, Tally};
 use super::{BenchArgs, BenchMode};
@@ -156,36 +156,41 @@ pub fn run(args: &BenchArgs, duration: Duration) -> io::Result<Report> {
             None => wait,
         };
         port.get_queued_completion_status_ex(&mut batch, 256, Some(wait))?;
-        for mut packet in batch.drain(..) {
-            match packet.record.take() {
-                Some(Req::Recv(i)) => {
-                    let buffer = packet.take_buffers::<Vec<u8>>().and_then(|mut b| b.pop());
-                    on_recv(
-                        &mut conns[i],
-                        packet.result.map(|t| t.bytes),
-                        buffer,
-                        args,
-                        &mut tally,
-                        recv_size,
-                    );
-                }
-                Some(Req::Send(i)) => {
-                    let conn = &mut conns[i];
-                    conn.sending = false;
-                    match packet.result {
-                        Ok(_) => conn.flush(size, &mut tally),
-                        Err(_) => conn.fail(&mut tally),
-                    }
-                }
-                Some(Req::Connect(_)) | None => {}
-            }
-        }
+        port.submit_batch(|| handle(&mut conns, &mut batch, args, &mut tally, recv_size));
         tally.tick();
     }
     let elapsed = started.elapsed();
     drop(conns);
     port.close();
     Ok(tally.report(args, elapsed))
+}
+
+/// Handles a batch of packets; what it starts goes out together.
+fn handle(
+    conns: &mut [Conn],
+    batch: &mut Vec<Completion<Req>>,
+    args: &BenchArgs,
+    tally: &mut Tally,
+    recv_size: usize,
+) {
+    for mut packet in batch.drain(..) {
+        match packet.record.take() {
+            Some(Req::Recv(i)) => {
+                let buffer = packet.take_buffers::<Vec<u8>>().and_then(|mut b| b.pop());
+                let result = packet.result.map(|t| t.bytes);
+                on_recv(&mut conns[i], result, buffer, args, tally, recv_size);
+            }
+            Some(Req::Send(i)) => {
+                let conn = &mut conns[i];
+                conn.sending = false;
+                match packet.result {
+                    Ok(_) => conn.flush(args.size as usize, tally),
+                    Err(_) => conn.fail(tally),
+                }
+            }
+            Some(Req::Connect(_)) | None => {}
+        }
+    }
 }
 
 /// Opens every connection with overlapped connects and waits for them.

@@ -21,7 +21,7 @@ pub(crate) mod buf;
 pub(crate) mod op;
 pub(crate) mod socket;
 pub(crate) mod sys;
-mod uring;
+pub(crate) mod uring;
 
 use std::io;
 use std::os::fd::{FromRawFd, OwnedFd};
@@ -32,8 +32,9 @@ use socket::Socket;
 
 use crate::error;
 
-/// The backend every socket uses, created on first use.
-pub(crate) fn backend() -> io::Result<&'static uring::Ring> {
+/// The ring sockets use until they are associated with a completion port,
+/// created on first use.
+pub(crate) fn backend() -> io::Result<&'static Arc<uring::Ring>> {
     uring::Ring::global()
 }
 
@@ -44,11 +45,16 @@ pub(crate) fn start(op: &Arc<Op>) -> io::Result<Option<Outcome>> {
     let Some(socket) = &op.socket else {
         return Err(error::invalid_parameter("not a socket operation"));
     };
-    let ring = backend()?;
     op.reset_notification()?;
     let mut lanes = socket.lanes();
     if lanes.closing {
         return Err(error::aborted());
+    }
+    let ring = lanes.ring.clone();
+    if ring.is_retired() {
+        return Err(error::invalid_handle(
+            "the socket's completion port is closed",
+        ));
     }
     if op.kind.is_unordered() {
         op.mark_submitted();
@@ -64,9 +70,13 @@ pub(crate) fn start(op: &Arc<Op>) -> io::Result<Option<Outcome>> {
         lane.waiting.push_back(op.clone());
         return Ok(None);
     }
-    if let Some(outcome) = try_now(op, &socket.sock)? {
-        op.finish(outcome);
-        return Ok(Some(outcome));
+    // Inside a batch the kernel gets every operation: its own first attempt
+    // costs nothing extra there, while ours would cost a system call.
+    if !ring.is_batching() {
+        if let Some(outcome) = try_now(op, &socket.sock)? {
+            op.finish(outcome);
+            return Ok(Some(outcome));
+        }
     }
     op.mark_submitted();
     if let Err(e) = ring.submit(op) {
@@ -198,6 +208,7 @@ pub(crate) fn complete(op: Arc<Op>, result: i32) {
 fn submit_next(socket: &Socket, direction: Direction) {
     let mut lanes = socket.lanes();
     let closing = lanes.closing;
+    let ring = lanes.ring.clone();
     let lane = lanes.lane(direction);
     while let Some(next) = lane.waiting.pop_front() {
         if closing {
@@ -205,7 +216,7 @@ fn submit_next(socket: &Socket, direction: Direction) {
             continue;
         }
         next.mark_submitted();
-        match backend().and_then(|ring| ring.submit(&next)) {
+        match ring.submit(&next) {
             Ok(()) => return,
             Err(e) => {
                 // It was reported pending, so it must complete: with this error.
@@ -246,10 +257,13 @@ pub(crate) fn cancel(target: &Arc<Op>, wait: bool) -> io::Result<()> {
         op::Notify::Silent,
         None,
     );
-    backend()?.submit(&request)?;
+    let ring = socket.ring();
+    ring.submit(&request)?;
     if !wait {
         return Ok(());
     }
+    // Waiting inside a batch would wait for a request still held back.
+    ring.flush()?;
     match request.wait().error {
         None | Some(libc::EALREADY) => Ok(()),
         Some(libc::ENOENT) => Err(error::not_found()),
@@ -262,22 +276,33 @@ pub(crate) fn cancel(target: &Arc<Op>, wait: bool) -> io::Result<()> {
 /// "aborted" when the kernel lets go of them. The descriptor itself closes
 /// when the last of them has completed.
 pub(crate) fn close(socket: &Arc<Socket>) {
-    let (queued, in_kernel) = {
+    let (queued, in_kernel, ring) = {
         let mut lanes = socket.lanes();
         lanes.closing = true;
-        (lanes.drain_waiting(), lanes.any_busy())
+        (lanes.drain_waiting(), lanes.any_busy(), lanes.ring.clone())
     };
     for op in queued {
         op.finish(Outcome::aborted());
     }
-    if in_kernel {
+    if !in_kernel {
+        return;
+    }
+    // Operations started before the socket joined a port are still in the
+    // process-wide ring: cancel there too.
+    let mut rings = vec![ring];
+    if let Ok(global) = backend() {
+        if !Arc::ptr_eq(global, &rings[0]) {
+            rings.push(global.clone());
+        }
+    }
+    for ring in rings {
         let request = Op::new(
             OpKind::CancelAll,
             Some(socket.clone()),
             op::Notify::Silent,
             None,
         );
-        if let Err(e) = backend().and_then(|ring| ring.submit(&request)) {
+        if let Err(e) = ring.submit(&request) {
             tracing::error!("cannot cancel the operations of a closed socket: {e}");
         }
     }

@@ -5,6 +5,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::op::{Direction, Op};
+use super::uring::Ring;
 
 /// Operations of one direction that wait for the one in the kernel.
 ///
@@ -19,8 +20,10 @@ pub(crate) struct Lane {
     pub(crate) waiting: VecDeque<Arc<Op>>,
 }
 
-#[derive(Default)]
 pub(crate) struct Lanes {
+    /// The ring the socket's operations go to: the process-wide one, or
+    /// the ring of the completion port it is associated with.
+    pub(crate) ring: Arc<Ring>,
     /// `closesocket` was called: nothing more starts.
     pub(crate) closing: bool,
     /// Operations without a lane (accept, connect, disconnect) in the kernel.
@@ -60,11 +63,27 @@ pub struct Socket {
 }
 
 impl Socket {
-    pub(crate) fn new(sock: socket2::Socket) -> Arc<Socket> {
+    pub(crate) fn new(sock: socket2::Socket, ring: Arc<Ring>) -> Arc<Socket> {
         Arc::new(Socket {
             sock,
-            lanes: Mutex::new(Lanes::default()),
+            lanes: Mutex::new(Lanes {
+                ring,
+                closing: false,
+                unordered: 0,
+                recv: Lane::default(),
+                send: Lane::default(),
+            }),
         })
+    }
+
+    /// The ring the socket's operations go to.
+    pub(crate) fn ring(&self) -> Arc<Ring> {
+        self.lanes().ring.clone()
+    }
+
+    /// Sends the socket's future operations to `ring` (a completion port's).
+    pub(crate) fn move_to(&self, ring: Arc<Ring>) {
+        self.lanes().ring = ring;
     }
 
     pub(crate) fn lanes(&self) -> MutexGuard<'_, Lanes> {

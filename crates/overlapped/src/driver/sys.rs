@@ -31,25 +31,6 @@ pub(crate) fn eventfd() -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// Creates a blocking, close-on-exec eventfd, for a thread that sleeps in
-/// [`eventfd_wait`].
-pub(crate) fn eventfd_blocking() -> io::Result<OwnedFd> {
-    // SAFETY: eventfd takes no pointers; the flags are valid constants.
-    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `fd` was just returned by eventfd and is owned by nobody else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-/// Sleeps until a blocking eventfd's counter is non-zero, and clears it.
-pub(crate) fn eventfd_wait(fd: RawFd) -> io::Result<()> {
-    let mut value: u64 = 0;
-    // SAFETY: reads exactly 8 bytes into a live local u64, as eventfd requires.
-    retry_eintr(|| unsafe { libc::read(fd, (&mut value as *mut u64).cast(), 8) }).map(drop)
-}
-
 /// Adds one to an eventfd's counter, making it readable.
 pub(crate) fn eventfd_signal(fd: RawFd) -> io::Result<()> {
     let one: u64 = 1;

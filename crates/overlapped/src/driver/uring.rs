@@ -1,18 +1,28 @@
-//! The io_uring backend: one ring, submissions from any thread, and one
-//! completion thread that sleeps in the kernel until completions arrive.
+//! The io_uring backend: rings that take submissions from any thread, and
+//! the two ways their completions are reaped.
 //!
-//! The completion thread plays the part of the Windows kernel in the event
-//! model: it records each outcome and signals the operation's event. While
-//! nothing completes it sleeps in `read` on an eventfd that the kernel
-//! signals whenever it posts a completion (`IORING_REGISTER_EVENTFD`), so
-//! an idle program uses no CPU. Sleeping in `read` rather than in
-//! `io_uring_enter` also keeps the driver usable under valgrind, which
-//! does not know that `io_uring_enter` may block.
+//! - The process-wide ring ([`Ring::global`]) has a completion thread that
+//!   plays the part of the Windows kernel in the event and routine models:
+//!   it records each outcome and signals the operation's event or queues
+//!   its routine.
+//! - A completion port owns a ring of its own ([`Ring::new`]) and its worker
+//!   threads reap it themselves ([`Ring::reap`]), so a completion reaches the
+//!   program with no hand-off between threads. Operations started inside
+//!   [`Ring::batch`] are handed to the kernel together, in one system call.
+//!
+//! Waiting threads sleep in `poll` on an eventfd that the kernel signals
+//! whenever it posts completions (`IORING_REGISTER_EVENTFD`), so an idle
+//! program uses no CPU. Sleeping there rather than in `io_uring_enter` also
+//! keeps the driver usable under valgrind, which does not know that
+//! `io_uring_enter` may block.
 
+use std::cell::Cell;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread;
+use std::time::Duration;
 
 use io_uring::{opcode, squeue, types, IoUring};
 
@@ -22,48 +32,153 @@ use super::sys;
 /// Submission queue size. Requests waiting on sockets do not occupy it, only
 /// requests not yet handed to the kernel, so this bounds a burst, not the
 /// number of operations in flight.
-const SQ_ENTRIES: u32 = 1024;
+const SQ_ENTRIES: u32 = 4096;
 /// Completion queue size: room for a large burst of completions between two
 /// reaps (the kernel keeps any overflow, see IORING_FEAT_NODROP).
-const CQ_ENTRIES: u32 = 16 * 1024;
+const CQ_ENTRIES: u32 = 32 * 1024;
+/// How often a retired ring's reaper checks whether it is still needed.
+const RETIRED_POLL: Duration = Duration::from_secs(1);
+
+thread_local! {
+    /// The ring whose submissions this thread is batching, if any.
+    static BATCHING: Cell<*const Ring> = const { Cell::new(std::ptr::null()) };
+}
+
 pub(crate) struct Ring {
     ring: IoUring,
-    /// Signaled by the kernel each time it posts completions.
+    /// Signaled by the kernel each time it posts completions, and by
+    /// [`Ring::wake`].
     completions_posted: OwnedFd,
     /// Serializes writers of the submission queue.
     submit_lock: Mutex<()>,
+    /// Serializes readers of the completion queue.
+    reap_lock: Mutex<()>,
+    /// Requests handed to the kernel whose completion was not reaped yet.
+    in_flight: AtomicUsize,
+    /// Its port was closed: nothing new may start on it.
+    retired: AtomicBool,
 }
 
 impl Ring {
     /// The process-wide ring, created with its completion thread on first use.
-    pub(crate) fn global() -> io::Result<&'static Ring> {
-        static RING: OnceLock<Result<&'static Ring, i32>> = OnceLock::new();
-        let ring = RING
-            .get_or_init(|| Ring::start().map_err(|e| e.raw_os_error().unwrap_or(libc::ENOSYS)));
-        ring.map_err(io::Error::from_raw_os_error)
+    pub(crate) fn global() -> io::Result<&'static Arc<Ring>> {
+        static RING: OnceLock<Result<Arc<Ring>, i32>> = OnceLock::new();
+        let ring = RING.get_or_init(|| {
+            let ring = Ring::new().map_err(|e| e.raw_os_error().unwrap_or(libc::ENOSYS))?;
+            let reaper = ring.clone();
+            thread::Builder::new()
+                .name("overlapped-completions".into())
+                .spawn(move || reaper.reap_forever())
+                .map_err(|e| e.raw_os_error().unwrap_or(libc::EAGAIN))?;
+            Ok(ring)
+        });
+        ring.as_ref().map_err(|&e| io::Error::from_raw_os_error(e))
     }
 
-    fn start() -> io::Result<&'static Ring> {
+    /// A ring without a completion thread: its owner reaps it.
+    pub(crate) fn new() -> io::Result<Arc<Ring>> {
         let ring = IoUring::builder()
             .setup_cqsize(CQ_ENTRIES)
             // Submit every entry even if an earlier one fails to prepare; its
             // error then arrives as a completion like any other.
             .setup_submit_all()
             .build(SQ_ENTRIES)?;
-        let completions_posted = sys::eventfd_blocking()?;
+        let completions_posted = sys::eventfd()?;
         ring.submitter()
             .register_eventfd(completions_posted.as_raw_fd())?;
-        // The ring lives as long as the process: in-flight operations may
-        // outlive every handle the program holds.
-        let ring: &'static Ring = Box::leak(Box::new(Ring {
+        Ok(Arc::new(Ring {
             ring,
             completions_posted,
             submit_lock: Mutex::new(()),
-        }));
-        thread::Builder::new()
-            .name("overlapped-completions".into())
-            .spawn(move || ring.reap_forever())?;
-        Ok(ring)
+            reap_lock: Mutex::new(()),
+            in_flight: AtomicUsize::new(0),
+            retired: AtomicBool::new(false),
+        }))
+    }
+
+    /// Whether the ring's port was closed.
+    pub(crate) fn is_retired(&self) -> bool {
+        self.retired.load(Ordering::Acquire)
+    }
+
+    /// Runs `f` with this thread's submissions to this ring held back, then
+    /// hands them all to the kernel at once.
+    pub(crate) fn batch<R>(&self, f: impl FnOnce() -> R) -> R {
+        let outer = BATCHING.with(|b| b.replace(self as *const Ring));
+        let result = f();
+        BATCHING.with(|b| b.set(outer));
+        if let Err(e) = self.flush() {
+            tracing::error!("io_uring submission failed: {e}");
+        }
+        result
+    }
+
+    /// Whether this thread is batching submissions to this ring.
+    pub(crate) fn is_batching(&self) -> bool {
+        BATCHING.with(|b| std::ptr::eq(b.get(), self))
+    }
+
+    /// Wakes a thread sleeping in [`Ring::reap`].
+    pub(crate) fn wake(&self) {
+        if let Err(e) = sys::eventfd_signal(self.completions_posted.as_raw_fd()) {
+            tracing::error!("cannot wake an io_uring reaper: {e}");
+        }
+    }
+
+    /// Hands held-back submissions to the kernel.
+    pub(crate) fn flush(&self) -> io::Result<()> {
+        let _guard = self.submit_lock.lock().unwrap_or_else(|p| p.into_inner());
+        // SAFETY: `submit_lock` makes this thread the only user of the
+        // submission queue.
+        if unsafe { self.ring.submission_shared() }.is_empty() {
+            return Ok(());
+        }
+        self.enter_submit()
+    }
+
+    /// Completes whatever the kernel has posted; if nothing, sleeps until
+    /// something is posted, [`Ring::wake`] is called, `also` becomes
+    /// readable (the owner's own wake-up), or `timeout` passes. Returns how
+    /// many operations completed.
+    pub(crate) fn reap(&self, timeout: Option<Duration>, also: Option<RawFd>) -> io::Result<usize> {
+        let fd = self.completions_posted.as_raw_fd();
+        // Clear before draining: anything posted after the drain signals
+        // the eventfd again, so no completion is slept through.
+        sys::eventfd_clear(fd)?;
+        self.flush()?;
+        let reaped = self.drain();
+        if reaped > 0 || timeout == Some(Duration::ZERO) {
+            return Ok(reaped);
+        }
+        let watched: Vec<RawFd> = std::iter::once(fd).chain(also).collect();
+        sys::poll_readable(&watched, timeout)?;
+        Ok(self.drain())
+    }
+
+    /// Retires the ring of a closed port: nothing new starts on it, and a
+    /// thread reaps what is still in flight (cancellations of its sockets)
+    /// until no socket uses the ring any more.
+    pub(crate) fn retire(self: &Arc<Self>) {
+        if self.retired.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        self.wake();
+        let ring = self.clone();
+        let spawned = thread::Builder::new()
+            .name("overlapped-retired-ring".into())
+            .spawn(move || {
+                // The sockets and operations that still use the ring hold the
+                // other references.
+                while Arc::strong_count(&ring) > 1 || ring.in_flight.load(Ordering::Acquire) > 0 {
+                    if let Err(e) = ring.reap(Some(RETIRED_POLL), None) {
+                        tracing::error!("reaping a retired ring failed: {e}");
+                        thread::sleep(RETIRED_POLL);
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::error!("cannot start the reaper of a closed port: {e}");
+        }
     }
 
     /// Hands `op` to the kernel. The ring keeps one reference to it until its
@@ -71,8 +186,10 @@ impl Ring {
     pub(crate) fn submit(&self, op: &Arc<Op>) -> io::Result<()> {
         let entry = self.entry_for(op)?;
         let user_data = Arc::into_raw(op.clone()) as u64;
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
         let result = self.push(entry.user_data(user_data));
         if result.is_err() {
+            self.in_flight.fetch_sub(1, Ordering::AcqRel);
             // SAFETY: the entry was not submitted, so the kernel will never
             // complete it; this takes back the reference made just above.
             drop(unsafe { Arc::from_raw(user_data as *const Op) });
@@ -144,6 +261,10 @@ impl Ring {
             // The queue is full of entries not yet handed over: hand them over.
             self.enter_submit()?;
         }
+        if self.is_batching() {
+            // Handed over with the rest of the batch, or by the next reap.
+            return Ok(());
+        }
         self.enter_submit()
     }
 
@@ -162,28 +283,37 @@ impl Ring {
         }
     }
 
+    /// The completion thread of the process-wide ring.
     fn reap_forever(&self) {
-        let mut batch: Vec<(u64, i32)> = Vec::with_capacity(256);
         loop {
-            // Clearing the counter before draining the queue means a
-            // completion posted after the drain signals it again: none is
-            // missed.
-            if let Err(e) = sys::eventfd_wait(self.completions_posted.as_raw_fd()) {
-                tracing::error!("waiting for io_uring completions failed: {e}");
-                thread::sleep(std::time::Duration::from_millis(10));
-                continue;
-            }
-            // SAFETY: this thread is the only reader of the completion queue.
-            let completions = unsafe { self.ring.completion_shared() };
-            batch.extend(completions.map(|cqe| (cqe.user_data(), cqe.result())));
-            for (user_data, result) in batch.drain(..) {
-                // SAFETY: every submitted entry carries a reference made by
-                // `Arc::into_raw` in `submit`, and the kernel posts exactly one
-                // completion for it (no multishot requests are used), so each
-                // reference is taken back exactly once.
-                let op = unsafe { Arc::from_raw(user_data as *const Op) };
-                super::complete(op, result);
+            if let Err(e) = self.reap(None, None) {
+                tracing::error!("reaping io_uring completions failed: {e}");
+                thread::sleep(Duration::from_millis(10));
             }
         }
+    }
+
+    /// Completes every operation the kernel has posted a completion for.
+    fn drain(&self) -> usize {
+        let batch: Vec<(u64, i32)> = {
+            let _guard = self.reap_lock.lock().unwrap_or_else(|p| p.into_inner());
+            // SAFETY: `reap_lock` makes this thread the only reader of the
+            // completion queue. The batch is copied out so the queue's slots
+            // are released before the completions are handled.
+            unsafe { self.ring.completion_shared() }
+                .map(|cqe| (cqe.user_data(), cqe.result()))
+                .collect()
+        };
+        self.in_flight.fetch_sub(batch.len(), Ordering::AcqRel);
+        let reaped = batch.len();
+        for (user_data, result) in batch {
+            // SAFETY: every submitted entry carries a reference made by
+            // `Arc::into_raw` in `submit`, and the kernel posts exactly one
+            // completion for it (no multishot requests are used), so each
+            // reference is taken back exactly once.
+            let op = unsafe { Arc::from_raw(user_data as *const Op) };
+            super::complete(op, result);
+        }
+        reaped
     }
 }

@@ -40,8 +40,7 @@ pub(crate) fn driver_socket<S: sealed::Sealed>(socket: &S) -> &Arc<Socket> {
 
 /// Wraps a freshly made socket for the driver, making sure the driver can run.
 fn register(sock: socket2::Socket) -> io::Result<Arc<Socket>> {
-    driver::backend()?;
-    Ok(Socket::new(sock))
+    Ok(Socket::new(sock, driver::backend()?.clone()))
 }
 
 /// Starts a receive of `kind` into `buffers` on `socket` for `overlapped`.

@@ -107,10 +107,13 @@ impl TcpStream {
         TcpStream::from_socket(stream.into())
     }
 
-    /// Wraps a connection the driver accepted (the driver already runs).
-    pub(crate) fn from_accepted(fd: std::os::fd::OwnedFd) -> TcpStream {
+    /// Wraps a connection the driver accepted on `ring`.
+    pub(crate) fn from_accepted(
+        fd: std::os::fd::OwnedFd,
+        ring: Arc<crate::driver::uring::Ring>,
+    ) -> TcpStream {
         TcpStream {
-            socket: Socket::new(socket2::Socket::from(fd)),
+            socket: Socket::new(socket2::Socket::from(fd), ring),
         }
     }
 

@@ -9,14 +9,21 @@
 //! [`CompletionPort::get_queued_completion_status_ex`] (a batch).
 //!
 //! ## How completions reach workers
-//! The driver's completion thread reaps the kernel's completions in batches
-//! and appends each packet to the port's queue; a waiting worker is woken
-//! only when one is waiting. Packets are handed out first in, first out, to
-//! whichever worker asks next; a worker that takes a batch takes up to its
-//! `max` packets under one lock acquisition, which is the intended hot path
-//! for servers. Several packets of one socket may therefore be processed by
-//! different workers at once; the session layer keeps at most one receive
-//! and one send in flight per session so that this never reorders a stream.
+//! A port owns an io_uring of its own, and its sockets' operations go to it.
+//! There is no completion thread: a worker that finds the packet queue
+//! empty becomes the port's *reaper* — it hands the kernel the submissions
+//! waiting in the ring and reaps every completion posted, turning each into
+//! a packet — while other workers wait for packets. When the reaper leaves
+//! with packets, it wakes one waiter to take over reaping. Packets are handed
+//! out first in, first out, to whichever worker asks next; a worker that
+//! takes a batch takes up to `max` packets under one lock acquisition. With
+//! one worker the whole path — submit, reap, handle — runs on one thread
+//! with no hand-off, and operations started inside
+//! [`CompletionPort::submit_batch`] reach the kernel in one system call.
+//!
+//! Several packets of one socket may be processed by different workers at
+//! once; the session layer keeps at most one receive and one send in flight
+//! per session so that this never reorders a stream.
 
 mod socket;
 
@@ -30,9 +37,12 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::driver::op::{IoParts, Notify, Outcome};
+use crate::driver::uring::Ring;
 use crate::error;
+use crate::event::Event;
 use crate::net::TcpStream;
 use crate::overlapped::Transfer;
+use std::os::fd::AsRawFd;
 
 /// One completion packet: what `GetQueuedCompletionStatus` returns.
 pub struct Completion<T> {
@@ -62,7 +72,8 @@ impl<T> Completion<T> {
     pub fn take_accepted(&mut self) -> Option<(TcpStream, SocketAddr)> {
         let fd = self.parts.as_mut()?.take_accepted()?;
         let peer = self.result.as_ref().ok()?.source?;
-        Some((TcpStream::from_accepted(fd), peer))
+        let ring = crate::driver::backend().ok()?.clone();
+        Some((TcpStream::from_accepted(fd, ring), peer))
     }
 }
 
@@ -79,14 +90,20 @@ impl<T> fmt::Debug for Completion<T> {
 struct Queue<T> {
     packets: VecDeque<Completion<T>>,
     closed: bool,
-    /// Workers blocked in a dequeue.
+    /// Workers blocked in a dequeue, other than the reaper.
     waiting: usize,
+    /// A worker is reaping the ring.
+    reaping: bool,
 }
 
 pub(crate) struct Shared<T> {
     queue: Mutex<Queue<T>>,
     ready: Condvar,
     concurrency: usize,
+    ring: Arc<Ring>,
+    /// Wakes the reaper for a posted packet or a close. Kept apart from the
+    /// ring's own eventfd, which other reapers of the ring may clear.
+    wake: Event,
 }
 
 impl<T> Shared<T> {
@@ -97,17 +114,50 @@ impl<T> Shared<T> {
 
     /// Appends a packet; dropped if the port is closed.
     fn enqueue(&self, packet: Completion<T>) {
-        let wake = {
+        let (wake_waiter, wake_reaper) = {
             let mut queue = self.lock();
             if queue.closed {
                 return;
             }
             queue.packets.push_back(packet);
-            queue.waiting > 0
+            (queue.waiting > 0, queue.reaping)
         };
-        if wake {
+        if wake_waiter {
             self.ready.notify_one();
+        } else if wake_reaper {
+            // Posted from outside: the reaper may be asleep in the ring.
+            self.wake_reaper();
         }
+    }
+
+    fn wake_reaper(&self) {
+        if let Err(e) = self.wake.set() {
+            tracing::error!("cannot wake a completion port's reaper: {e}");
+        }
+    }
+
+    /// Closes the port: wakes everyone and retires the ring.
+    fn close(&self) {
+        let dropped = {
+            let mut queue = self.lock();
+            queue.closed = true;
+            std::mem::take(&mut queue.packets)
+        };
+        self.ready.notify_all();
+        self.wake_reaper();
+        self.ring.retire();
+        drop(dropped);
+    }
+}
+
+/// Closes the port when the last handle to it goes away.
+struct Handle<T> {
+    shared: Arc<Shared<T>>,
+}
+
+impl<T> Drop for Handle<T> {
+    fn drop(&mut self) {
+        self.shared.close();
     }
 }
 
@@ -115,14 +165,18 @@ impl<T> Shared<T> {
 ///
 /// Cloning gives another handle to the same port. [`CompletionPort::close`]
 /// closes it for every handle.
+/// The port closes when [`CompletionPort::close`] is called or when the
+/// last handle, including those held by its sockets, is dropped.
 pub struct CompletionPort<T> {
     shared: Arc<Shared<T>>,
+    handle: Arc<Handle<T>>,
 }
 
 impl<T> Clone for CompletionPort<T> {
     fn clone(&self) -> Self {
         CompletionPort {
             shared: self.shared.clone(),
+            handle: self.handle.clone(),
         }
     }
 }
@@ -138,17 +192,36 @@ impl<T: Send + 'static> CompletionPort<T> {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
         };
-        Ok(CompletionPort {
-            shared: Arc::new(Shared {
-                queue: Mutex::new(Queue {
-                    packets: VecDeque::new(),
-                    closed: false,
-                    waiting: 0,
-                }),
-                ready: Condvar::new(),
-                concurrency,
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(Queue {
+                packets: VecDeque::new(),
+                closed: false,
+                waiting: 0,
+                reaping: false,
             }),
+            ready: Condvar::new(),
+            concurrency,
+            ring: Ring::new()?,
+            wake: Event::new()?,
+        });
+        Ok(CompletionPort {
+            handle: Arc::new(Handle {
+                shared: shared.clone(),
+            }),
+            shared,
         })
+    }
+
+    pub(crate) fn ring(&self) -> &Arc<Ring> {
+        &self.shared.ring
+    }
+
+    /// Runs `f`, holding back the operations it starts on this port's
+    /// sockets, then hands them all to the kernel in one system call. Inside
+    /// `f` no operation completes at once: each reports through the port.
+    /// A worker that handles a batch of packets does it inside this.
+    pub fn submit_batch<R>(&self, f: impl FnOnce() -> R) -> R {
+        self.shared.ring.batch(f)
     }
 
     /// The number of worker threads the port was created for.
@@ -212,7 +285,8 @@ impl<T: Send + 'static> CompletionPort<T> {
         Ok(n)
     }
 
-    /// Blocks until a packet is queued, the timeout passes or the port closes.
+    /// Blocks until a packet is queued, the timeout passes or the port
+    /// closes; reaps the ring meanwhile unless another worker does.
     fn wait_for_packets(&self, timeout: Option<Duration>) -> io::Result<MutexGuard<'_, Queue<T>>> {
         let deadline = timeout.map(|t| Instant::now() + t);
         let mut queue = self.shared.lock();
@@ -224,6 +298,28 @@ impl<T: Send + 'static> CompletionPort<T> {
                 return Ok(queue);
             }
             let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            if !queue.reaping {
+                queue.reaping = true;
+                // Reset under the lock: a post or close after this point
+                // takes the lock first, then sets it again.
+                self.shared.wake.reset()?;
+                drop(queue);
+                let reaped = self
+                    .shared
+                    .ring
+                    .reap(left, Some(self.shared.wake.as_raw_fd()));
+                queue = self.shared.lock();
+                queue.reaping = false;
+                if queue.waiting > 0 {
+                    // Someone must reap while this worker handles its packets.
+                    self.shared.ready.notify_one();
+                }
+                reaped?;
+                if queue.packets.is_empty() && left == Some(Duration::ZERO) {
+                    return Ok(queue);
+                }
+                continue;
+            }
             if left == Some(Duration::ZERO) {
                 return Ok(queue);
             }
@@ -267,13 +363,7 @@ impl<T: Send + 'static> CompletionPort<T> {
     /// `ERROR_ABANDONED_WAIT_0` (735), queued packets are dropped, and later
     /// completions of its sockets are discarded.
     pub fn close(&self) {
-        let dropped = {
-            let mut queue = self.shared.lock();
-            queue.closed = true;
-            std::mem::take(&mut queue.packets)
-        };
-        self.shared.ready.notify_all();
-        drop(dropped);
+        self.shared.close();
     }
 
     /// Whether [`CompletionPort::close`] was called.

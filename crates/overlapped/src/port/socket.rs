@@ -27,6 +27,7 @@ pub struct PortStream<T> {
 
 impl<T: Send + 'static> PortStream<T> {
     pub(super) fn new(stream: TcpStream, port: CompletionPort<T>, key: u64) -> PortStream<T> {
+        crate::net::driver_socket(&stream).move_to(port.ring().clone());
         PortStream { stream, port, key }
     }
 
@@ -168,7 +169,7 @@ impl<T: Send + 'static> PortListener<T> {
     ) -> io::Result<PortListener<T>> {
         let local_addr = listener.local_addr()?;
         Ok(PortListener {
-            socket: Socket::new(listener.into_socket()),
+            socket: Socket::new(listener.into_socket(), port.ring().clone()),
             local_addr,
             port,
             key,

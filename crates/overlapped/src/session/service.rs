@@ -141,9 +141,12 @@ impl ServiceCore {
             .get_queued_completion_status_ex(&mut batch, 64, INFINITE)
             .is_ok()
         {
-            for packet in batch.drain(..) {
-                self.dispatch(packet);
-            }
+            // What the handlers start goes to the kernel in one submission.
+            self.port.submit_batch(|| {
+                for packet in batch.drain(..) {
+                    self.dispatch(packet);
+                }
+            });
         }
     }
 }
