@@ -90,34 +90,40 @@ pub(crate) fn start(op: &Arc<Op>) -> io::Result<Option<Outcome>> {
 /// One non-blocking attempt, the fast path Windows also takes. `Ok(None)`
 /// means the kernel must wait for the socket.
 fn try_now(op: &Op, sock: &socket2::Socket) -> io::Result<Option<Outcome>> {
-    let msg = op
-        .msg_ptr()
-        .ok_or_else(|| error::invalid_parameter("operation has no buffers"))?;
+    let stream = matches!(op.kind, OpKind::Recv | OpKind::Send);
     match op.kind {
         OpKind::Recv | OpKind::RecvFrom => {
             let flags = recv_flags(&op.kind);
-            // SAFETY: `msg` points into the op's IoParts, whose iovecs, buffers
-            // and address are live and owned by nobody else before submission.
-            let Some(n) = (unsafe { sys::recvmsg_now(sock, msg, flags)? }) else {
+            let attempt = op.with_parts(|parts| match parts.single().filter(|_| stream) {
+                // SAFETY: the buffer (or header, iovecs and address) belongs
+                // to the op's IoParts, live and owned by nobody else before
+                // submission; the op's lock is held for the call.
+                Some((ptr, len)) => unsafe { sys::recv_now(sock, ptr, len, flags) },
+                None => unsafe { sys::recvmsg_now(sock, parts.msg_ptr(), flags) },
+            });
+            let Some(n) = attempt.transpose()?.flatten() else {
                 return Ok(None);
             };
             Ok(op.with_parts(|parts| recv_outcome(&op.kind, parts, n)))
         }
         OpKind::Send | OpKind::SendTo => {
-            // SAFETY: as above; the kernel only reads during this call.
-            let Some(n) = (unsafe { sys::sendmsg_now(sock, msg, libc::MSG_NOSIGNAL)? }) else {
-                return Ok(None);
-            };
-            Ok(op
-                .with_parts(|parts| {
-                    if n >= parts.total {
-                        Some(sent_outcome(n))
-                    } else {
+            let flags = libc::MSG_NOSIGNAL;
+            let outcome = op.with_parts(|parts| {
+                let attempt = match parts.single().filter(|_| stream) {
+                    // SAFETY: as above; the kernel only reads during the call.
+                    Some((ptr, len)) => unsafe { sys::send_now(sock, ptr, len, flags) },
+                    None => unsafe { sys::sendmsg_now(sock, parts.msg_ptr(), flags) },
+                };
+                Ok(match attempt? {
+                    Some(n) if n >= parts.total => Some(sent_outcome(n)),
+                    Some(n) => {
                         parts.advance(n);
                         None
                     }
+                    None => None,
                 })
-                .flatten())
+            });
+            outcome.transpose().map(Option::flatten)
         }
         _ => Ok(None),
     }
@@ -145,7 +151,7 @@ fn recv_outcome(kind: &OpKind, parts: &op::IoParts, n: usize) -> Outcome {
     let mut outcome = Outcome {
         bytes: n,
         error: None,
-        flags: parts.msg.msg_flags as u32,
+        flags: parts.msg_flags(),
         source: None,
     };
     if let OpKind::RecvFrom = kind {

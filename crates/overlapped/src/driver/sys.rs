@@ -92,6 +92,40 @@ pub(crate) fn poll_readable(fds: &[RawFd], timeout: Option<Duration>) -> io::Res
         .collect())
 }
 
+/// Non-blocking `recv` into one buffer; `Ok(None)` when it would block.
+///
+/// # Safety
+/// `ptr` must be valid for writes of `len` bytes for the duration of the call.
+pub(crate) unsafe fn recv_now(
+    fd: &impl AsRawFd,
+    ptr: *mut u8,
+    len: usize,
+    flags: i32,
+) -> io::Result<Option<usize>> {
+    // SAFETY: the caller guarantees `ptr..ptr+len` is writable for the call.
+    let rc = retry_eintr(|| unsafe {
+        libc::recv(fd.as_raw_fd(), ptr.cast(), len, flags | libc::MSG_DONTWAIT)
+    });
+    would_block_to_none(rc)
+}
+
+/// Non-blocking `send` of one buffer; `Ok(None)` when it would block.
+///
+/// # Safety
+/// `ptr` must be valid for reads of `len` bytes for the duration of the call.
+pub(crate) unsafe fn send_now(
+    fd: &impl AsRawFd,
+    ptr: *const u8,
+    len: usize,
+    flags: i32,
+) -> io::Result<Option<usize>> {
+    // SAFETY: the caller guarantees `ptr..ptr+len` is readable for the call.
+    let rc = retry_eintr(|| unsafe {
+        libc::send(fd.as_raw_fd(), ptr.cast(), len, flags | libc::MSG_DONTWAIT)
+    });
+    would_block_to_none(rc)
+}
+
 /// Non-blocking `recvmsg` on a prepared header; `Ok(None)` when it would block.
 ///
 /// # Safety

@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use io_uring::{opcode, squeue, types, IoUring};
 
-use super::op::{Op, OpKind};
+use super::op::{IoParts, Op, OpKind};
 use super::sys;
 
 /// Submission queue size. Requests waiting on sockets do not occupy it, only
@@ -200,50 +200,24 @@ impl Ring {
     /// Builds the submission entry. Its pointers stay valid until the
     /// completion, because the op owns the memory and the ring owns the op.
     fn entry_for(&self, op: &Arc<Op>) -> io::Result<squeue::Entry> {
-        let fd = |op: &Op| {
-            op.socket
-                .as_ref()
-                .map(|s| types::Fd(s.sock.as_raw_fd()))
-                .ok_or_else(|| io::Error::from_raw_os_error(libc::EBADF))
-        };
-        let msg = || {
-            op.msg_ptr()
-                .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))
-        };
-        let addr = || {
-            op.addr_ptrs()
-                .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))
-        };
+        let fd = op
+            .socket
+            .as_ref()
+            .map(|s| types::Fd(s.sock.as_raw_fd()))
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::EBADF));
         let entry = match &op.kind {
-            OpKind::Recv => opcode::RecvMsg::new(fd(op)?, msg()?).build(),
-            OpKind::RecvFrom => opcode::RecvMsg::new(fd(op)?, msg()?)
-                .flags(libc::MSG_TRUNC as u32)
-                .build(),
-            // MSG_WAITALL: a stream send completes only when every byte is
-            // taken, as an overlapped WSASend does.
-            OpKind::Send => opcode::SendMsg::new(fd(op)?, msg()?)
-                .flags((libc::MSG_NOSIGNAL | libc::MSG_WAITALL) as u32)
-                .build(),
-            OpKind::SendTo => opcode::SendMsg::new(fd(op)?, msg()?)
-                .flags(libc::MSG_NOSIGNAL as u32)
-                .build(),
-            OpKind::Cancel(target) => opcode::AsyncCancel::new(Arc::as_ptr(target) as u64).build(),
+            OpKind::Cancel(target) => {
+                return Ok(opcode::AsyncCancel::new(Arc::as_ptr(target) as u64).build());
+            }
             OpKind::CancelAll => {
-                opcode::AsyncCancel2::new(types::CancelBuilder::fd(fd(op)?).all()).build()
+                opcode::AsyncCancel2::new(types::CancelBuilder::fd(fd?).all()).build()
             }
-            OpKind::Accept => {
-                let (addr, len) = addr()?;
-                opcode::Accept::new(fd(op)?, addr, len)
-                    .flags(libc::SOCK_CLOEXEC)
-                    .build()
+            OpKind::Shutdown(how) => opcode::Shutdown::new(fd?, *how).build(),
+            kind => {
+                let fd = fd?;
+                op.with_parts(|parts| data_entry(kind, fd, parts))
+                    .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?
             }
-            OpKind::Connect => {
-                let (addr, len) = addr()?;
-                // SAFETY: `len` points into the op's header, which the
-                // connect does not change; read here before submission.
-                opcode::Connect::new(fd(op)?, addr, unsafe { *len }).build()
-            }
-            OpKind::Shutdown(how) => opcode::Shutdown::new(fd(op)?, *how).build(),
         };
         Ok(entry)
     }
@@ -315,5 +289,45 @@ impl Ring {
             super::complete(op, result);
         }
         reaped
+    }
+}
+
+/// The entry of an operation that uses the op's memory.
+fn data_entry(kind: &OpKind, fd: types::Fd, parts: &mut IoParts) -> squeue::Entry {
+    // A stream send completes only when every byte is taken, as an
+    // overlapped WSASend does: MSG_WAITALL.
+    let stream_send = (libc::MSG_NOSIGNAL | libc::MSG_WAITALL) as u32;
+    match (kind, parts.single()) {
+        (OpKind::Recv, Some((ptr, len))) => opcode::Recv::new(fd, ptr, len as u32).build(),
+        (OpKind::Send, Some((ptr, len))) => opcode::Send::new(fd, ptr, len as u32)
+            .flags(stream_send as i32)
+            .build(),
+        (OpKind::Recv, None) => opcode::RecvMsg::new(fd, parts.msg_ptr()).build(),
+        (OpKind::Send, None) => opcode::SendMsg::new(fd, parts.msg_ptr())
+            .flags(stream_send)
+            .build(),
+        // With MSG_TRUNC the kernel reports a datagram's real length, which
+        // tells us it did not fit (Winsock's WSAEMSGSIZE).
+        (OpKind::RecvFrom, _) => opcode::RecvMsg::new(fd, parts.msg_ptr())
+            .flags(libc::MSG_TRUNC as u32)
+            .build(),
+        (OpKind::SendTo, _) => opcode::SendMsg::new(fd, parts.msg_ptr())
+            .flags(libc::MSG_NOSIGNAL as u32)
+            .build(),
+        (OpKind::Accept, _) => {
+            let (addr, len) = parts.addr_ptrs();
+            opcode::Accept::new(fd, addr, len)
+                .flags(libc::SOCK_CLOEXEC)
+                .build()
+        }
+        (OpKind::Connect, _) => {
+            let (addr, len) = parts.addr_ptrs();
+            // SAFETY: `len` points into the op's header, set by `use_address`
+            // and not changed by a connect; read here before submission.
+            opcode::Connect::new(fd, addr, unsafe { *len }).build()
+        }
+        (OpKind::Cancel(_) | OpKind::CancelAll | OpKind::Shutdown(_), _) => {
+            unreachable!("operations without memory are built in entry_for")
+        }
     }
 }

@@ -34,6 +34,7 @@ use std::fmt;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::{self, ThreadId};
 use std::time::{Duration, Instant};
 
 use crate::driver::op::{IoParts, Notify, Outcome};
@@ -92,8 +93,8 @@ struct Queue<T> {
     closed: bool,
     /// Workers blocked in a dequeue, other than the reaper.
     waiting: usize,
-    /// A worker is reaping the ring.
-    reaping: bool,
+    /// The worker reaping the ring, if any.
+    reaper: Option<ThreadId>,
 }
 
 pub(crate) struct Shared<T> {
@@ -120,7 +121,9 @@ impl<T> Shared<T> {
                 return;
             }
             queue.packets.push_back(packet);
-            (queue.waiting > 0, queue.reaping)
+            // The reaper itself queues the packets it reaps: no need to wake it.
+            let asleep_elsewhere = queue.reaper.is_some_and(|id| id != thread::current().id());
+            (queue.waiting > 0, asleep_elsewhere)
         };
         if wake_waiter {
             self.ready.notify_one();
@@ -197,7 +200,7 @@ impl<T: Send + 'static> CompletionPort<T> {
                 packets: VecDeque::new(),
                 closed: false,
                 waiting: 0,
-                reaping: false,
+                reaper: None,
             }),
             ready: Condvar::new(),
             concurrency,
@@ -298,8 +301,8 @@ impl<T: Send + 'static> CompletionPort<T> {
                 return Ok(queue);
             }
             let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-            if !queue.reaping {
-                queue.reaping = true;
+            if queue.reaper.is_none() {
+                queue.reaper = Some(thread::current().id());
                 // Reset under the lock: a post or close after this point
                 // takes the lock first, then sets it again.
                 self.shared.wake.reset()?;
@@ -309,7 +312,7 @@ impl<T: Send + 'static> CompletionPort<T> {
                     .ring
                     .reap(left, Some(self.shared.wake.as_raw_fd()));
                 queue = self.shared.lock();
-                queue.reaping = false;
+                queue.reaper = None;
                 if queue.waiting > 0 {
                     // Someone must reap while this worker handles its packets.
                     self.shared.ready.notify_one();
