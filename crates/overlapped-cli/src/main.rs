@@ -12,6 +12,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Winsock's overlapped I/O model on Linux io_uring: the seed's server and
 /// client.
 #[derive(Parser)]

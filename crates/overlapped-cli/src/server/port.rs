@@ -18,6 +18,12 @@ pub fn run(args: &ServerArgs) -> io::Result<()> {
         config.workers = usize::from(threads);
     }
     let max_packet = usize::from(args.max_packet);
+    // Unframed modes hand on whatever arrives, so a small buffer does: the
+    // same 4 KiB a tokio echo server reads into.
+    if args.mode != Mode::Chat {
+        config.recv_buffer = 4096;
+        config.recv_low_water = 1024;
+    }
     let factory: overlapped::session::SessionFactory = match args.mode {
         Mode::Print => Arc::new(|| Arc::new(Printer)),
         Mode::Echo => Arc::new(|| Arc::new(Echo)),

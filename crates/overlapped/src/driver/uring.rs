@@ -64,7 +64,7 @@ impl Ring {
     pub(crate) fn global() -> io::Result<&'static Arc<Ring>> {
         static RING: OnceLock<Result<Arc<Ring>, i32>> = OnceLock::new();
         let ring = RING.get_or_init(|| {
-            let ring = Ring::new().map_err(|e| e.raw_os_error().unwrap_or(libc::ENOSYS))?;
+            let ring = Ring::new(false).map_err(|e| e.raw_os_error().unwrap_or(libc::ENOSYS))?;
             let reaper = ring.clone();
             thread::Builder::new()
                 .name("overlapped-completions".into())
@@ -76,13 +76,30 @@ impl Ring {
     }
 
     /// A ring without a completion thread: its owner reaps it.
-    pub(crate) fn new() -> io::Result<Arc<Ring>> {
-        let ring = IoUring::builder()
+    ///
+    /// `cooperative` rings (`IORING_SETUP_COOP_TASKRUN`) finish requests the
+    /// next time the submitting thread enters the kernel instead of
+    /// interrupting it; a sleeping thread is still woken. That suits a
+    /// port's workers, which enter the kernel for every batch, but not the
+    /// event model, whose threads may compute for a long time between
+    /// system calls while their events must be signaled.
+    pub(crate) fn new(cooperative: bool) -> io::Result<Arc<Ring>> {
+        let mut builder = IoUring::builder();
+        builder
             .setup_cqsize(CQ_ENTRIES)
             // Submit every entry even if an earlier one fails to prepare; its
             // error then arrives as a completion like any other.
-            .setup_submit_all()
-            .build(SQ_ENTRIES)?;
+            .setup_submit_all();
+        if cooperative {
+            builder.setup_coop_taskrun();
+        }
+        let ring = match builder.build(SQ_ENTRIES) {
+            // Kernels before 5.19 do not know the flag: do without it.
+            Err(e) if cooperative && e.raw_os_error() == Some(libc::EINVAL) => {
+                return Ring::new(false);
+            }
+            other => other?,
+        };
         let completions_posted = sys::eventfd()?;
         ring.submitter()
             .register_eventfd(completions_posted.as_raw_fd())?;

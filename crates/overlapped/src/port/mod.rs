@@ -204,7 +204,7 @@ impl<T: Send + 'static> CompletionPort<T> {
             }),
             ready: Condvar::new(),
             concurrency,
-            ring: Ring::new()?,
+            ring: Ring::new(true)?,
             wake: Event::new()?,
         });
         Ok(CompletionPort {
