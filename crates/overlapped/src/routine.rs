@@ -16,7 +16,7 @@ use std::io;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::driver::op::{IoParts, Notify, Outcome};
+use crate::driver::op::{IoParts, Notify, Outcome, Sink};
 use crate::event::{Event, WaitResult};
 
 /// A routine as the thread keeps it.
@@ -29,8 +29,8 @@ pub(crate) struct ApcQueue {
     pub(crate) wake: Event,
 }
 
-impl ApcQueue {
-    fn push(&self, id: u64, outcome: Outcome, parts: Option<IoParts>) {
+impl Sink for ApcQueue {
+    fn deliver(&self, id: u64, outcome: Outcome, parts: Option<IoParts>) {
         self.ready
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -81,8 +81,7 @@ pub(crate) fn register(routine: Routine) -> io::Result<(u64, Notify)> {
         thread.routines.borrow_mut().insert(id, routine);
         id
     });
-    let deliver = move |outcome, parts| queue.push(id, outcome, parts);
-    Ok((id, Notify::Deliver(Box::new(deliver))))
+    Ok((id, Notify::Deliver((queue, id))))
 }
 
 /// Forgets a routine whose operation did not start.

@@ -65,9 +65,15 @@ impl OpKind {
     }
 }
 
-/// Hands a completed operation's outcome and memory to whoever waits for
-/// them: a completion routine's thread or a completion port.
-pub(crate) type Deliver = Box<dyn FnOnce(Outcome, Option<IoParts>) + Send>;
+/// Where a completed operation's outcome and memory go: a completion
+/// routine's thread or a completion port. `tag` is what the sink was given
+/// with the operation (a routine's id, a completion key).
+pub(crate) trait Sink: Send + Sync {
+    fn deliver(&self, tag: u64, outcome: Outcome, parts: Option<IoParts>);
+}
+
+/// A sink and the tag to deliver with.
+pub(crate) type Delivery = (Arc<dyn Sink>, u64);
 
 /// How the program learns that the operation completed.
 pub(crate) enum Notify {
@@ -76,7 +82,7 @@ pub(crate) enum Notify {
     /// Signal this event (`OVERLAPPED::hEvent`).
     Event(Event),
     /// Give the outcome and the buffers away (completion routine, port).
-    Deliver(Deliver),
+    Deliver(Delivery),
 }
 
 /// The outcome of a completed operation.
@@ -375,7 +381,7 @@ struct Inner {
     phase: Phase,
     parts: Option<IoParts>,
     /// Where the outcome goes, for `Notify::Deliver`; taken at completion.
-    deliver: Option<Deliver>,
+    deliver: Option<Delivery>,
     /// Threads blocked in `wait`, so completion only wakes when needed.
     waiters: usize,
 }
@@ -508,8 +514,8 @@ impl Op {
         if wake {
             self.completed.notify_all();
         }
-        if let Some((deliver, parts)) = delivery {
-            deliver(outcome, parts);
+        if let Some(((sink, tag), parts)) = delivery {
+            sink.deliver(tag, outcome, parts);
         }
         if let Some(event) = &self.event {
             if let Err(e) = event.set() {

@@ -37,7 +37,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::{self, ThreadId};
 use std::time::{Duration, Instant};
 
-use crate::driver::op::{IoParts, Notify, Outcome};
+use crate::driver::op::{IoParts, Notify, Outcome, Sink};
 use crate::driver::uring::Ring;
 use crate::error;
 use crate::event::Event;
@@ -377,18 +377,19 @@ impl<T: Send + 'static> CompletionPort<T> {
     /// The notification that turns an operation's completion into a packet
     /// for this port under `key`.
     pub(crate) fn delivery(&self, key: u64) -> Notify {
-        let shared = self.shared.clone();
-        Notify::Deliver(Box::new(
-            move |outcome: Outcome, mut parts: Option<IoParts>| {
-                let record = parts.as_mut().and_then(IoParts::take_record::<T>);
-                shared.enqueue(Completion {
-                    key,
-                    result: outcome.into_result().map(Transfer::from),
-                    record,
-                    parts,
-                });
-            },
-        ))
+        Notify::Deliver((self.shared.clone(), key))
+    }
+}
+
+impl<T: Send + 'static> Sink for Shared<T> {
+    fn deliver(&self, key: u64, outcome: Outcome, mut parts: Option<IoParts>) {
+        let record = parts.as_mut().and_then(IoParts::take_record::<T>);
+        self.enqueue(Completion {
+            key,
+            result: outcome.into_result().map(Transfer::from),
+            record,
+            parts,
+        });
     }
 }
 

@@ -48,6 +48,15 @@ pub trait SessionHandler: Send + Sync + 'static {
 struct SendQueue {
     pending: Vec<Bytes>,
     in_flight: bool,
+    /// The vector of the last finished send, kept to queue the next batch
+    /// in without allocating.
+    spare: Vec<Bytes>,
+}
+
+/// The receive buffer, and the vector that carries it into the kernel.
+struct RecvSlot {
+    buffer: Option<RecvBuffer>,
+    carrier: Vec<Tail>,
 }
 
 /// One connection of a [`Service`].
@@ -60,8 +69,8 @@ pub struct Session {
     stream: PortStream<Io>,
     handler: Arc<dyn SessionHandler>,
     service: Weak<ServiceCore>,
-    /// The receive buffer while no receive is in flight.
-    recv: Mutex<Option<RecvBuffer>>,
+    /// The receive buffer (while no receive is in flight it is whole).
+    recv: Mutex<RecvSlot>,
     send: Mutex<SendQueue>,
     disconnected: AtomicBool,
 }
@@ -87,7 +96,10 @@ impl Session {
             stream,
             handler,
             service,
-            recv: Mutex::new(Some(recv_buffer)),
+            recv: Mutex::new(RecvSlot {
+                buffer: Some(recv_buffer),
+                carrier: Vec::with_capacity(1),
+            }),
             send: Mutex::new(SendQueue::default()),
             disconnected: AtomicBool::new(false),
         })
@@ -128,7 +140,8 @@ impl Session {
                 return true;
             }
             queue.in_flight = true;
-            mem::take(&mut queue.pending)
+            let spare = mem::take(&mut queue.spare);
+            mem::replace(&mut queue.pending, spare)
         };
         self.post_send(batch);
         true
@@ -160,7 +173,7 @@ impl Session {
     /// Announces the connection and posts the first receive.
     pub(crate) fn start(self: &Arc<Self>) {
         self.handler.on_connected(self);
-        let buffer = lock(&self.recv).take();
+        let buffer = lock(&self.recv).buffer.take();
         if let Some(buffer) = buffer {
             self.post_recv(buffer);
         }
@@ -171,8 +184,14 @@ impl Session {
             return;
         }
         let tail = buffer.lend();
-        *lock(&self.recv) = Some(buffer);
-        if let Err(e) = self.stream.recv(vec![tail], Io::Recv(self.clone())) {
+        let carrier = {
+            let mut slot = lock(&self.recv);
+            slot.buffer = Some(buffer);
+            let mut carrier = mem::take(&mut slot.carrier);
+            carrier.push(tail);
+            carrier
+        };
+        if let Err(e) = self.stream.recv(carrier, Io::Recv(self.clone())) {
             let (error, _, _) = e.into_parts();
             self.disconnect(&format!("cannot post a receive: {error}"));
         }
@@ -185,15 +204,18 @@ impl Session {
         result: io::Result<Transfer>,
         tails: Option<Vec<Tail>>,
     ) {
-        let Some(mut buffer) = lock(&self.recv).take() else {
+        let Some(mut buffer) = lock(&self.recv).buffer.take() else {
             return;
         };
         let received = match result {
             Ok(transfer) => transfer.bytes,
             Err(e) => return self.disconnect(&format!("receive failed: {e}")),
         };
-        if let Some(tail) = tails.and_then(|mut t| t.pop()) {
-            buffer.restore(tail, received);
+        if let Some(mut carrier) = tails {
+            if let Some(tail) = carrier.pop() {
+                buffer.restore(tail, received);
+            }
+            lock(&self.recv).carrier = carrier;
         }
         if received == 0 {
             return self.disconnect("closed by peer");
@@ -235,13 +257,14 @@ impl Session {
         }
         let batch = {
             let mut queue = lock(&self.send);
-            if queue.pending.is_empty() || !self.is_connected() {
-                queue.in_flight = false;
-                return;
-            }
-            // Reuse the finished batch's vector for the next queue.
+            // Keep the finished batch's vector for the next one.
             let mut spare = sent.unwrap_or_default();
             spare.clear();
+            if queue.pending.is_empty() || !self.is_connected() {
+                queue.in_flight = false;
+                queue.spare = spare;
+                return;
+            }
             mem::replace(&mut queue.pending, spare)
         };
         self.post_send(batch);
