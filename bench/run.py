@@ -285,6 +285,8 @@ def write_markdown(results, opts):
         "connection and a 4 KiB buffer, and the same with monoio and compio. `overlapped` runs",
         "`server --model port --mode echo --threads 1` (chat: `--mode chat`).",
         "",
+        "What each optimisation bought, measured while making it: [performance-log.md](performance-log.md).",
+        "",
         "![ping-pong throughput](benchmarks.svg)",
         "",
         "## Ping-pong",
