@@ -16,7 +16,7 @@ use std::io;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::driver::op::{IoParts, Notify, Outcome, Sink};
+use crate::driver::op::{IoParts, Notify, Outcome, Payload, Sink};
 use crate::event::{Event, WaitResult};
 
 /// A routine as the thread keeps it.
@@ -30,7 +30,11 @@ pub(crate) struct ApcQueue {
 }
 
 impl Sink for ApcQueue {
-    fn deliver(&self, id: u64, outcome: Outcome, parts: Option<IoParts>) {
+    fn deliver(&self, id: u64, outcome: Outcome, payload: Payload) {
+        // Routines never start multishot receives: only final deliveries.
+        let Payload::Parts(parts) = payload else {
+            return;
+        };
         self.ready
             .lock()
             .unwrap_or_else(|p| p.into_inner())

@@ -255,3 +255,39 @@ fn disconnect_completes_and_the_peer_sees_the_end_of_the_stream() {
     let mut rest = Vec::new();
     assert_eq!(peer.read_to_end(&mut rest).unwrap(), 0);
 }
+
+#[test]
+fn multishot_receive_reports_each_arrival_then_ends_with_its_record() {
+    let (ours, mut peer) = pair();
+    let port = port();
+    let stream = port.associate(ours, 4);
+    stream.recv_multishot(Record::Recv).unwrap();
+    let mut got = Vec::new();
+    for part in [&b"one"[..], b"two", b"three"] {
+        peer.write_all(part).unwrap();
+        let packet = port.get_queued_completion_status(SOON).unwrap().unwrap();
+        assert_eq!((packet.key, packet.record.is_none()), (4, true));
+        got.extend_from_slice(packet.received().unwrap());
+        thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(got, b"onetwothree");
+    drop(peer);
+    let last = port.get_queued_completion_status(SOON).unwrap().unwrap();
+    assert_eq!(last.record, Some(Record::Recv));
+    assert_eq!(last.bytes(), 0, "the peer's close ends it with 0 bytes");
+}
+
+#[test]
+fn closing_a_stream_ends_its_multishot_receive_with_aborted() {
+    let (ours, _peer) = pair();
+    let port = port();
+    let stream = port.associate(ours, 4);
+    stream.recv_multishot(Record::Recv).unwrap();
+    stream.close();
+    let last = port.get_queued_completion_status(SOON).unwrap().unwrap();
+    assert_eq!(last.record, Some(Record::Recv));
+    assert_eq!(
+        last.result.unwrap_err().winsock_code(),
+        Some(WSA_OPERATION_ABORTED)
+    );
+}

@@ -18,6 +18,7 @@
 #![allow(unsafe_code)]
 
 pub(crate) mod buf;
+pub(crate) mod buf_ring;
 pub(crate) mod op;
 pub(crate) mod socket;
 pub(crate) mod sys;
@@ -199,6 +200,10 @@ pub(crate) fn complete(op: Arc<Op>, result: i32) {
                 Outcome::aborted()
             }),
         OpKind::Connect | OpKind::Shutdown(_) => sent_outcome(0),
+        // The data, if any, went out as an arrival; a receive that ends with
+        // data in hand stopped on its own and may be started again.
+        OpKind::RecvMulti if result > 0 => Outcome::failed(libc::ENOBUFS),
+        OpKind::RecvMulti => sent_outcome(0),
     };
     op.finish(outcome);
     let Some(socket) = &op.socket else { return };
@@ -207,6 +212,12 @@ pub(crate) fn complete(op: Arc<Op>, result: i32) {
     } else if op.kind.is_unordered() {
         socket.lanes().unordered -= 1;
     }
+}
+
+/// One arrival of a multishot receive: to the operation's sink.
+pub(crate) fn arrived(op: &Op, lease: buf_ring::Lease) {
+    let bytes = lease.bytes().len();
+    op.deliver_arrival(sent_outcome(bytes), lease);
 }
 
 /// Hands the kernel the next operation waiting in `direction`, or marks the

@@ -13,6 +13,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use super::buf::{IoBuf, IoBufMut};
+use super::buf_ring::Lease;
 use super::socket::Socket;
 use crate::error;
 use crate::event::Event;
@@ -47,6 +48,9 @@ pub(crate) enum OpKind {
     Connect,
     /// Shut the connection down (`DisconnectEx`).
     Shutdown(i32),
+    /// Keep receiving into buffers of the ring's pool: one completion per
+    /// arrival, until it fails or the pool runs dry (multishot receive).
+    RecvMulti,
 }
 
 impl OpKind {
@@ -61,7 +65,10 @@ impl OpKind {
     /// Whether the operation works on a socket without a lane: several may
     /// be in the kernel at once (accepts, connect, disconnect).
     pub(crate) fn is_unordered(&self) -> bool {
-        matches!(self, OpKind::Accept | OpKind::Connect | OpKind::Shutdown(_))
+        matches!(
+            self,
+            OpKind::Accept | OpKind::Connect | OpKind::Shutdown(_) | OpKind::RecvMulti
+        )
     }
 }
 
@@ -69,7 +76,15 @@ impl OpKind {
 /// routine's thread or a completion port. `tag` is what the sink was given
 /// with the operation (a routine's id, a completion key).
 pub(crate) trait Sink: Send + Sync {
-    fn deliver(&self, tag: u64, outcome: Outcome, parts: Option<IoParts>);
+    fn deliver(&self, tag: u64, outcome: Outcome, payload: Payload);
+}
+
+/// What a delivery hands over besides the outcome.
+pub(crate) enum Payload {
+    /// The operation's memory, at its final completion.
+    Parts(Option<IoParts>),
+    /// One arrival of a multishot receive, in a pooled buffer.
+    Lease(Lease),
 }
 
 /// A sink and the tag to deliver with.
@@ -258,6 +273,11 @@ impl IoParts {
     pub(crate) fn take_record<T: 'static>(&mut self) -> Option<T> {
         let record = self.record.take()?.downcast::<T>().ok()?;
         Some(*record)
+    }
+
+    /// Memory for an operation that lends no buffer of the program's.
+    pub(crate) fn empty() -> IoParts {
+        IoParts::assemble(Box::new(Vec::<Vec<u8>>::new()), None, Vec::new())
     }
 
     /// Memory for an operation that moves no data (accept, connect): only
@@ -515,12 +535,21 @@ impl Op {
             self.completed.notify_all();
         }
         if let Some(((sink, tag), parts)) = delivery {
-            sink.deliver(tag, outcome, parts);
+            sink.deliver(tag, outcome, Payload::Parts(parts));
         }
         if let Some(event) = &self.event {
             if let Err(e) = event.set() {
                 tracing::error!("cannot signal the event of a completed operation: {e}");
             }
+        }
+    }
+
+    /// Hands one arrival of a multishot receive to the operation's sink,
+    /// leaving the operation in flight.
+    pub(crate) fn deliver_arrival(&self, outcome: Outcome, lease: Lease) {
+        let delivery = self.lock().deliver.clone();
+        if let Some((sink, tag)) = delivery {
+            sink.deliver(tag, outcome, Payload::Lease(lease));
         }
     }
 

@@ -24,8 +24,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::thread;
 use std::time::Duration;
 
-use io_uring::{opcode, squeue, types, IoUring};
+use io_uring::{cqueue, opcode, squeue, types, IoUring};
 
+use super::buf_ring::{BufRing, Lease, POOL_GROUP};
 use super::op::{IoParts, Op, OpKind};
 use super::sys;
 
@@ -57,6 +58,8 @@ pub(crate) struct Ring {
     in_flight: AtomicUsize,
     /// Its port was closed: nothing new may start on it.
     retired: AtomicBool,
+    /// The buffer pool of multishot receives, registered on first use.
+    pool: OnceLock<BufRing>,
 }
 
 impl Ring {
@@ -110,7 +113,26 @@ impl Ring {
             reap_lock: Mutex::new(()),
             in_flight: AtomicUsize::new(0),
             retired: AtomicBool::new(false),
+            pool: OnceLock::new(),
         }))
+    }
+
+    /// The buffer pool, if one was registered.
+    pub(crate) fn pool(&self) -> Option<&BufRing> {
+        self.pool.get()
+    }
+
+    /// Registers the buffer pool unless it already is.
+    pub(crate) fn ensure_pool(&self) -> io::Result<&BufRing> {
+        if let Some(pool) = self.pool.get() {
+            return Ok(pool);
+        }
+        let _guard = self.submit_lock.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(pool) = self.pool.get() {
+            return Ok(pool);
+        }
+        let pool = BufRing::register(&self.ring)?;
+        Ok(self.pool.get_or_init(|| pool))
     }
 
     /// Whether the ring's port was closed.
@@ -157,7 +179,11 @@ impl Ring {
     /// something is posted, [`Ring::wake`] is called, `also` becomes
     /// readable (the owner's own wake-up), or `timeout` passes. Returns how
     /// many operations completed.
-    pub(crate) fn reap(&self, timeout: Option<Duration>, also: Option<RawFd>) -> io::Result<usize> {
+    pub(crate) fn reap(
+        self: &Arc<Self>,
+        timeout: Option<Duration>,
+        also: Option<RawFd>,
+    ) -> io::Result<usize> {
         let fd = self.completions_posted.as_raw_fd();
         // Clear before draining: anything posted after the drain signals
         // the eventfd again, so no completion is slept through.
@@ -230,6 +256,7 @@ impl Ring {
                 opcode::AsyncCancel2::new(types::CancelBuilder::fd(fd?).all()).build()
             }
             OpKind::Shutdown(how) => opcode::Shutdown::new(fd?, *how).build(),
+            OpKind::RecvMulti => opcode::RecvMulti::new(fd?, POOL_GROUP).build(),
             kind => {
                 let fd = fd?;
                 op.with_parts(|parts| data_entry(kind, fd, parts))
@@ -275,7 +302,7 @@ impl Ring {
     }
 
     /// The completion thread of the process-wide ring.
-    fn reap_forever(&self) {
+    fn reap_forever(self: &Arc<Self>) {
         loop {
             if let Err(e) = self.reap(None, None) {
                 tracing::error!("reaping io_uring completions failed: {e}");
@@ -285,24 +312,39 @@ impl Ring {
     }
 
     /// Completes every operation the kernel has posted a completion for.
-    fn drain(&self) -> usize {
-        let batch: Vec<(u64, i32)> = {
+    fn drain(self: &Arc<Self>) -> usize {
+        let batch: Vec<(u64, i32, u32)> = {
             let _guard = self.reap_lock.lock().unwrap_or_else(|p| p.into_inner());
             // SAFETY: `reap_lock` makes this thread the only reader of the
             // completion queue. The batch is copied out so the queue's slots
             // are released before the completions are handled.
             unsafe { self.ring.completion_shared() }
-                .map(|cqe| (cqe.user_data(), cqe.result()))
+                .map(|cqe| (cqe.user_data(), cqe.result(), cqe.flags()))
                 .collect()
         };
-        self.in_flight.fetch_sub(batch.len(), Ordering::AcqRel);
         let reaped = batch.len();
-        for (user_data, result) in batch {
+        for (user_data, result, flags) in batch {
+            let arrival = cqueue::buffer_select(flags).filter(|_| result > 0);
+            if cqueue::more(flags) {
+                // SAFETY: the kernel will post more completions for this
+                // request, so the ring's reference to the op stays alive; this
+                // only borrows it.
+                let op = unsafe { &*(user_data as *const Op) };
+                if let Some(bid) = arrival {
+                    super::arrived(op, Lease::new(self.clone(), bid, result as usize));
+                }
+                continue;
+            }
+            self.in_flight.fetch_sub(1, Ordering::AcqRel);
             // SAFETY: every submitted entry carries a reference made by
             // `Arc::into_raw` in `submit`, and the kernel posts exactly one
-            // completion for it (no multishot requests are used), so each
+            // final completion (without IORING_CQE_F_MORE) for it, so each
             // reference is taken back exactly once.
             let op = unsafe { Arc::from_raw(user_data as *const Op) };
+            if let Some(bid) = arrival {
+                // A multishot receive that stopped with data in hand.
+                super::arrived(&op, Lease::new(self.clone(), bid, result as usize));
+            }
             super::complete(op, result);
         }
         reaped
@@ -343,7 +385,7 @@ fn data_entry(kind: &OpKind, fd: types::Fd, parts: &mut IoParts) -> squeue::Entr
             // and not changed by a connect; read here before submission.
             opcode::Connect::new(fd, addr, unsafe { *len }).build()
         }
-        (OpKind::Cancel(_) | OpKind::CancelAll | OpKind::Shutdown(_), _) => {
+        (OpKind::Cancel(_) | OpKind::CancelAll | OpKind::Shutdown(_) | OpKind::RecvMulti, _) => {
             unreachable!("operations without memory are built in entry_for")
         }
     }

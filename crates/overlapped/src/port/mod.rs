@@ -37,7 +37,8 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::{self, ThreadId};
 use std::time::{Duration, Instant};
 
-use crate::driver::op::{IoParts, Notify, Outcome, Sink};
+use crate::driver::buf_ring::Lease;
+use crate::driver::op::{IoParts, Notify, Outcome, Payload, Sink};
 use crate::driver::uring::Ring;
 use crate::error;
 use crate::event::Event;
@@ -52,15 +53,23 @@ pub struct Completion<T> {
     /// Bytes and flags, or the operation's own error (995 when cancelled
     /// or its socket closed, 10054 on reset, …).
     pub result: io::Result<Transfer>,
-    /// The record given when the operation started (the `OVERLAPPED`).
+    /// The record given when the operation started (the `OVERLAPPED`);
+    /// `None` for the arrivals of a multishot receive.
     pub record: Option<T>,
     parts: Option<IoParts>,
+    lease: Option<Lease>,
 }
 
 impl<T> Completion<T> {
     /// Bytes transferred (`lpNumberOfBytesTransferred`); 0 for a failure.
     pub fn bytes(&self) -> usize {
         self.result.as_ref().map_or(0, |t| t.bytes)
+    }
+
+    /// The bytes of one arrival of [`PortStream::recv_multishot`], in a
+    /// buffer of the port's pool that goes back to the pool with the packet.
+    pub fn received(&self) -> Option<&[u8]> {
+        self.lease.as_ref().map(Lease::bytes)
     }
 
     /// The buffers of a receive or send, if they are of type `B`.
@@ -358,6 +367,7 @@ impl<T: Send + 'static> CompletionPort<T> {
             }),
             record,
             parts: None,
+            lease: None,
         });
         Ok(())
     }
@@ -382,13 +392,18 @@ impl<T: Send + 'static> CompletionPort<T> {
 }
 
 impl<T: Send + 'static> Sink for Shared<T> {
-    fn deliver(&self, key: u64, outcome: Outcome, mut parts: Option<IoParts>) {
+    fn deliver(&self, key: u64, outcome: Outcome, payload: Payload) {
+        let (mut parts, lease) = match payload {
+            Payload::Parts(parts) => (parts, None),
+            Payload::Lease(lease) => (None, Some(lease)),
+        };
         let record = parts.as_mut().and_then(IoParts::take_record::<T>);
         self.enqueue(Completion {
             key,
             result: outcome.into_result().map(Transfer::from),
             record,
             parts,
+            lease,
         });
     }
 }

@@ -79,6 +79,31 @@ impl<T: Send + 'static> PortStream<T> {
         self.start_io(OpKind::Send, IoParts::for_send(buffers).with_record(record))
     }
 
+    /// Keeps a receive posted (a multishot receive with a buffer pool; no
+    /// Winsock counterpart): every arrival is a packet with no record whose
+    /// bytes are in [`super::Completion::received`], taken from a pool of
+    /// buffers the port shares among its sockets, so an idle stream pins no
+    /// buffer. It ends with one final packet carrying `record`: 0 bytes when
+    /// the peer closed, the error otherwise; `ENOBUFS` means the pool ran dry
+    /// (or the kernel stopped the receive) and it may simply be started again.
+    ///
+    /// Packets of one stream must be handled in the order they are dequeued,
+    /// so use it with one worker thread, or order them yourself.
+    pub fn recv_multishot(&self, record: T) -> Result<Started, (io::Error, T)> {
+        if let Err(e) = self.port.ring().ensure_pool() {
+            return Err((e, record));
+        }
+        self.start(OpKind::RecvMulti, IoParts::empty().with_record(record))
+            .map_err(|(e, mut parts)| {
+                (
+                    e,
+                    parts
+                        .take_record::<T>()
+                        .expect("the record given to the receive"),
+                )
+            })
+    }
+
     /// Starts a graceful disconnect (`DisconnectEx`): queued data is sent,
     /// then FIN; a pending receive completes with 0 bytes.
     pub fn disconnect(&self, record: T) -> Result<Started, (io::Error, T)> {

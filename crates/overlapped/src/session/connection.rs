@@ -73,6 +73,12 @@ pub struct Session {
     recv: Mutex<RecvSlot>,
     send: Mutex<SendQueue>,
     disconnected: AtomicBool,
+    /// Receives arrive through a multishot receive (see
+    /// [`super::ServiceConfig::multishot`]); the buffer then exists only
+    /// while it holds the start of an incomplete packet.
+    multishot: bool,
+    /// Size of the buffer made when one is needed again.
+    recv_capacity: (usize, usize),
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -89,7 +95,10 @@ impl Session {
         handler: Arc<dyn SessionHandler>,
         service: Weak<ServiceCore>,
         recv_buffer: RecvBuffer,
+        multishot: bool,
     ) -> Arc<Session> {
+        let recv_capacity = (recv_buffer.capacity(), recv_buffer.low_water());
+        let recv_buffer = (!multishot).then_some(recv_buffer);
         Arc::new(Session {
             id,
             peer,
@@ -97,11 +106,13 @@ impl Session {
             handler,
             service,
             recv: Mutex::new(RecvSlot {
-                buffer: Some(recv_buffer),
-                carrier: Vec::with_capacity(1),
+                buffer: recv_buffer,
+                carrier: Vec::new(),
             }),
             send: Mutex::new(SendQueue::default()),
             disconnected: AtomicBool::new(false),
+            multishot,
+            recv_capacity,
         })
     }
 
@@ -173,9 +184,81 @@ impl Session {
     /// Announces the connection and posts the first receive.
     pub(crate) fn start(self: &Arc<Self>) {
         self.handler.on_connected(self);
+        if self.multishot {
+            return self.post_multishot();
+        }
         let buffer = lock(&self.recv).buffer.take();
         if let Some(buffer) = buffer {
             self.post_recv(buffer);
+        }
+    }
+
+    fn post_multishot(self: &Arc<Self>) {
+        if !self.is_connected() {
+            return;
+        }
+        if let Err((error, _)) = self.stream.recv_multishot(Io::RecvEnd(self.clone())) {
+            self.disconnect(&format!("cannot post a receive: {error}"));
+        }
+    }
+
+    /// Bytes arrived through the multishot receive.
+    pub(crate) fn on_arrival(self: &Arc<Self>, bytes: &[u8]) {
+        if !self.is_connected() {
+            return;
+        }
+        let mut slot = lock(&self.recv);
+        let outcome = match slot.buffer.as_mut() {
+            // Nothing pending: the handler reads the pooled buffer directly,
+            // and only an incomplete packet is copied out of it.
+            None => self.handler.on_recv(self, bytes).and_then(|consumed| {
+                let rest = bytes
+                    .get(consumed..)
+                    .ok_or("handler consumed more than it was given")?;
+                if !rest.is_empty() {
+                    let (capacity, low_water) = self.recv_capacity;
+                    let buffer = slot.buffer.insert(RecvBuffer::new(capacity, low_water));
+                    if !buffer.append(rest) {
+                        return Err("receive buffer full: a packet larger than the buffer".into());
+                    }
+                }
+                Ok(())
+            }),
+            Some(buffer) => {
+                if buffer.append(bytes) {
+                    self.handler
+                        .on_recv(self, buffer.readable())
+                        .and_then(|consumed| {
+                            buffer
+                                .consume(consumed)
+                                .map_err(|e| format!("handler error: {e}"))
+                        })
+                } else {
+                    Err("receive buffer full: a packet larger than the buffer".into())
+                }
+            }
+        };
+        // An idle session pins no receive buffer.
+        if slot
+            .buffer
+            .as_ref()
+            .is_some_and(|b| b.readable().is_empty())
+        {
+            slot.buffer = None;
+        }
+        drop(slot);
+        if let Err(reason) = outcome {
+            self.disconnect(&reason);
+        }
+    }
+
+    /// The multishot receive ended.
+    pub(crate) fn on_multishot_end(self: &Arc<Self>, result: io::Result<Transfer>) {
+        match result {
+            Ok(_) => self.disconnect("closed by peer"),
+            // The pool ran dry or the kernel stopped it: start it again.
+            Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => self.post_multishot(),
+            Err(e) => self.disconnect(&format!("receive failed: {e}")),
         }
     }
 

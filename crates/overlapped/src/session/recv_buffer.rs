@@ -65,6 +65,11 @@ impl RecvBuffer {
         self.data.len()
     }
 
+    /// The free space below which it compacts.
+    pub fn low_water(&self) -> usize {
+        self.low_water
+    }
+
     /// Moves the unread bytes to the front if the free tail is below the
     /// low-water mark. Returns whether it moved anything.
     pub fn compact_if_needed(&mut self) -> bool {
@@ -74,6 +79,23 @@ impl RecvBuffer {
         self.data.copy_within(self.read..self.write, 0);
         self.write -= self.read;
         self.read = 0;
+        true
+    }
+
+    /// Copies `bytes` in after the unread ones, compacting first if they do
+    /// not fit at the end. `false` (and nothing copied) if they do not fit
+    /// at all.
+    pub fn append(&mut self, bytes: &[u8]) -> bool {
+        if self.free() < bytes.len() && self.read > 0 {
+            self.data.copy_within(self.read..self.write, 0);
+            self.write -= self.read;
+            self.read = 0;
+        }
+        if self.free() < bytes.len() {
+            return false;
+        }
+        self.data[self.write..self.write + bytes.len()].copy_from_slice(bytes);
+        self.write += bytes.len();
         true
     }
 
@@ -143,6 +165,23 @@ mod tests {
         receive(&mut buffer, b"ab");
         assert!(buffer.consume(3).is_err());
         assert_eq!(buffer.readable(), b"ab");
+    }
+
+    #[test]
+    fn append_compacts_to_make_room() {
+        let mut buffer = RecvBuffer::new(8, 2);
+        assert!(buffer.append(b"abcdef"));
+        buffer.consume(4).unwrap();
+        assert!(buffer.append(b"ghijk"));
+        assert_eq!(buffer.readable(), b"efghijk");
+    }
+
+    #[test]
+    fn append_that_cannot_fit_changes_nothing() {
+        let mut buffer = RecvBuffer::new(8, 2);
+        assert!(buffer.append(b"abcdef"));
+        assert!(!buffer.append(b"ghi"));
+        assert_eq!(buffer.readable(), b"abcdef");
     }
 
     #[test]

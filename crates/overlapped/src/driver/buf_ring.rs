@@ -1,0 +1,156 @@
+//! A provided buffer ring: a pool of receive buffers the kernel picks from
+//! when data arrives for a multishot receive, so an idle connection pins no
+//! buffer at all (`IORING_REGISTER_PBUF_RING`).
+
+use std::alloc::{self, Layout};
+use std::io;
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::{Arc, Mutex};
+
+use io_uring::types::BufRingEntry;
+use io_uring::IoUring;
+
+use super::uring::Ring;
+
+/// Buffers in a ring's pool (a power of two, at most 32768).
+pub(crate) const POOL_BUFFERS: u16 = 4096;
+/// Bytes per pooled buffer.
+pub(crate) const POOL_BUFFER_SIZE: usize = 4096;
+/// The buffer group id the pool is registered under.
+pub(crate) const POOL_GROUP: u16 = 0;
+
+pub(crate) struct BufRing {
+    /// The ring of entries the kernel reads, page aligned.
+    entries: NonNull<BufRingEntry>,
+    /// `POOL_BUFFERS` buffers of `POOL_BUFFER_SIZE` bytes.
+    data: NonNull<u8>,
+    /// Our copy of the tail; the shared one is published after each refill.
+    tail: Mutex<u16>,
+}
+
+// SAFETY: the entries and buffers are plain memory shared with the kernel;
+// every write to the entries goes through `tail`'s lock, and a buffer is
+// read only by the holder of its `Lease`.
+unsafe impl Send for BufRing {}
+// SAFETY: as above.
+unsafe impl Sync for BufRing {}
+
+impl BufRing {
+    /// Allocates the pool and registers it with `ring`.
+    ///
+    /// The memory is never freed: the kernel may still write into it while
+    /// it tears a ring down, after the last handle is gone. There is one
+    /// pool per completion port.
+    pub(crate) fn register(ring: &IoUring) -> io::Result<BufRing> {
+        let count = usize::from(POOL_BUFFERS);
+        let entries_layout =
+            Layout::from_size_align(count * std::mem::size_of::<BufRingEntry>(), 4096)
+                .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        let data_layout = Layout::from_size_align(count * POOL_BUFFER_SIZE, 4096)
+            .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        // SAFETY: both layouts have a non-zero size.
+        let entries =
+            NonNull::new(unsafe { alloc::alloc_zeroed(entries_layout) }.cast::<BufRingEntry>())
+                .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOMEM))?;
+        // SAFETY: as above. The bytes stay uninitialized until the kernel
+        // writes them, and only written bytes are ever read.
+        let data = NonNull::new(unsafe { alloc::alloc(data_layout) })
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOMEM))?;
+        // SAFETY: `entries` is a page-aligned, zeroed array of `count` entries
+        // that lives for the rest of the process.
+        unsafe {
+            ring.submitter().register_buf_ring_with_flags(
+                entries.as_ptr() as u64,
+                POOL_BUFFERS,
+                POOL_GROUP,
+                0,
+            )?
+        };
+        let pool = BufRing {
+            entries,
+            data,
+            tail: Mutex::new(0),
+        };
+        for bid in 0..POOL_BUFFERS {
+            pool.recycle(bid);
+        }
+        Ok(pool)
+    }
+
+    /// Gives buffer `bid` back to the kernel.
+    pub(crate) fn recycle(&self, bid: u16) {
+        let mut tail = self.tail.lock().unwrap_or_else(|p| p.into_inner());
+        let slot = usize::from(*tail & (POOL_BUFFERS - 1));
+        // SAFETY: `slot` is inside the entries array; the lock makes this the
+        // only writer, and the kernel reads the slot only after the tail
+        // below is published.
+        let entry = unsafe { &mut *self.entries.as_ptr().add(slot) };
+        // SAFETY: `bid` < POOL_BUFFERS, so the buffer lies inside `data`.
+        entry.set_addr(
+            unsafe { self.data.as_ptr().add(usize::from(bid) * POOL_BUFFER_SIZE) } as u64,
+        );
+        entry.set_len(POOL_BUFFER_SIZE as u32);
+        entry.set_bid(bid);
+        *tail = tail.wrapping_add(1);
+        // SAFETY: the tail field of the first entry is the ring's shared tail,
+        // a u16 the kernel reads; it is aligned for an atomic access.
+        let shared = unsafe { &*(BufRingEntry::tail(self.entries.as_ptr()) as *const AtomicU16) };
+        shared.store(*tail, Ordering::Release);
+    }
+
+    /// The `len` bytes the kernel wrote into buffer `bid`.
+    ///
+    /// # Safety
+    /// The caller holds the buffer (the kernel reported it filled and it was
+    /// not recycled since), and `len` is what the kernel reported.
+    unsafe fn filled(&self, bid: u16, len: usize) -> &[u8] {
+        let len = len.min(POOL_BUFFER_SIZE);
+        // SAFETY: per the contract, these bytes were written by the kernel
+        // and nobody writes them until the buffer is recycled.
+        unsafe {
+            std::slice::from_raw_parts(
+                self.data.as_ptr().add(usize::from(bid) * POOL_BUFFER_SIZE),
+                len,
+            )
+        }
+    }
+}
+
+/// One filled buffer of the pool, handed to the program; dropping it gives
+/// the buffer back to the kernel.
+pub struct Lease {
+    ring: Arc<Ring>,
+    bid: u16,
+    len: usize,
+}
+
+impl Lease {
+    pub(crate) fn new(ring: Arc<Ring>, bid: u16, len: usize) -> Lease {
+        Lease { ring, bid, len }
+    }
+
+    /// The received bytes.
+    pub fn bytes(&self) -> &[u8] {
+        match self.ring.pool() {
+            // SAFETY: the lease holds buffer `bid`, filled with `len` bytes,
+            // until it is dropped.
+            Some(pool) => unsafe { pool.filled(self.bid, self.len) },
+            None => &[],
+        }
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if let Some(pool) = self.ring.pool() {
+            pool.recycle(self.bid);
+        }
+    }
+}
+
+impl std::fmt::Debug for Lease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lease").field("len", &self.len).finish()
+    }
+}
