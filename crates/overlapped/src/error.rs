@@ -29,6 +29,9 @@ pub const ERROR_ABANDONED_WAIT_0: u32 = 735;
 pub const ERROR_NOT_FOUND: u32 = 1168;
 /// `WSAEMSGSIZE`: a datagram was larger than the receive buffers.
 pub const WSAEMSGSIZE: u32 = 10040;
+/// `WSAENOBUFS`: no buffer space; for a multishot receive, its buffer pool
+/// ran dry and the receive stopped (start it again).
+pub const WSAENOBUFS: u32 = 10055;
 /// `WSAECONNABORTED`: the connection was aborted locally.
 pub const WSAECONNABORTED: u32 = 10053;
 /// `WSAECONNRESET`: the peer reset the connection.
@@ -97,7 +100,7 @@ pub fn winsock_code_of_errno(errno: i32) -> Option<u32> {
         libc::ENETUNREACH => 10051,
         libc::ECONNABORTED | libc::EPIPE => WSAECONNABORTED,
         libc::ECONNRESET => WSAECONNRESET,
-        libc::ENOBUFS | libc::ENOMEM => 10055,
+        libc::ENOBUFS | libc::ENOMEM => WSAENOBUFS,
         libc::EISCONN => 10056,
         libc::ENOTCONN => WSAENOTCONN,
         libc::ESHUTDOWN => 10058,

@@ -5,6 +5,7 @@ use std::collections::VecDeque;
 use std::io;
 use std::time::{Duration, Instant};
 
+use overlapped::error::{ErrorExt, WSAENOBUFS};
 use overlapped::{Completion, CompletionPort, PortStream};
 
 use super::report::{Report, Tally};
@@ -14,7 +15,9 @@ use super::{BenchArgs, BenchMode};
 enum Req {
     Connect(usize),
     Send(usize),
-    Recv(usize),
+    /// The end of a connection's multishot receive; its arrivals come as
+    /// packets without a record, keyed by the connection's index.
+    RecvEnd(usize),
 }
 
 /// How long every connection has to come up.
@@ -53,10 +56,11 @@ struct Conn {
 }
 
 impl Conn {
-    fn post_recv(&mut self, buffer: Vec<u8>, tally: &mut Tally) {
+    /// Keeps a receive posted; arrivals take buffers from the port's pool.
+    fn post_recv(&mut self, tally: &mut Tally) {
         if self
             .stream
-            .recv(vec![buffer], Req::Recv(self.index))
+            .recv_multishot(Req::RecvEnd(self.index))
             .is_err()
         {
             self.fail(tally);
@@ -118,7 +122,6 @@ pub fn run(args: &BenchArgs, duration: Duration) -> io::Result<Report> {
     let port = CompletionPort::<Req>::new(1)?;
     let mut tally = Tally::new();
     let mut conns = connect_all(args, &port, &mut tally)?;
-    let recv_size = (size * 4).max(4096);
 
     tally.start();
     let started = Instant::now();
@@ -156,7 +159,7 @@ pub fn run(args: &BenchArgs, duration: Duration) -> io::Result<Report> {
             None => wait,
         };
         port.get_queued_completion_status_ex(&mut batch, 256, Some(wait))?;
-        port.submit_batch(|| handle(&mut conns, &mut batch, args, &mut tally, recv_size));
+        port.submit_batch(|| handle(&mut conns, &mut batch, args, &mut tally));
         tally.tick();
     }
     let elapsed = started.elapsed();
@@ -171,16 +174,21 @@ fn handle(
     batch: &mut Vec<Completion<Req>>,
     args: &BenchArgs,
     tally: &mut Tally,
-    recv_size: usize,
 ) {
     for mut packet in batch.drain(..) {
-        match packet.record.take() {
-            Some(Req::Recv(i)) => {
-                let buffer = packet.take_buffers::<Vec<u8>>().and_then(|mut b| b.pop());
-                let result = packet.result.map(|t| t.bytes);
-                on_recv(&mut conns[i], result, buffer, args, tally, recv_size);
+        let Some(req) = packet.record.take() else {
+            if let Some(bytes) = packet.received() {
+                on_arrival(&mut conns[packet.key as usize], bytes, args, tally);
             }
-            Some(Req::Send(i)) => {
+            continue;
+        };
+        match req {
+            Req::RecvEnd(i) => match packet.result {
+                // The pool ran dry or the kernel stopped the receive: again.
+                Err(e) if e.winsock_code() == Some(WSAENOBUFS) => conns[i].post_recv(tally),
+                _ => conns[i].fail(tally),
+            },
+            Req::Send(i) => {
                 let conn = &mut conns[i];
                 conn.sending = false;
                 match packet.result {
@@ -188,7 +196,7 @@ fn handle(
                     Err(_) => conn.fail(tally),
                 }
             }
-            Some(Req::Connect(_)) | None => {}
+            Req::Connect(_) => {}
         }
     }
 }
@@ -221,7 +229,6 @@ fn connect_all(
             due: Instant::now(),
         });
     }
-    let recv_size = (args.size as usize * 4).max(4096);
     let deadline = Instant::now() + CONNECT_LIMIT;
     let mut waiting = conns.len();
     while waiting > 0 {
@@ -239,7 +246,7 @@ fn connect_all(
         match packet.result {
             Ok(_) => {
                 tally.connected += 1;
-                conns[i].post_recv(vec![0; recv_size], tally);
+                conns[i].post_recv(tally);
             }
             Err(e) => {
                 if tally.errors == 0 {
@@ -272,27 +279,18 @@ fn pace(
     next
 }
 
-fn on_recv(
-    conn: &mut Conn,
-    result: io::Result<usize>,
-    buffer: Option<Vec<u8>>,
-    args: &BenchArgs,
-    tally: &mut Tally,
-    recv_size: usize,
-) {
-    let buffer = buffer.unwrap_or_else(|| vec![0; recv_size]);
-    let received = match result {
-        Ok(n) if n > 0 => n,
-        _ => return conn.fail(tally),
-    };
-    conn.rx.extend_from_slice(&buffer[..received]);
+/// Echoed bytes arrived on `conn`: check them, and in a closed loop let the
+/// next messages go.
+fn on_arrival(conn: &mut Conn, bytes: &[u8], args: &BenchArgs, tally: &mut Tally) {
+    if !conn.alive {
+        return;
+    }
+    conn.rx.extend_from_slice(bytes);
     let size = args.size as usize;
     let whole = conn.check_echoes(size, tally);
     if args.rate.is_none() {
-        // Closed loop: each echo lets the next message go.
         let now = Instant::now();
         conn.queued.extend((0..whole).map(|_| now));
     }
     conn.flush(size, tally);
-    conn.post_recv(buffer, tally);
 }

@@ -84,7 +84,7 @@ impl<T: Send + 'static> PortStream<T> {
     /// bytes are in [`super::Completion::received`], taken from a pool of
     /// buffers the port shares among its sockets, so an idle stream pins no
     /// buffer. It ends with one final packet carrying `record`: 0 bytes when
-    /// the peer closed, the error otherwise; `ENOBUFS` means the pool ran dry
+    /// the peer closed, the error otherwise; `WSAENOBUFS` (10055) means the pool ran dry
     /// (or the kernel stopped the receive) and it may simply be started again.
     ///
     /// Packets of one stream must be handled in the order they are dequeued,

@@ -13,6 +13,7 @@ use bytes::Bytes;
 use super::recv_buffer::RecvBuffer;
 use super::service::{Io, Service, ServiceCore};
 use crate::driver::buf::Tail;
+use crate::error::{ErrorExt, WSAENOBUFS};
 use crate::overlapped::Transfer;
 use crate::port::PortStream;
 
@@ -257,7 +258,7 @@ impl Session {
         match result {
             Ok(_) => self.disconnect("closed by peer"),
             // The pool ran dry or the kernel stopped it: start it again.
-            Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => self.post_multishot(),
+            Err(e) if e.winsock_code() == Some(WSAENOBUFS) => self.post_multishot(),
             Err(e) => self.disconnect(&format!("receive failed: {e}")),
         }
     }
