@@ -10,7 +10,10 @@ async fn main() -> std::io::Result<()> {
     let listener = TcpListener::bind(overlapped_bench_peers::listen_addr()).await?;
     overlapped_bench_peers::announce(listener.local_addr()?);
     loop {
-        let (mut stream, _) = listener.accept().await?;
+        // A client that resets before its accept must not stop the server.
+        let Ok((mut stream, _)) = listener.accept().await else {
+            continue;
+        };
         stream.set_nodelay(true)?;
         compio::runtime::spawn(async move {
             // compio reads into a Vec's spare capacity.

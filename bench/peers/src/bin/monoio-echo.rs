@@ -13,7 +13,10 @@ async fn serve() -> std::io::Result<()> {
     let listener = TcpListener::bind(overlapped_bench_peers::listen_addr())?;
     overlapped_bench_peers::announce(listener.local_addr()?);
     loop {
-        let (mut stream, _) = listener.accept().await?;
+        // A client that resets before its accept must not stop the server.
+        let Ok((mut stream, _)) = listener.accept().await else {
+            continue;
+        };
         stream.set_nodelay(true)?;
         monoio::spawn(async move {
             let mut buffer = vec![0u8; overlapped_bench_peers::READ_BUFFER];

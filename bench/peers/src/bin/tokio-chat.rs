@@ -36,7 +36,10 @@ async fn main() -> std::io::Result<()> {
     let (room, _) = broadcast::channel::<Arc<Vec<u8>>>(4096);
     let next_id = AtomicU64::new(1);
     loop {
-        let (stream, _) = listener.accept().await?;
+        // A client that resets before its accept must not stop the server.
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
         stream.set_nodelay(true)?;
         let id = next_id.fetch_add(1, Ordering::Relaxed);
         let (mut reader, mut writer) = stream.into_split();

@@ -9,7 +9,10 @@ async fn main() -> std::io::Result<()> {
     let listener = TcpListener::bind(overlapped_bench_peers::listen_addr()).await?;
     overlapped_bench_peers::announce(listener.local_addr()?);
     loop {
-        let (mut stream, _) = listener.accept().await?;
+        // A client that resets before its accept must not stop the server.
+        let Ok((mut stream, _)) = listener.accept().await else {
+            continue;
+        };
         stream.set_nodelay(true)?;
         tokio::spawn(async move {
             let mut buffer = vec![0u8; overlapped_bench_peers::READ_BUFFER];

@@ -30,6 +30,8 @@ struct Room {
     latency: Mutex<Vec<Duration>>,
     text: Vec<u8>,
     running: AtomicBool,
+    failed_joins: AtomicU64,
+    first_failure: Mutex<Option<String>>,
 }
 
 struct Member {
@@ -63,9 +65,14 @@ impl PacketHandler for Member {
         Ok(())
     }
 
-    fn on_disconnected(&self, _: &Arc<Session>, _: &str) {
+    fn on_disconnected(&self, _: &Arc<Session>, reason: &str) {
         if self.room.running.load(Ordering::SeqCst) {
             self.room.errors.fetch_add(1, Ordering::Relaxed);
+        } else if self.id.lock().unwrap().is_none() {
+            // Never joined: the room cannot fill.
+            self.room.failed_joins.fetch_add(1, Ordering::SeqCst);
+            let mut first = self.room.first_failure.lock().unwrap();
+            first.get_or_insert_with(|| reason.to_string());
         }
     }
 }
@@ -116,11 +123,18 @@ pub fn run(args: &BenchArgs, duration: Duration) -> io::Result<Report> {
     let service = Service::client(args.addr, args.conns as usize, config, factory)?;
     let deadline = Instant::now() + Duration::from_secs(60);
     while room.joined.load(Ordering::SeqCst) < u64::from(args.conns) {
-        if Instant::now() > deadline || room.errors.load(Ordering::SeqCst) > 0 {
+        let failed = room.failed_joins.load(Ordering::SeqCst);
+        if Instant::now() > deadline || failed > 0 {
             service.stop();
+            let joined = room.joined.load(Ordering::SeqCst);
+            let why = room.first_failure.lock().unwrap().clone();
+            let why = why.unwrap_or_else(|| "timed out".into());
             return Err(io::Error::new(
                 io::ErrorKind::TimedOut,
-                "not every member joined the room",
+                format!(
+                    "{joined} of {} members joined the room, {failed} failed: {why}",
+                    args.conns
+                ),
             ));
         }
         std::thread::sleep(Duration::from_millis(10));
