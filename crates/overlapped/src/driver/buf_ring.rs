@@ -53,9 +53,10 @@ impl BufRing {
         let entries =
             NonNull::new(unsafe { alloc::alloc_zeroed(entries_layout) }.cast::<BufRingEntry>())
                 .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOMEM))?;
-        // SAFETY: as above. The bytes stay uninitialized until the kernel
-        // writes them, and only written bytes are ever read.
-        let data = NonNull::new(unsafe { alloc::alloc(data_layout) })
+        // SAFETY: as above. Zeroed so that tools that cannot see the kernel's
+        // writes (valgrind) see initialized bytes; an allocation this large
+        // comes fresh from the OS, so zeroing costs no resident memory.
+        let data = NonNull::new(unsafe { alloc::alloc_zeroed(data_layout) })
             .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOMEM))?;
         // SAFETY: `entries` is a page-aligned, zeroed array of `count` entries
         // that lives for the rest of the process.
