@@ -16,6 +16,12 @@
 //! | `CancelIoEx` | [`TcpStream::cancel`], [`UdpSocket::cancel`] |
 //! | `closesocket` | drop the socket, or [`TcpStream::close`] |
 //! | `WSAGetLastError` | [`ErrorExt::winsock_code`] on the `io::Error` |
+//! | `WSARecv` with `lpCompletionRoutine`, `SleepEx` | [`TcpStream::recv_with_routine`], [`sleep_ex`] |
+//! | `CreateIoCompletionPort`, `GetQueuedCompletionStatus(Ex)`, `PostQueuedCompletionStatus` | [`CompletionPort`] |
+//! | `AcceptEx`, `ConnectEx`, `DisconnectEx` | [`PortListener::accept`], [`CompletionPort::connect`], [`PortStream::disconnect`] |
+//!
+//! On top of the completion port, [`session`] holds the game-server layer:
+//! `Service`, `Listener`, `Session`, `RecvBuffer`, `PacketSession`.
 //!
 //! The difference that matters: buffers *move into* an operation and come
 //! back with its outcome, so the rule "do not touch the buffer or the
@@ -48,7 +54,8 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Requires Linux 5.19 or later (io_uring cancellation by file descriptor).
+//! Requires Linux 6.0 or later (io_uring cancellation by file descriptor,
+//! multishot receive, provided buffer rings).
 
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
