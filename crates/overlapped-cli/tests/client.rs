@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use common::{binary, seed_buffer};
 
-#[test]
-fn client_sends_the_seed_buffer_count_times_and_exits_zero() {
+/// A plain TCP peer that accepts one client and returns all it received.
+fn plain_peer() -> (String, thread::JoinHandle<Vec<u8>>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let reader = thread::spawn(move || {
@@ -20,6 +20,12 @@ fn client_sends_the_seed_buffer_count_times_and_exits_zero() {
         peer.read_to_end(&mut received).unwrap();
         received
     });
+    (addr, reader)
+}
+
+#[test]
+fn client_sends_the_seed_buffer_count_times_and_exits_zero() {
+    let (addr, reader) = plain_peer();
     let output = binary()
         .args([
             "client",
@@ -43,14 +49,7 @@ fn client_sends_the_seed_buffer_count_times_and_exits_zero() {
 
 #[test]
 fn client_sends_a_custom_message_and_size() {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    let reader = thread::spawn(move || {
-        let (mut peer, _) = listener.accept().unwrap();
-        let mut received = Vec::new();
-        peer.read_to_end(&mut received).unwrap();
-        received
-    });
+    let (addr, reader) = plain_peer();
     let output = binary()
         .args([
             "client",

@@ -89,7 +89,7 @@ impl ServiceCore {
         self.sessions().remove(&id);
     }
 
-    /// Makes a session for a connected stream and tracks it.
+    /// Makes a session for a stream (connected, or about to be) and tracks it.
     pub(crate) fn adopt(self: &Arc<Self>, stream: TcpStream, peer: SocketAddr) -> Arc<Session> {
         self.configure(&stream);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
@@ -252,28 +252,14 @@ impl Service {
 
     /// Starts one more client session to `addr`.
     pub fn connect(&self, addr: SocketAddr) -> io::Result<Arc<Session>> {
-        let core = &self.core;
-        let id = core.next_id.fetch_add(1, Ordering::Relaxed) + 1;
         // The session must exist before its connect completes, so the
-        // socket is made and associated first, then connected.
+        // socket is made and adopted first, then connected.
         let socket = socket2::Socket::new(
             socket2::Domain::for_address(addr),
             socket2::Type::STREAM,
             Some(socket2::Protocol::TCP),
         )?;
-        let stream = core
-            .port
-            .associate(TcpStream::from_unconnected(socket)?, id);
-        let session = Session::new(
-            id,
-            addr,
-            stream,
-            (core.factory)(),
-            Arc::downgrade(core),
-            core.recv_buffer(),
-            core.multishot(),
-        );
-        core.sessions().insert(id, session.clone());
+        let session = self.core.adopt(TcpStream::from_unconnected(socket)?, addr);
         if let Err(e) = session.connect(addr) {
             session.disconnect(&format!("connect failed: {e}"));
             return Err(e);
