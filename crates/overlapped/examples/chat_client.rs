@@ -1,7 +1,7 @@
 //! A chat client for `overlapped server --model port --mode chat`: lines
 //! typed on stdin go out as `C_CHAT`; every `S_CHAT` is printed.
 //!
-//! Run: `cargo run --release -- server --model port --mode chat`, then
+//! Run: `cargo run --release --bin overlapped -- server --model port --mode chat`, then
 //! `cargo run -p overlapped --example chat_client` in two terminals.
 
 use std::io::BufRead;
