@@ -100,6 +100,7 @@ fn try_now(op: &Op, sock: &socket2::Socket) -> io::Result<Option<Outcome>> {
                 // to the op's IoParts, live and owned by nobody else before
                 // submission; the op's lock is held for the call.
                 Some((ptr, len)) => unsafe { sys::recv_now(sock, ptr, len, flags) },
+                // SAFETY: as above, for the header and everything it points at.
                 None => unsafe { sys::recvmsg_now(sock, parts.msg_ptr(), flags) },
             });
             let Some(n) = attempt.transpose()?.flatten() else {
@@ -113,6 +114,7 @@ fn try_now(op: &Op, sock: &socket2::Socket) -> io::Result<Option<Outcome>> {
                 let attempt = match parts.single().filter(|_| stream) {
                     // SAFETY: as above; the kernel only reads during the call.
                     Some((ptr, len)) => unsafe { sys::send_now(sock, ptr, len, flags) },
+                    // SAFETY: as above, for the header and everything it points at.
                     None => unsafe { sys::sendmsg_now(sock, parts.msg_ptr(), flags) },
                 };
                 Ok(match attempt? {
