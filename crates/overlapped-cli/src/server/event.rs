@@ -20,7 +20,7 @@ use overlapped::{
     WaitResult, INFINITE, MAXIMUM_WAIT_EVENTS,
 };
 
-use super::{print_line, recv_line, Mode};
+use super::{print_line, recv_line, set_nodelay, Mode};
 
 /// The seed's `BUFFER_SIZE`.
 const BUFFER_SIZE: usize = 1000;
@@ -56,15 +56,6 @@ pub fn serve(listener: TcpListener, mode: Mode) -> io::Result<()> {
             }
         };
         group.join(session)?;
-    }
-}
-
-/// Echoes go out as soon as they are received, however small: without
-/// this, the second part of a message split across receives would wait for
-/// the peer's delayed acknowledgement of the first (Nagle's algorithm).
-pub(super) fn set_nodelay(socket: &TcpStream) {
-    if let Err(e) = socket.set_nodelay(true) {
-        tracing::warn!("cannot set TCP_NODELAY: {e}");
     }
 }
 

@@ -8,7 +8,7 @@ use std::io::{self, Write};
 use std::net::SocketAddr;
 
 use clap::{Args, ValueEnum};
-use overlapped::TcpListener;
+use overlapped::{TcpListener, TcpStream};
 
 /// How the server learns that an operation completed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -77,6 +77,15 @@ pub fn run(args: ServerArgs) -> io::Result<()> {
 /// The seed's server (event model, print mode) on `listener`.
 pub fn serve_seed(listener: TcpListener) -> io::Result<()> {
     event::serve(listener, Mode::Print)
+}
+
+/// Echoes go out as soon as they are received, however small: without
+/// this, the second part of a message split across receives would wait for
+/// the peer's delayed acknowledgement of the first (Nagle's algorithm).
+fn set_nodelay(socket: &TcpStream) {
+    if let Err(e) = socket.set_nodelay(true) {
+        tracing::warn!("cannot set TCP_NODELAY: {e}");
+    }
 }
 
 /// Writes one line of the seed's output. A closed stdout ends the program

@@ -10,7 +10,7 @@ use std::thread;
 
 use overlapped::{wait_for_multiple_events, Event, TcpListener, TcpStream, WaitResult, INFINITE};
 
-use super::{print_line, recv_line, Mode};
+use super::{print_line, recv_line, set_nodelay, Mode};
 
 const BUFFER_SIZE: usize = 1000;
 
@@ -81,7 +81,7 @@ impl Inbox {
         let arrived = std::mem::take(&mut *self.arrived.lock().unwrap_or_else(|p| p.into_inner()));
         for (socket, peer) in arrived {
             if mode == Mode::Echo {
-                super::event::set_nodelay(&socket);
+                set_nodelay(&socket);
             }
             let session = Rc::new(Session { socket, peer, mode });
             session.post_recv(vec![0; BUFFER_SIZE]);
