@@ -62,6 +62,7 @@
 
 pub use bytes::Bytes;
 
+pub mod backend;
 mod driver;
 pub mod error;
 mod event;
@@ -71,6 +72,7 @@ pub mod port;
 mod routine;
 pub mod session;
 
+pub use backend::{backend, Backend};
 pub use driver::buf::{IoBuf, IoBufMut, Tail};
 pub use error::ErrorExt;
 pub use event::{wait_for_multiple_events, Event, WaitResult, INFINITE, MAXIMUM_WAIT_EVENTS};

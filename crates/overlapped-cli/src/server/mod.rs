@@ -61,16 +61,27 @@ pub fn run(args: ServerArgs) -> io::Result<()> {
             "--mode chat runs on the session layer: use it with --model port",
         ));
     }
+    // Chosen once per process; an invalid OVERLAPPED_BACKEND stops here.
+    overlapped::backend()?;
     if args.model == Model::Port {
         return port::run(&args);
     }
     let listener = TcpListener::bind(args.addr)
         .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {}: {e}", args.addr)))?;
-    tracing::info!("listening on {}", listener.local_addr()?);
+    announce(listener.local_addr()?);
     match args.model {
         Model::Event => event::serve(listener, args.mode),
         Model::Routine => routine::serve(listener, args.mode, args.threads.map_or(1, usize::from)),
         Model::Port => unreachable!("handled above"),
+    }
+}
+
+/// Logs the backend and the address; tests read the address from the
+/// line's last word.
+fn announce(addr: SocketAddr) {
+    match overlapped::backend() {
+        Ok(backend) => tracing::info!("{backend} backend; listening on {addr}"),
+        Err(_) => tracing::info!("listening on {addr}"),
     }
 }
 

@@ -36,7 +36,7 @@ pub fn run(args: &ServerArgs) -> io::Result<()> {
     let service = Service::server(args.addr, config, factory)
         .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {}: {e}", args.addr)))?;
     let addr = service.local_addr().expect("a server service listens");
-    tracing::info!("listening on {addr}");
+    super::announce(addr);
     // The workers serve; this thread has nothing left to do.
     loop {
         std::thread::park();

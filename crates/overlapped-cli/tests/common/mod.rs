@@ -25,6 +25,8 @@ pub fn binary() -> Command {
 pub struct Server {
     pub child: Child,
     pub addr: SocketAddr,
+    /// The stderr lines before the one that announced the address.
+    pub startup: Vec<String>,
     pub stdout: Receiver<String>,
     pub stderr: Receiver<String>,
 }
@@ -36,25 +38,38 @@ impl Server {
 
     /// Starts `overlapped server` with extra arguments (model, mode, ...).
     pub fn start_with(extra: &[&str]) -> Server {
-        let mut child = binary()
+        let mut command = binary();
+        command
             .args(["server", "--addr", "127.0.0.1:0"])
-            .args(extra)
+            .args(extra);
+        Server::start_from(command)
+    }
+
+    /// Starts `command`, which must end up running `overlapped server`.
+    pub fn start_from(mut command: Command) -> Server {
+        let mut child = command
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .expect("start overlapped server");
         let stdout = lines(child.stdout.take().unwrap());
         let stderr = lines(child.stderr.take().unwrap());
+        let mut startup = Vec::new();
         let addr = wait_for_line(
             &stderr,
-            |l| l.contains("listening on"),
+            |l| {
+                startup.push(l.to_string());
+                l.contains("listening on")
+            },
             Duration::from_secs(30),
         )
         .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-        .expect("server announces its address");
+        .unwrap_or_else(|| panic!("server announces its address; it said {startup:?}"));
+        startup.pop();
         Server {
             child,
             addr,
+            startup,
             stdout,
             stderr,
         }
@@ -93,7 +108,7 @@ pub fn lines(stream: impl std::io::Read + Send + 'static) -> Receiver<String> {
 
 pub fn wait_for_line(
     rx: &Receiver<String>,
-    wanted: impl Fn(&str) -> bool,
+    mut wanted: impl FnMut(&str) -> bool,
     limit: Duration,
 ) -> Option<String> {
     let deadline = Instant::now() + limit;

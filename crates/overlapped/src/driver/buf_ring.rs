@@ -1,6 +1,7 @@
 //! A provided buffer ring: a pool of receive buffers the kernel picks from
 //! when data arrives for a multishot receive, so an idle connection pins no
-//! buffer at all (`IORING_REGISTER_PBUF_RING`).
+//! buffer at all (`IORING_REGISTER_PBUF_RING`). The epoll backend keeps the
+//! same pool in user space and picks the buffers itself.
 
 use std::alloc::{self, Layout};
 use std::io;
@@ -11,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use io_uring::types::BufRingEntry;
 use io_uring::IoUring;
 
-use super::uring::Ring;
+use super::ring::Ring;
 
 /// Buffers in a ring's pool (a power of two, at most 32768).
 pub(crate) const POOL_BUFFERS: u16 = 4096;
@@ -21,12 +22,22 @@ pub(crate) const POOL_BUFFER_SIZE: usize = 4096;
 pub(crate) const POOL_GROUP: u16 = 0;
 
 pub(crate) struct BufRing {
-    /// The ring of entries the kernel reads, page aligned.
-    entries: NonNull<BufRingEntry>,
     /// `POOL_BUFFERS` buffers of `POOL_BUFFER_SIZE` bytes.
     data: NonNull<u8>,
-    /// Our copy of the tail; the shared one is published after each refill.
-    tail: Mutex<u16>,
+    /// Who picks the next free buffer.
+    picker: Picker,
+}
+
+enum Picker {
+    /// io_uring, from a ring of entries shared with it.
+    Kernel {
+        /// The ring of entries the kernel reads, page aligned.
+        entries: NonNull<BufRingEntry>,
+        /// Our copy of the tail; the shared one is published after each refill.
+        tail: Mutex<u16>,
+    },
+    /// The epoll backend, from a free list.
+    User { free: Mutex<Vec<u16>> },
 }
 
 // SAFETY: the entries and buffers are plain memory shared with the kernel;
@@ -47,17 +58,12 @@ impl BufRing {
         let entries_layout =
             Layout::from_size_align(count * std::mem::size_of::<BufRingEntry>(), 4096)
                 .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-        let data_layout = Layout::from_size_align(count * POOL_BUFFER_SIZE, 4096)
-            .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-        // SAFETY: both layouts have a non-zero size.
+        let data_layout = data_layout()?;
+        // SAFETY: the layout has a non-zero size.
         let entries =
             NonNull::new(unsafe { alloc::alloc_zeroed(entries_layout) }.cast::<BufRingEntry>())
                 .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOMEM))?;
-        // SAFETY: as above. Zeroed so that tools that cannot see the kernel's
-        // writes (valgrind) see initialized bytes; an allocation this large
-        // comes fresh from the OS, so zeroing costs no resident memory.
-        let data = NonNull::new(unsafe { alloc::alloc_zeroed(data_layout) })
-            .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOMEM))?;
+        let data = allocate(data_layout)?;
         // SAFETY: `entries` is a page-aligned, zeroed array of `count` entries
         // that lives for the rest of the process.
         unsafe {
@@ -69,9 +75,11 @@ impl BufRing {
             )?
         };
         let pool = BufRing {
-            entries,
             data,
-            tail: Mutex::new(0),
+            picker: Picker::Kernel {
+                entries,
+                tail: Mutex::new(0),
+            },
         };
         for bid in 0..POOL_BUFFERS {
             pool.recycle(bid);
@@ -79,14 +87,46 @@ impl BufRing {
         Ok(pool)
     }
 
-    /// Gives buffer `bid` back to the kernel.
+    /// A pool the epoll backend picks from itself. Its memory is freed with
+    /// it: no kernel ever holds its address.
+    pub(crate) fn in_memory() -> io::Result<BufRing> {
+        let data = allocate(data_layout()?)?;
+        Ok(BufRing {
+            data,
+            picker: Picker::User {
+                free: Mutex::new((0..POOL_BUFFERS).rev().collect()),
+            },
+        })
+    }
+
+    /// Takes a free buffer for a receive, in a user-space pool; `None` when
+    /// the pool is dry. The pointer is valid for `POOL_BUFFER_SIZE` bytes
+    /// until the buffer is recycled.
+    pub(crate) fn pick(&self) -> Option<(u16, *mut u8)> {
+        let Picker::User { free } = &self.picker else {
+            return None;
+        };
+        let bid = free.lock().unwrap_or_else(|p| p.into_inner()).pop()?;
+        // SAFETY: `bid` < POOL_BUFFERS, so the buffer lies inside `data`.
+        let ptr = unsafe { self.data.as_ptr().add(usize::from(bid) * POOL_BUFFER_SIZE) };
+        Some((bid, ptr))
+    }
+
+    /// Gives buffer `bid` back to whoever picks the buffers.
     pub(crate) fn recycle(&self, bid: u16) {
-        let mut tail = self.tail.lock().unwrap_or_else(|p| p.into_inner());
+        let (entries, tail) = match &self.picker {
+            Picker::Kernel { entries, tail } => (*entries, tail),
+            Picker::User { free } => {
+                free.lock().unwrap_or_else(|p| p.into_inner()).push(bid);
+                return;
+            }
+        };
+        let mut tail = tail.lock().unwrap_or_else(|p| p.into_inner());
         let slot = usize::from(*tail & (POOL_BUFFERS - 1));
         // SAFETY: `slot` is inside the entries array; the lock makes this the
         // only writer, and the kernel reads the slot only after the tail
         // below is published.
-        let entry = unsafe { &mut *self.entries.as_ptr().add(slot) };
+        let entry = unsafe { &mut *entries.as_ptr().add(slot) };
         // SAFETY: `bid` < POOL_BUFFERS, so the buffer lies inside `data`.
         entry.set_addr(
             unsafe { self.data.as_ptr().add(usize::from(bid) * POOL_BUFFER_SIZE) } as u64,
@@ -96,7 +136,7 @@ impl BufRing {
         *tail = tail.wrapping_add(1);
         // SAFETY: the tail field of the first entry is the ring's shared tail,
         // a u16 the kernel reads; it is aligned for an atomic access.
-        let shared = unsafe { &*(BufRingEntry::tail(self.entries.as_ptr()) as *const AtomicU16) };
+        let shared = unsafe { &*(BufRingEntry::tail(entries.as_ptr()) as *const AtomicU16) };
         shared.store(*tail, Ordering::Release);
     }
 
@@ -116,6 +156,33 @@ impl BufRing {
             )
         }
     }
+}
+
+impl Drop for BufRing {
+    fn drop(&mut self) {
+        // A kernel pool is never freed (see `register`).
+        if let Picker::User { .. } = self.picker {
+            if let Ok(layout) = data_layout() {
+                // SAFETY: `data` was allocated by `allocate` with this layout,
+                // and no lease outlives the pool (each holds its ring).
+                unsafe { alloc::dealloc(self.data.as_ptr(), layout) };
+            }
+        }
+    }
+}
+
+fn data_layout() -> io::Result<Layout> {
+    Layout::from_size_align(usize::from(POOL_BUFFERS) * POOL_BUFFER_SIZE, 4096)
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+}
+
+/// Zeroed, so that tools that cannot see the kernel's writes (valgrind) see
+/// initialized bytes; an allocation this large comes fresh from the OS, so
+/// zeroing costs no resident memory.
+fn allocate(layout: Layout) -> io::Result<NonNull<u8>> {
+    // SAFETY: the pool's layouts have a non-zero size.
+    NonNull::new(unsafe { alloc::alloc_zeroed(layout) })
+        .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOMEM))
 }
 
 /// One filled buffer of the pool, handed to the program; dropping it gives

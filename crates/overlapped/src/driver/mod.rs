@@ -2,8 +2,9 @@
 //! turns kernel completions into the model's notifications.
 //!
 //! All `unsafe` code of the crate lives under this module. The operation
-//! model ([`op`], [`socket`]) is backend-neutral; [`uring`] is the io_uring
-//! backend that carries it out.
+//! model ([`op`], [`socket`]) and the [`ring`] that reaps completions are
+//! backend-neutral; [`uring`] (io_uring) or [`epoll`] (readiness, for hosts
+//! without io_uring) carries the operations out.
 //!
 //! Life of an operation:
 //! 1. The model builds an [`Op`] holding its buffers ([`op::IoParts`]).
@@ -19,7 +20,9 @@
 
 pub(crate) mod buf;
 pub(crate) mod buf_ring;
+pub(crate) mod epoll;
 pub(crate) mod op;
+pub(crate) mod ring;
 pub(crate) mod socket;
 pub(crate) mod sys;
 pub(crate) mod uring;
@@ -35,8 +38,13 @@ use crate::error;
 
 /// The ring sockets use until they are associated with a completion port,
 /// created on first use.
-pub(crate) fn backend() -> io::Result<&'static Arc<uring::Ring>> {
-    uring::Ring::global()
+pub(crate) fn backend() -> io::Result<&'static Arc<ring::Ring>> {
+    ring::Ring::global()
+}
+
+/// Whether io_uring can be set up here with what the driver needs.
+pub(crate) fn probe_uring() -> io::Result<()> {
+    uring::probe()
 }
 
 /// Starts `op`: `Ok(Some(outcome))` when it completed at once (its event is

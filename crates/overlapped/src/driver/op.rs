@@ -349,6 +349,12 @@ impl IoParts {
         addr.as_socket()
     }
 
+    /// Bytes not yet transferred: the total less what [`IoParts::advance`]
+    /// skipped.
+    pub(crate) fn remaining(&self) -> usize {
+        self.total - self.sent_early
+    }
+
     /// Skips the first `n` bytes after a partial send on the fast path, so
     /// the kernel sends only the rest.
     pub(crate) fn advance(&mut self, mut n: usize) {

@@ -2,10 +2,11 @@
 //! operation on it is in flight, and one ordered lane per direction.
 
 use std::collections::VecDeque;
+use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::op::{Direction, Op};
-use super::uring::Ring;
+use super::ring::Ring;
 
 /// Operations of one direction that wait for the one in the kernel.
 ///
@@ -90,5 +91,20 @@ impl Socket {
         // Lane updates are single assignments or queue pushes/pops, which a
         // panic cannot leave half-done.
         self.lanes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Drop for Socket {
+    fn drop(&mut self) {
+        // No operation is in flight (each holds the socket); tell the rings
+        // the socket used that its descriptor is about to close.
+        let fd = self.sock.as_raw_fd();
+        let ring = &self.lanes.get_mut().unwrap_or_else(|p| p.into_inner()).ring;
+        ring.forget(fd);
+        if let Some(global) = Ring::global_if_started() {
+            if !Arc::ptr_eq(global, ring) {
+                global.forget(fd);
+            }
+        }
     }
 }

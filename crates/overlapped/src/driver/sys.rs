@@ -158,6 +158,48 @@ pub(crate) unsafe fn sendmsg_now(
     would_block_to_none(rc)
 }
 
+/// Non-blocking `accept4` (the listener must be non-blocking); the new
+/// descriptor is close-on-exec. `Ok(None)` when no connection is waiting.
+///
+/// # Safety
+/// `addr` and `len` must be valid for writes for the duration of the call,
+/// `*len` giving the size of the buffer at `addr`.
+pub(crate) unsafe fn accept_now(
+    fd: &impl AsRawFd,
+    addr: *mut libc::sockaddr,
+    len: *mut libc::socklen_t,
+) -> io::Result<Option<RawFd>> {
+    // SAFETY: the caller guarantees `addr` and `len` are valid for the call.
+    let rc = retry_eintr(|| unsafe {
+        libc::accept4(fd.as_raw_fd(), addr, len, libc::SOCK_CLOEXEC) as isize
+    });
+    would_block_to_none(rc).map(|fd| fd.map(|fd| fd as RawFd))
+}
+
+/// Starts a connect on a non-blocking socket: `Ok(true)` when connected at
+/// once, `Ok(false)` when in progress (writability then tells the outcome).
+///
+/// # Safety
+/// `addr` must point to a valid socket address of `*len` bytes, and `len`
+/// must be valid for reads, for the duration of the call.
+pub(crate) unsafe fn connect_now(
+    fd: &impl AsRawFd,
+    addr: *const libc::sockaddr,
+    len: *const libc::socklen_t,
+) -> io::Result<bool> {
+    // SAFETY: the caller guarantees `addr` and `len` are valid for the call.
+    let rc = unsafe { libc::connect(fd.as_raw_fd(), addr, *len) };
+    if rc == 0 {
+        return Ok(true);
+    }
+    let err = io::Error::last_os_error();
+    match err.raw_os_error() {
+        // EINTR: the connect goes on in the background, as EINPROGRESS.
+        Some(libc::EINPROGRESS | libc::EINTR) => Ok(false),
+        _ => Err(err),
+    }
+}
+
 fn would_block_to_none(rc: io::Result<usize>) -> io::Result<Option<usize>> {
     match rc {
         Ok(n) => Ok(Some(n)),

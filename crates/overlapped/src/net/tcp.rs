@@ -110,7 +110,7 @@ impl TcpStream {
     /// Wraps a connection the driver accepted on `ring`.
     pub(crate) fn from_accepted(
         fd: std::os::fd::OwnedFd,
-        ring: Arc<crate::driver::uring::Ring>,
+        ring: Arc<crate::driver::ring::Ring>,
     ) -> TcpStream {
         TcpStream {
             socket: Socket::new(socket2::Socket::from(fd), ring),

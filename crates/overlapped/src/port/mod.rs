@@ -39,7 +39,7 @@ use std::time::{Duration, Instant};
 
 use crate::driver::buf_ring::Lease;
 use crate::driver::op::{IoParts, Notify, Outcome, Payload, Sink};
-use crate::driver::uring::Ring;
+use crate::driver::ring::Ring;
 use crate::error;
 use crate::event::Event;
 use crate::net::TcpStream;

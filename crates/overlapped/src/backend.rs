@@ -1,0 +1,101 @@
+//! Which kernel interface carries the overlapped operations out.
+//!
+//! Windows has one: the kernel's overlapped I/O. Linux has io_uring, its true
+//! counterpart, but container sandboxes often refuse it (Docker's default
+//! seccomp profile blocks `io_uring_setup`), and some kernels build it out.
+//! So the driver has a second backend on epoll, with the same semantics,
+//! chosen like this, once per process:
+//!
+//! | `OVERLAPPED_BACKEND` | backend |
+//! |---|---|
+//! | unset, empty or `auto` | io_uring if it can be set up, else epoll (with one warning in the log) |
+//! | `uring` | io_uring; every socket operation fails with the reason if it cannot be set up |
+//! | `epoll` | epoll |
+//!
+//! Any other value is an error (`InvalidInput`) from the first operation.
+
+use std::fmt;
+use std::io;
+use std::sync::OnceLock;
+
+/// The environment variable that picks the backend.
+pub const BACKEND_VAR: &str = "OVERLAPPED_BACKEND";
+
+/// A kernel interface the driver can run on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// io_uring: the kernel carries out each operation and posts its
+    /// completion, as Windows' overlapped I/O does.
+    IoUring,
+    /// epoll readiness: the driver carries out each operation itself once
+    /// the socket is ready, and posts its completion.
+    Epoll,
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Backend::IoUring => "io_uring",
+            Backend::Epoll => "epoll",
+        })
+    }
+}
+
+/// The backend this process uses, chosen on first call (see the module
+/// docs). `Err` if `OVERLAPPED_BACKEND` is invalid, or is `uring` where
+/// io_uring cannot be set up.
+pub fn backend() -> io::Result<Backend> {
+    chosen()
+}
+
+pub(crate) fn chosen() -> io::Result<Backend> {
+    static CHOICE: OnceLock<Result<Backend, (io::ErrorKind, String)>> = OnceLock::new();
+    let choice = CHOICE.get_or_init(|| {
+        let requested = std::env::var(BACKEND_VAR).unwrap_or_default();
+        choose(&requested).map_err(|e| (e.kind(), e.to_string()))
+    });
+    choice
+        .clone()
+        .map_err(|(kind, message)| io::Error::new(kind, message))
+}
+
+fn choose(requested: &str) -> io::Result<Backend> {
+    match requested.trim() {
+        "" | "auto" => match crate::driver::probe_uring() {
+            Ok(()) => Ok(Backend::IoUring),
+            Err(e) => {
+                tracing::warn!("io_uring is unavailable ({e}); using the epoll backend");
+                Ok(Backend::Epoll)
+            }
+        },
+        "uring" | "io_uring" => match crate::driver::probe_uring() {
+            Ok(()) => Ok(Backend::IoUring),
+            Err(e) => Err(io::Error::new(
+                e.kind(),
+                format!("{BACKEND_VAR}=uring, but io_uring cannot be set up here: {e}"),
+            )),
+        },
+        "epoll" => Ok(Backend::Epoll),
+        other => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{BACKEND_VAR}={other:?} is not a backend; use uring, epoll or auto"),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unknown_backend_name_is_invalid_input() {
+        let err = choose("kqueue").unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+        assert!(err.to_string().contains("kqueue"));
+    }
+
+    #[test]
+    fn epoll_can_always_be_chosen() {
+        assert_eq!(choose("epoll").unwrap(), Backend::Epoll);
+    }
+}

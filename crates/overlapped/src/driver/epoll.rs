@@ -1,0 +1,452 @@
+//! The readiness backend, for kernels or sandboxes without io_uring.
+//!
+//! It keeps the completion model on top of epoll (through `polling`): a
+//! pending operation waits in its socket's queue, the socket is armed for
+//! the readiness that operation needs (one-shot, so an idle socket costs
+//! nothing), and the ring's reaper carries the operation out with a
+//! non-blocking system call once the socket is ready. What the program sees
+//! is the same as with io_uring: the operation owns its memory until it
+//! completes, completions come from the reaper, cancellation and close work
+//! the same way.
+
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use polling::{Event, Events, PollMode, Poller};
+
+use super::buf_ring::{Lease, POOL_BUFFER_SIZE};
+use super::op::{Direction, IoParts, Op, OpKind};
+use super::ring::Ring;
+use super::sys;
+
+pub(crate) struct Epoll {
+    poller: Poller,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    /// Sockets with operations waiting for readiness, by descriptor.
+    sockets: HashMap<RawFd, Waiting>,
+    /// Completions made at submission (cancellations, shutdowns, connects
+    /// that finished at once), for the next reap.
+    ready: Vec<Finished>,
+    events: Events,
+}
+
+/// The operations waiting on one socket.
+#[derive(Default)]
+struct Waiting {
+    /// Receives, accepts and multishot receives, in posting order.
+    readers: VecDeque<Arc<Op>>,
+    /// Sends and connects, in posting order.
+    writers: VecDeque<Arc<Op>>,
+    /// The interest the socket is armed with now, if any.
+    armed: Option<Interest>,
+    /// The descriptor is in the epoll set (armed or spent).
+    registered: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Interest {
+    readable: bool,
+    writable: bool,
+}
+
+/// What the reaper hands to the driver, in order.
+enum Finished {
+    Complete(Arc<Op>, i32),
+    Arrival(Arc<Op>, Lease),
+}
+
+/// The result of one attempt at an operation.
+enum Attempt {
+    /// The socket is not ready: keep waiting.
+    Wait,
+    /// Final: the io_uring-style result (bytes, descriptor, or -errno).
+    Done(i32),
+    /// Data for a multishot receive, which keeps waiting.
+    Arrival(Lease),
+}
+
+impl Epoll {
+    pub(crate) fn new() -> io::Result<Epoll> {
+        Ok(Epoll {
+            poller: Poller::new()?,
+            state: Mutex::new(State::default()),
+        })
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        // Updates to the state are queue pushes and pops that a panic cannot
+        // leave half-done.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Takes `op` over: completes it at once where that needs no waiting,
+    /// otherwise queues it on its socket and arms the socket.
+    pub(crate) fn submit(&self, ring: &Ring, op: &Arc<Op>) -> io::Result<()> {
+        if let OpKind::Cancel(target) = &op.kind {
+            let mut state = self.state();
+            let result = cancel(&mut state, target);
+            return self.finish_now(ring, state, op, result);
+        }
+        let socket = op
+            .socket
+            .as_ref()
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::EBADF))?;
+        let fd = socket.sock.as_raw_fd();
+        let mut state = self.state();
+        let immediate = match &op.kind {
+            OpKind::CancelAll => Some(self.cancel_all(&mut state, fd)),
+            OpKind::Shutdown(how) => Some(shutdown(&socket.sock, *how)),
+            OpKind::Connect => start_connect(op)?,
+            OpKind::Accept => {
+                // Accepting must not block the reaper when another accept
+                // took the connection first.
+                socket.sock.set_nonblocking(true)?;
+                None
+            }
+            _ => None,
+        };
+        if let Some(result) = immediate {
+            return self.finish_now(ring, state, op, result);
+        }
+        let waiting = state.sockets.entry(fd).or_default();
+        match waits_for(&op.kind) {
+            Direction::Recv => waiting.readers.push_back(op.clone()),
+            Direction::Send => waiting.writers.push_back(op.clone()),
+        }
+        let armed = self.arm(fd, waiting);
+        if armed.is_err() {
+            // Not armed, so it would never complete: take it back.
+            let waiting = state.sockets.entry(fd).or_default();
+            waiting.readers.retain(|o| !Arc::ptr_eq(o, op));
+            waiting.writers.retain(|o| !Arc::ptr_eq(o, op));
+        }
+        armed
+    }
+
+    /// Completes `op` with `result` at the next reap, and wakes the reaper.
+    fn finish_now(
+        &self,
+        ring: &Ring,
+        mut state: MutexGuard<'_, State>,
+        op: &Arc<Op>,
+        result: i32,
+    ) -> io::Result<()> {
+        state.ready.push(Finished::Complete(op.clone(), result));
+        drop(state);
+        ring.wake();
+        Ok(())
+    }
+
+    /// Arms `fd` for what its waiting operations need, if not armed so.
+    fn arm(&self, fd: RawFd, waiting: &mut Waiting) -> io::Result<()> {
+        let wanted = Interest {
+            readable: !waiting.readers.is_empty(),
+            writable: !waiting.writers.is_empty(),
+        };
+        if !(wanted.readable || wanted.writable) || waiting.armed == Some(wanted) {
+            return Ok(());
+        }
+        let event = Event::new(fd as usize, wanted.readable, wanted.writable);
+        // SAFETY: `fd` is the descriptor of a socket that an operation
+        // waiting on it keeps open; `forget` removes it from the set before
+        // the socket closes it.
+        let source = unsafe { BorrowedFd::borrow_raw(fd) };
+        let modified = if waiting.registered {
+            self.poller
+                .modify_with_mode(source, event, PollMode::Oneshot)
+        } else {
+            Err(io::Error::from_raw_os_error(libc::ENOENT))
+        };
+        match modified {
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                // SAFETY: as above; the set holds the descriptor until
+                // `forget` deletes it, before the socket closes it.
+                unsafe { self.poller.add_with_mode(fd, event, PollMode::Oneshot) }?;
+            }
+            other => other?,
+        }
+        waiting.registered = true;
+        waiting.armed = Some(wanted);
+        Ok(())
+    }
+
+    /// Removes a socket about to close from the epoll set.
+    pub(crate) fn forget(&self, fd: RawFd) {
+        let mut state = self.state();
+        if let Some(waiting) = state.sockets.remove(&fd) {
+            if waiting.registered {
+                // SAFETY: the descriptor is still open: the socket calls this
+                // before it closes it.
+                let source = unsafe { BorrowedFd::borrow_raw(fd) };
+                if let Err(e) = self.poller.delete(source) {
+                    tracing::debug!("epoll could not forget a socket: {e}");
+                }
+            }
+        }
+    }
+
+    /// Cancels every waiting operation on `fd` (`closesocket`); the result is
+    /// how many there were.
+    fn cancel_all(&self, state: &mut State, fd: RawFd) -> i32 {
+        let Some(waiting) = state.sockets.get_mut(&fd) else {
+            return 0;
+        };
+        let cancelled: Vec<Arc<Op>> = waiting
+            .readers
+            .drain(..)
+            .chain(waiting.writers.drain(..))
+            .collect();
+        let count = cancelled.len() as i32;
+        for op in cancelled {
+            state.ready.push(Finished::Complete(op, -libc::ECANCELED));
+        }
+        count
+    }
+
+    /// Carries out what the ready sockets allow and hands every completion
+    /// to the driver. Returns how many there were.
+    pub(crate) fn drain(&self, ring: &Arc<Ring>) -> usize {
+        let finished = {
+            let mut state = self.state();
+            let mut finished = std::mem::take(&mut state.ready);
+            self.progress_ready(ring, &mut state, &mut finished);
+            finished
+        };
+        let count = finished.len();
+        for item in finished {
+            match item {
+                Finished::Arrival(op, lease) => super::arrived(&op, lease),
+                Finished::Complete(op, result) => {
+                    ring.completed_one();
+                    super::complete(op, result);
+                }
+            }
+        }
+        count
+    }
+
+    fn progress_ready(&self, ring: &Arc<Ring>, state: &mut State, out: &mut Vec<Finished>) {
+        let State {
+            sockets, events, ..
+        } = state;
+        events.clear();
+        if let Err(e) = self.poller.wait(events, Some(Duration::ZERO)) {
+            tracing::error!("epoll_wait failed: {e}");
+            return;
+        }
+        for event in events.iter() {
+            let fd = event.key as RawFd;
+            let Some(waiting) = sockets.get_mut(&fd) else {
+                continue;
+            };
+            waiting.armed = None;
+            if event.readable {
+                progress(ring, &mut waiting.readers, out);
+            }
+            if event.writable {
+                progress(ring, &mut waiting.writers, out);
+            }
+            if let Err(e) = self.arm(fd, waiting) {
+                // The socket cannot be watched any more: fail what waits on it.
+                let errno = e.raw_os_error().unwrap_or(libc::EIO);
+                for op in waiting.readers.drain(..).chain(waiting.writers.drain(..)) {
+                    out.push(Finished::Complete(op, -errno));
+                }
+            }
+        }
+    }
+}
+
+impl AsRawFd for Epoll {
+    /// The epoll descriptor, readable while any armed socket is ready.
+    fn as_raw_fd(&self) -> RawFd {
+        self.poller.as_raw_fd()
+    }
+}
+
+/// Which readiness an operation waits for.
+fn waits_for(kind: &OpKind) -> Direction {
+    match kind {
+        OpKind::Send | OpKind::SendTo | OpKind::Connect => Direction::Send,
+        _ => Direction::Recv,
+    }
+}
+
+/// Carries out the operations at the head of `queue` while the socket lets
+/// them complete.
+fn progress(ring: &Arc<Ring>, queue: &mut VecDeque<Arc<Op>>, out: &mut Vec<Finished>) {
+    while let Some(op) = queue.front() {
+        match attempt(ring, op) {
+            Attempt::Wait => return,
+            Attempt::Arrival(lease) => out.push(Finished::Arrival(op.clone(), lease)),
+            Attempt::Done(result) => {
+                if let Some(op) = queue.pop_front() {
+                    out.push(Finished::Complete(op, result));
+                }
+            }
+        }
+    }
+}
+
+/// One non-blocking try at `op`.
+fn attempt(ring: &Arc<Ring>, op: &Op) -> Attempt {
+    let Some(socket) = &op.socket else {
+        return Attempt::Done(-libc::EBADF);
+    };
+    let sock = &socket.sock;
+    let outcome = match op.kind {
+        OpKind::Recv | OpKind::RecvFrom | OpKind::Send | OpKind::SendTo | OpKind::Accept => op
+            .with_parts(|parts| {
+                // SAFETY: the op owns these buffers, header and address until
+                // it completes; the op's lock is held for the call, and no
+                // kernel request holds them (this backend makes none).
+                unsafe { attempt_now(&op.kind, sock, parts) }
+            })
+            .unwrap_or(Ok(Some(-libc::EINVAL))),
+        OpKind::Connect => match sock.take_error() {
+            Ok(Some(e)) => Ok(Some(-e.raw_os_error().unwrap_or(libc::ECONNREFUSED))),
+            Ok(None) => Ok(Some(0)),
+            Err(e) => Err(e),
+        },
+        OpKind::RecvMulti => return receive_into_pool(ring, sock),
+        OpKind::Cancel(_) | OpKind::CancelAll | OpKind::Shutdown(_) => Ok(Some(0)),
+    };
+    match outcome {
+        Ok(Some(result)) => Attempt::Done(result),
+        Ok(None) => Attempt::Wait,
+        Err(e) => Attempt::Done(-e.raw_os_error().unwrap_or(libc::EIO)),
+    }
+}
+
+/// One non-blocking system call for a data operation or an accept:
+/// `Ok(None)` when the socket is not ready, else the io_uring-style result.
+///
+/// # Safety
+/// `parts` must describe memory the op owns (as `IoParts` does) that no
+/// one else uses during the call.
+unsafe fn attempt_now(
+    kind: &OpKind,
+    sock: &socket2::Socket,
+    parts: &mut IoParts,
+) -> io::Result<Option<i32>> {
+    let stream = matches!(kind, OpKind::Recv | OpKind::Send);
+    let single = parts.single().filter(|_| stream);
+    // SAFETY (all calls below): per the contract, the buffers, header and
+    // address buffer are live, owned by the op and unshared for the call.
+    let transferred = match (kind, single) {
+        (OpKind::Recv, Some((ptr, len))) => unsafe { sys::recv_now(sock, ptr, len, 0) },
+        (OpKind::Recv, None) => unsafe { sys::recvmsg_now(sock, parts.msg_ptr(), 0) },
+        (OpKind::RecvFrom, _) => unsafe {
+            sys::recvmsg_now(sock, parts.msg_ptr(), libc::MSG_TRUNC)
+        },
+        (OpKind::Send, Some((ptr, len))) => unsafe {
+            sys::send_now(sock, ptr, len, libc::MSG_NOSIGNAL)
+        },
+        (OpKind::Send | OpKind::SendTo, _) => unsafe {
+            sys::sendmsg_now(sock, parts.msg_ptr(), libc::MSG_NOSIGNAL)
+        },
+        (OpKind::Accept, _) => {
+            let (addr, len) = parts.addr_ptrs();
+            return unsafe { sys::accept_now(sock, addr, len) };
+        }
+        _ => return Ok(Some(-libc::EINVAL)),
+    };
+    let Some(n) = transferred? else {
+        return Ok(None);
+    };
+    // A stream send completes only when every byte is taken, as an
+    // overlapped WSASend does; the rest waits for room.
+    if let OpKind::Send = kind {
+        let remaining = parts.remaining();
+        if n < remaining {
+            parts.advance(n);
+            return Ok(None);
+        }
+    }
+    Ok(Some(n.min(i32::MAX as usize) as i32))
+}
+
+/// One arrival of a multishot receive, into a buffer of the ring's pool.
+/// Like io_uring, the receive ends with `ENOBUFS` when the pool is dry.
+fn receive_into_pool(ring: &Arc<Ring>, sock: &socket2::Socket) -> Attempt {
+    let Some(pool) = ring.pool() else {
+        return Attempt::Done(-libc::ENOBUFS);
+    };
+    let Some((bid, ptr)) = pool.pick() else {
+        return Attempt::Done(-libc::ENOBUFS);
+    };
+    // SAFETY: `pick` handed this thread buffer `bid`, valid for
+    // POOL_BUFFER_SIZE bytes, until it is recycled below or by its lease.
+    match unsafe { sys::recv_now(sock, ptr, POOL_BUFFER_SIZE, 0) } {
+        Ok(Some(n)) if n > 0 => Attempt::Arrival(Lease::new(ring.clone(), bid, n)),
+        other => {
+            pool.recycle(bid);
+            match other {
+                Ok(Some(_)) => Attempt::Done(0),
+                Ok(None) => Attempt::Wait,
+                Err(e) => Attempt::Done(-e.raw_os_error().unwrap_or(libc::EIO)),
+            }
+        }
+    }
+}
+
+/// `CancelIoEx` on one waiting operation: 0 if it was waiting (it then
+/// completes as cancelled), `-ENOENT` if it already completed.
+fn cancel(state: &mut State, target: &Arc<Op>) -> i32 {
+    let Some(socket) = &target.socket else {
+        return -libc::ENOENT;
+    };
+    let Some(waiting) = state.sockets.get_mut(&socket.sock.as_raw_fd()) else {
+        return -libc::ENOENT;
+    };
+    for queue in [&mut waiting.readers, &mut waiting.writers] {
+        if let Some(at) = queue.iter().position(|op| Arc::ptr_eq(op, target)) {
+            if let Some(op) = queue.remove(at) {
+                state.ready.push(Finished::Complete(op, -libc::ECANCELED));
+                return 0;
+            }
+        }
+    }
+    -libc::ENOENT
+}
+
+fn shutdown(sock: &socket2::Socket, how: i32) -> i32 {
+    let how = match how {
+        libc::SHUT_RD => std::net::Shutdown::Read,
+        libc::SHUT_WR => std::net::Shutdown::Write,
+        _ => std::net::Shutdown::Both,
+    };
+    match sock.shutdown(how) {
+        Ok(()) => 0,
+        Err(e) => -e.raw_os_error().unwrap_or(libc::EIO),
+    }
+}
+
+/// Starts a non-blocking connect: `Some(result)` if it finished at once,
+/// `None` if it is in progress (it then waits for writability).
+fn start_connect(op: &Op) -> io::Result<Option<i32>> {
+    let Some(socket) = &op.socket else {
+        return Err(io::Error::from_raw_os_error(libc::EBADF));
+    };
+    socket.sock.set_nonblocking(true)?;
+    let started = op
+        .with_parts(|parts| {
+            let (addr, len) = parts.addr_ptrs();
+            // SAFETY: the address buffer and its length belong to the op's
+            // header, live and unshared for the call.
+            unsafe { sys::connect_now(&socket.sock, addr, len) }
+        })
+        .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
+    Ok(match started {
+        Ok(true) => Some(0),
+        Ok(false) => None,
+        Err(e) => Some(-e.raw_os_error().unwrap_or(libc::EIO)),
+    })
+}

@@ -1,0 +1,258 @@
+//! A ring: where a socket's operations go and where their completions come
+//! back, whichever backend carries them out.
+//!
+//! - The process-wide ring ([`Ring::global`]) has a completion thread that
+//!   plays the part of the Windows kernel in the event and routine models:
+//!   it records each outcome and signals the operation's event or queues
+//!   its routine.
+//! - A completion port owns a ring of its own ([`Ring::new`]) and its worker
+//!   threads reap it themselves ([`Ring::reap`]), so a completion reaches the
+//!   program with no hand-off between threads. Operations started inside
+//!   [`Ring::batch`] are handed to the kernel together, in one system call.
+//!
+//! Waiting threads sleep in `poll` on an eventfd that is signaled whenever
+//! completions are ready (by the kernel itself for io_uring, through
+//! `IORING_REGISTER_EVENTFD`), and on the backend's own descriptor if it has
+//! one (the epoll instance). An idle program therefore uses no CPU, and no
+//! thread ever blocks in `io_uring_enter`, which valgrind cannot follow.
+
+use std::cell::Cell;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::thread;
+use std::time::Duration;
+
+use super::buf_ring::BufRing;
+use super::epoll::Epoll;
+use super::op::Op;
+use super::sys;
+use super::uring::Uring;
+use crate::backend::{self, Backend};
+
+/// How often a retired ring's reaper checks whether it is still needed.
+const RETIRED_POLL: Duration = Duration::from_secs(1);
+
+thread_local! {
+    /// The ring whose submissions this thread is batching, if any.
+    static BATCHING: Cell<*const Ring> = const { Cell::new(std::ptr::null()) };
+}
+
+/// The backend that carries a ring's operations out.
+enum Engine {
+    Uring(Uring),
+    Epoll(Epoll),
+}
+
+pub(crate) struct Ring {
+    engine: Engine,
+    /// Signaled whenever completions are ready, and by [`Ring::wake`].
+    completions_posted: OwnedFd,
+    /// Operations handed to the backend whose completion was not reaped yet.
+    in_flight: AtomicUsize,
+    /// Its port was closed: nothing new may start on it.
+    retired: AtomicBool,
+    /// The buffer pool of multishot receives, made on first use.
+    pool: OnceLock<BufRing>,
+}
+
+/// The process-wide ring, or why it could not be made.
+static GLOBAL: OnceLock<Result<Arc<Ring>, (io::ErrorKind, String)>> = OnceLock::new();
+
+impl Ring {
+    /// The process-wide ring, if it was made already.
+    pub(crate) fn global_if_started() -> Option<&'static Arc<Ring>> {
+        GLOBAL.get()?.as_ref().ok()
+    }
+
+    /// The process-wide ring, created with its completion thread on first use.
+    pub(crate) fn global() -> io::Result<&'static Arc<Ring>> {
+        let ring = GLOBAL.get_or_init(|| {
+            let describe = |e: io::Error| (e.kind(), e.to_string());
+            let ring = Ring::new(false).map_err(describe)?;
+            let reaper = ring.clone();
+            thread::Builder::new()
+                .name("overlapped-completions".into())
+                .spawn(move || reaper.reap_forever())
+                .map_err(describe)?;
+            Ok(ring)
+        });
+        ring.as_ref()
+            .map_err(|(kind, message)| io::Error::new(*kind, message.clone()))
+    }
+
+    /// A ring without a completion thread: its owner reaps it.
+    ///
+    /// `cooperative` io_uring rings (`IORING_SETUP_COOP_TASKRUN`) finish
+    /// requests the next time the submitting thread enters the kernel
+    /// instead of interrupting it; a sleeping thread is still woken. That
+    /// suits a port's workers, which enter the kernel for every batch, but
+    /// not the event model, whose threads may compute for a long time
+    /// between system calls while their events must be signaled.
+    pub(crate) fn new(cooperative: bool) -> io::Result<Arc<Ring>> {
+        let completions_posted = sys::eventfd()?;
+        let engine = match backend::chosen()? {
+            Backend::IoUring => Engine::Uring(Uring::new(cooperative, &completions_posted)?),
+            Backend::Epoll => Engine::Epoll(Epoll::new()?),
+        };
+        Ok(Arc::new(Ring {
+            engine,
+            completions_posted,
+            in_flight: AtomicUsize::new(0),
+            retired: AtomicBool::new(false),
+            pool: OnceLock::new(),
+        }))
+    }
+
+    /// The buffer pool, if one was made.
+    pub(crate) fn pool(&self) -> Option<&BufRing> {
+        self.pool.get()
+    }
+
+    /// Makes the buffer pool (and registers it with io_uring) unless it
+    /// already exists.
+    pub(crate) fn ensure_pool(&self) -> io::Result<&BufRing> {
+        if let Some(pool) = self.pool.get() {
+            return Ok(pool);
+        }
+        let pool = match &self.engine {
+            Engine::Uring(uring) => return uring.register_pool(&self.pool),
+            Engine::Epoll(_) => BufRing::in_memory()?,
+        };
+        Ok(self.pool.get_or_init(|| pool))
+    }
+
+    /// Whether the ring's port was closed.
+    pub(crate) fn is_retired(&self) -> bool {
+        self.retired.load(Ordering::Acquire)
+    }
+
+    /// Runs `f` with this thread's submissions to this ring held back, then
+    /// hands them all to the kernel at once.
+    pub(crate) fn batch<R>(&self, f: impl FnOnce() -> R) -> R {
+        let outer = BATCHING.with(|b| b.replace(self as *const Ring));
+        let result = f();
+        BATCHING.with(|b| b.set(outer));
+        if let Err(e) = self.flush() {
+            tracing::error!("submission failed: {e}");
+        }
+        result
+    }
+
+    /// Whether this thread is batching submissions to this ring.
+    pub(crate) fn is_batching(&self) -> bool {
+        BATCHING.with(|b| std::ptr::eq(b.get(), self))
+    }
+
+    /// Wakes a thread sleeping in [`Ring::reap`].
+    pub(crate) fn wake(&self) {
+        if let Err(e) = sys::eventfd_signal(self.completions_posted.as_raw_fd()) {
+            tracing::error!("cannot wake a reaper: {e}");
+        }
+    }
+
+    /// Hands held-back submissions to the kernel.
+    pub(crate) fn flush(&self) -> io::Result<()> {
+        match &self.engine {
+            Engine::Uring(uring) => uring.flush(),
+            Engine::Epoll(_) => Ok(()),
+        }
+    }
+
+    /// Hands `op` to the backend, which keeps a reference to it until its
+    /// completion has been reaped.
+    pub(crate) fn submit(&self, op: &Arc<Op>) -> io::Result<()> {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        let submitted = match &self.engine {
+            Engine::Uring(uring) => uring.submit(op, self.is_batching()),
+            Engine::Epoll(epoll) => epoll.submit(self, op),
+        };
+        if submitted.is_err() {
+            self.in_flight.fetch_sub(1, Ordering::AcqRel);
+        }
+        submitted
+    }
+
+    /// Forgets a socket whose descriptor is about to close.
+    pub(crate) fn forget(&self, fd: RawFd) {
+        if let Engine::Epoll(epoll) = &self.engine {
+            epoll.forget(fd);
+        }
+    }
+
+    /// Called by the engines once per final completion.
+    pub(super) fn completed_one(&self) {
+        self.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Completes whatever is ready; if nothing, sleeps until something is,
+    /// [`Ring::wake`] is called, `also` becomes readable (the owner's own
+    /// wake-up), or `timeout` passes. Returns how many operations completed
+    /// or delivered data.
+    pub(crate) fn reap(
+        self: &Arc<Self>,
+        timeout: Option<Duration>,
+        also: Option<RawFd>,
+    ) -> io::Result<usize> {
+        let fd = self.completions_posted.as_raw_fd();
+        // Clear before draining: anything posted after the drain signals
+        // the eventfd again, so no completion is slept through.
+        sys::eventfd_clear(fd)?;
+        self.flush()?;
+        let reaped = self.drain();
+        if reaped > 0 || timeout == Some(Duration::ZERO) {
+            return Ok(reaped);
+        }
+        let readiness = match &self.engine {
+            Engine::Uring(_) => None,
+            Engine::Epoll(epoll) => Some(epoll.as_raw_fd()),
+        };
+        let watched: Vec<RawFd> = [Some(fd), readiness, also].into_iter().flatten().collect();
+        sys::poll_readable(&watched, timeout)?;
+        Ok(self.drain())
+    }
+
+    fn drain(self: &Arc<Self>) -> usize {
+        match &self.engine {
+            Engine::Uring(uring) => uring.drain(self),
+            Engine::Epoll(epoll) => epoll.drain(self),
+        }
+    }
+
+    /// Retires the ring of a closed port: nothing new starts on it, and a
+    /// thread reaps what is still in flight (cancellations of its sockets)
+    /// until no socket uses the ring any more.
+    pub(crate) fn retire(self: &Arc<Self>) {
+        if self.retired.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        self.wake();
+        let ring = self.clone();
+        let spawned = thread::Builder::new()
+            .name("overlapped-retired-ring".into())
+            .spawn(move || {
+                // The sockets and operations that still use the ring hold the
+                // other references.
+                while Arc::strong_count(&ring) > 1 || ring.in_flight.load(Ordering::Acquire) > 0 {
+                    if let Err(e) = ring.reap(Some(RETIRED_POLL), None) {
+                        tracing::error!("reaping a retired ring failed: {e}");
+                        thread::sleep(RETIRED_POLL);
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::error!("cannot start the reaper of a closed port: {e}");
+        }
+    }
+
+    /// The completion thread of the process-wide ring.
+    fn reap_forever(self: &Arc<Self>) {
+        loop {
+            if let Err(e) = self.reap(None, None) {
+                tracing::error!("reaping completions failed: {e}");
+                thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+}
