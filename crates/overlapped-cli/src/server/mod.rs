@@ -9,6 +9,8 @@ use std::net::SocketAddr;
 
 use clap::{Args, ValueEnum};
 use overlapped::{TcpListener, TcpStream};
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
 
 /// How the server learns that an operation completed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -52,6 +54,31 @@ pub struct ServerArgs {
     /// Largest chat packet accepted, header included (chat mode).
     #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u16).range(4..))]
     pub max_packet: u16,
+    /// Most clients at once; more are closed as soon as they connect
+    /// (port model; default 20000).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_sessions: Option<u64>,
+    /// Drop a client that completes no packet for this long: silent, or
+    /// stuck on half a frame (port model; default 120000, 0 = never).
+    #[arg(long)]
+    pub idle_timeout_ms: Option<u64>,
+    /// Most bytes queued for one client; a client that does not read past
+    /// it is dropped (port model; default 4 MiB, at least 65536).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(65536..))]
+    pub max_send_queue: Option<u64>,
+    /// On SIGINT/SIGTERM, how long to flush queued sends and wait for
+    /// clients to close before dropping them and exiting.
+    #[arg(long, default_value_t = 5000)]
+    pub shutdown_timeout_ms: u64,
+}
+
+impl ServerArgs {
+    /// Whether a session-layer limit was given.
+    fn has_session_limits(&self) -> bool {
+        self.max_sessions.is_some()
+            || self.idle_timeout_ms.is_some()
+            || self.max_send_queue.is_some()
+    }
 }
 
 pub fn run(args: ServerArgs) -> io::Result<()> {
@@ -61,11 +88,20 @@ pub fn run(args: ServerArgs) -> io::Result<()> {
             "--mode chat runs on the session layer: use it with --model port",
         ));
     }
+    if args.has_session_limits() && args.model != Model::Port {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "--max-sessions, --idle-timeout-ms and --max-send-queue are limits of the \
+             session layer: use them with --model port",
+        ));
+    }
     // Chosen once per process; an invalid OVERLAPPED_BACKEND stops here.
     overlapped::backend()?;
+    let signals = Signals::new([SIGINT, SIGTERM])?;
     if args.model == Model::Port {
-        return port::run(&args);
+        return port::run(&args, signals);
     }
+    exit_on_signal(signals)?;
     let listener = TcpListener::bind(args.addr)
         .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {}: {e}", args.addr)))?;
     announce(listener.local_addr()?);
@@ -73,6 +109,28 @@ pub fn run(args: ServerArgs) -> io::Result<()> {
         Model::Event => event::serve(listener, args.mode),
         Model::Routine => routine::serve(listener, args.mode, args.threads.map_or(1, usize::from)),
         Model::Port => unreachable!("handled above"),
+    }
+}
+
+/// The event and routine models keep no send queue to flush: a signal
+/// ends the process at once, with status 0.
+fn exit_on_signal(mut signals: Signals) -> io::Result<()> {
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            if let Some(signal) = signals.forever().next() {
+                tracing::info!("{} received: exiting", signal_name(signal));
+                std::process::exit(0);
+            }
+        })?;
+    Ok(())
+}
+
+pub fn signal_name(signal: i32) -> &'static str {
+    match signal {
+        SIGINT => "SIGINT",
+        SIGTERM => "SIGTERM",
+        _ => "signal",
     }
 }
 

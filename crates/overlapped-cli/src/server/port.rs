@@ -3,6 +3,10 @@
 
 use std::io;
 use std::sync::Arc;
+use std::time::Duration;
+
+use signal_hook::consts::SIGTERM;
+use signal_hook::iterator::Signals;
 
 use overlapped::session::{
     recv_buffer_for, PacketSession, Service, ServiceConfig, Session, SessionHandler,
@@ -12,11 +16,12 @@ use overlapped::Bytes;
 use super::{print_line, recv_line, Mode, ServerArgs};
 use crate::chat::ChatRoom;
 
-pub fn run(args: &ServerArgs) -> io::Result<()> {
+pub fn run(args: &ServerArgs, mut signals: Signals) -> io::Result<()> {
     let mut config = ServiceConfig::default();
     if let Some(threads) = args.threads {
         config.workers = usize::from(threads);
     }
+    apply_limits(args, &mut config)?;
     let max_packet = usize::from(args.max_packet);
     // Unframed modes hand on whatever arrives, so a small buffer does: the
     // same 4 KiB a tokio echo server reads into.
@@ -37,10 +42,37 @@ pub fn run(args: &ServerArgs) -> io::Result<()> {
         .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {}: {e}", args.addr)))?;
     let addr = service.local_addr().expect("a server service listens");
     super::announce(addr);
-    // The workers serve; this thread has nothing left to do.
-    loop {
-        std::thread::park();
+    // The workers serve; this thread waits for the signal to stop.
+    let signal = signals.forever().next().unwrap_or(SIGTERM);
+    let timeout = Duration::from_millis(args.shutdown_timeout_ms);
+    tracing::info!(
+        "{} received: shutting down (flushing sends, up to {} ms)",
+        super::signal_name(signal),
+        timeout.as_millis()
+    );
+    let report = service.shutdown(timeout);
+    tracing::info!(
+        "shutdown: {} sessions closed cleanly, {} dropped at the deadline; {} bytes sent",
+        report.closed,
+        report.forced,
+        report.bytes_sent
+    );
+    Ok(())
+}
+
+fn apply_limits(args: &ServerArgs, config: &mut ServiceConfig) -> io::Result<()> {
+    let too_big =
+        |flag: &str| io::Error::new(io::ErrorKind::InvalidInput, format!("{flag} is too large"));
+    if let Some(max) = args.max_sessions {
+        config.max_sessions = usize::try_from(max).map_err(|_| too_big("--max-sessions"))?;
     }
+    if let Some(ms) = args.idle_timeout_ms {
+        config.idle_timeout = (ms > 0).then(|| Duration::from_millis(ms));
+    }
+    if let Some(bytes) = args.max_send_queue {
+        config.max_send_queue = usize::try_from(bytes).map_err(|_| too_big("--max-send-queue"))?;
+    }
+    Ok(())
 }
 
 fn log_connected(session: &Arc<Session>) {

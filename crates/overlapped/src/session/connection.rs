@@ -5,13 +5,13 @@ use std::fmt;
 use std::io;
 use std::mem;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use bytes::Bytes;
 
 use super::recv_buffer::RecvBuffer;
-use super::service::{Io, Service, ServiceCore};
+use super::service::{now_millis, Io, Service, ServiceCore};
 use crate::driver::buf::Tail;
 use crate::error::{ErrorExt, WSAENOBUFS};
 use crate::overlapped::Transfer;
@@ -49,6 +49,8 @@ pub trait SessionHandler: Send + Sync + 'static {
 struct SendQueue {
     pending: Vec<Bytes>,
     in_flight: bool,
+    /// Bytes queued or in flight, held against the session's cap.
+    queued: usize,
     /// The vector of the last finished send, kept to queue the next batch
     /// in without allocating.
     spare: Vec<Bytes>,
@@ -80,6 +82,23 @@ pub struct Session {
     multishot: bool,
     /// Size of the buffer made when one is needed again.
     recv_capacity: (usize, usize),
+    /// Most bytes the send queue may hold before the session is dropped.
+    max_send_queue: usize,
+    /// When the session last had no incomplete packet pending (ms on the
+    /// service clock): the idle timeout runs from here.
+    last_progress: AtomicU64,
+    /// A graceful close is under way: no new sends, received bytes are
+    /// discarded, and the write side shuts once the queue is flushed.
+    draining: AtomicBool,
+    /// The write side was shut down.
+    write_shut: AtomicBool,
+}
+
+/// The limits a session enforces, from its service's configuration.
+pub(crate) struct SessionLimits {
+    pub(crate) recv_buffer: RecvBuffer,
+    pub(crate) multishot: bool,
+    pub(crate) max_send_queue: usize,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -95,9 +114,13 @@ impl Session {
         stream: PortStream<Io>,
         handler: Arc<dyn SessionHandler>,
         service: Weak<ServiceCore>,
-        recv_buffer: RecvBuffer,
-        multishot: bool,
+        limits: SessionLimits,
     ) -> Arc<Session> {
+        let SessionLimits {
+            recv_buffer,
+            multishot,
+            max_send_queue,
+        } = limits;
         let recv_capacity = (recv_buffer.capacity(), recv_buffer.low_water());
         let recv_buffer = (!multishot).then_some(recv_buffer);
         Arc::new(Session {
@@ -114,6 +137,10 @@ impl Session {
             disconnected: AtomicBool::new(false),
             multishot,
             recv_capacity,
+            max_send_queue,
+            last_progress: AtomicU64::new(now_millis()),
+            draining: AtomicBool::new(false),
+            write_shut: AtomicBool::new(false),
         })
     }
 
@@ -140,13 +167,30 @@ impl Session {
     /// Queues `data` to be sent. If no send is in flight, everything queued
     /// goes out in one gathered send now; otherwise it joins the next one.
     /// The bytes are shared, not copied: the same `Bytes` can be queued on
-    /// many sessions. Returns `false` (and drops `data`) once disconnected.
+    /// many sessions. Returns `false` (and drops `data`) once disconnected
+    /// or closing.
+    ///
+    /// A peer that does not read lets the queue grow; once it would hold
+    /// more than [`super::ServiceConfig::max_send_queue`] bytes, the session
+    /// is disconnected instead (its `on_disconnected` runs inside this call).
     pub fn send(self: &Arc<Self>, data: Bytes) -> bool {
-        if !self.is_connected() {
+        if !self.is_connected() || self.draining.load(Ordering::Acquire) {
             return false;
         }
         let batch = {
             let mut queue = lock(&self.send);
+            if queue.queued + data.len() > self.max_send_queue {
+                let held = queue.queued;
+                drop(queue);
+                self.disconnect(&format!(
+                    "send queue full: {held} bytes waiting and {} more would pass the \
+                     {}-byte limit (the client is not reading)",
+                    data.len(),
+                    self.max_send_queue
+                ));
+                return false;
+            }
+            queue.queued += data.len();
             queue.pending.push(data);
             if queue.in_flight {
                 return true;
@@ -171,6 +215,59 @@ impl Session {
             service.forget(self.id);
         }
         self.handler.on_disconnected(self, reason);
+    }
+
+    /// Closes the session gracefully (the server side of a clean shutdown):
+    /// new sends are refused, what is queued is sent, then the write side
+    /// is shut down (the peer reads to the end and sees EOF); received bytes
+    /// are discarded until the peer closes, which disconnects the session.
+    pub fn close_gracefully(self: &Arc<Self>) {
+        if self.draining.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let flushed = !lock(&self.send).in_flight;
+        if flushed {
+            self.shut_write();
+        }
+    }
+
+    /// Whether a graceful close is under way.
+    pub fn is_closing(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    fn shut_write(self: &Arc<Self>) {
+        if self.write_shut.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        if let Err(e) = self.stream.shutdown(std::net::Shutdown::Write) {
+            self.disconnect(&format!("cannot shut the connection down: {e}"));
+        }
+    }
+
+    /// Milliseconds (service clock) since the session last had no
+    /// incomplete packet pending.
+    pub(crate) fn stalled_for(&self, now: u64) -> u64 {
+        now.saturating_sub(self.last_progress.load(Ordering::Relaxed))
+    }
+
+    /// Nothing is pending: the idle timeout starts over.
+    fn made_progress(&self) {
+        self.last_progress.store(now_millis(), Ordering::Relaxed);
+    }
+
+    /// Bytes received while closing are dropped unread.
+    fn discards_input(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    /// The reason for an end of stream.
+    fn closed_reason(&self) -> &'static str {
+        if self.is_closing() {
+            "closed by server shutdown"
+        } else {
+            "closed by peer"
+        }
     }
 
     /// Starts the overlapped connect of a client session; its completion
@@ -205,7 +302,7 @@ impl Session {
 
     /// Bytes arrived through the multishot receive.
     pub(crate) fn on_arrival(self: &Arc<Self>, bytes: &[u8]) {
-        if !self.is_connected() {
+        if !self.is_connected() || self.discards_input() {
             return;
         }
         let mut slot = lock(&self.recv);
@@ -247,6 +344,9 @@ impl Session {
         {
             slot.buffer = None;
         }
+        if slot.buffer.is_none() {
+            self.made_progress();
+        }
         drop(slot);
         if let Err(reason) = outcome {
             self.disconnect(&reason);
@@ -256,7 +356,7 @@ impl Session {
     /// The multishot receive ended.
     pub(crate) fn on_multishot_end(self: &Arc<Self>, result: io::Result<Transfer>) {
         match result {
-            Ok(_) => self.disconnect("closed by peer"),
+            Ok(_) => self.disconnect(self.closed_reason()),
             // The pool ran dry or the kernel stopped it: start it again.
             Err(e) if e.winsock_code() == Some(WSAENOBUFS) => self.post_multishot(),
             Err(e) => self.disconnect(&format!("receive failed: {e}")),
@@ -302,10 +402,14 @@ impl Session {
             lock(&self.recv).carrier = carrier;
         }
         if received == 0 {
-            return self.disconnect("closed by peer");
+            return self.disconnect(self.closed_reason());
         }
         if !self.is_connected() {
             return;
+        }
+        if self.discards_input() {
+            buffer.clear();
+            return self.post_recv(buffer);
         }
         let consumed = match self.handler.on_recv(self, buffer.readable()) {
             Ok(consumed) => consumed,
@@ -313,6 +417,9 @@ impl Session {
         };
         if let Err(e) = buffer.consume(consumed) {
             return self.disconnect(&format!("handler error: {e}"));
+        }
+        if buffer.readable().is_empty() {
+            self.made_progress();
         }
         buffer.compact_if_needed();
         if buffer.free() == 0 {
@@ -336,17 +443,28 @@ impl Session {
         sent: Option<Vec<Bytes>>,
     ) {
         match result {
-            Ok(transfer) => self.handler.on_sent(self, transfer.bytes),
+            Ok(transfer) => {
+                if let Some(service) = self.service.upgrade() {
+                    service.count_sent(transfer.bytes);
+                }
+                self.handler.on_sent(self, transfer.bytes)
+            }
             Err(e) => return self.disconnect(&format!("send failed: {e}")),
         }
         let batch = {
             let mut queue = lock(&self.send);
             // Keep the finished batch's vector for the next one.
             let mut spare = sent.unwrap_or_default();
+            let done: usize = spare.iter().map(Bytes::len).sum();
+            queue.queued = queue.queued.saturating_sub(done);
             spare.clear();
             if queue.pending.is_empty() || !self.is_connected() {
                 queue.in_flight = false;
                 queue.spare = spare;
+                drop(queue);
+                if self.is_closing() {
+                    self.shut_write();
+                }
                 return;
             }
             mem::replace(&mut queue.pending, spare)

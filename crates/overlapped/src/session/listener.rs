@@ -2,23 +2,27 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::service::{Io, ServiceCore};
+use super::service::{now_millis, Io, ServiceCore};
 use crate::error::{ErrorExt, WSA_OPERATION_ABORTED};
 use crate::net::TcpListener;
 use crate::port::{Completion, PortListener};
 
 /// Pause before re-arming an accept that failed for lack of resources
-/// (descriptors, memory), so a worker does not spin while it lasts.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+/// (descriptors, memory), so the server does not spin while it lasts.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// At most one log line per this long about failing accepts.
+const ACCEPT_LOG_EVERY: Duration = Duration::from_secs(1);
 
 /// The accepting side of a server [`super::Service`].
 pub struct Listener {
     socket: PortListener<Io>,
     closed: AtomicBool,
+    /// When a failing accept was last logged (service clock, ms + 1).
+    last_failure_log: AtomicU64,
 }
 
 impl Listener {
@@ -29,6 +33,7 @@ impl Listener {
         let listener = Arc::new(Listener {
             socket: core.port().associate_listener(listener, 0)?,
             closed: AtomicBool::new(false),
+            last_failure_log: AtomicU64::new(0),
         });
         for _ in 0..core_accepts(core) {
             listener.post_accept()?;
@@ -43,6 +48,16 @@ impl Listener {
             .map_err(|(e, _)| e)
     }
 
+    /// Posts the accept again (after a back-off), unless closed.
+    pub(crate) fn rearm(self: &Arc<Self>) {
+        if self.closed.load(Ordering::Acquire) {
+            return;
+        }
+        if let Err(e) = self.post_accept() {
+            tracing::error!("cannot re-arm an accept: {e}");
+        }
+    }
+
     /// An accept completed: re-arm it, then start the new session.
     pub(crate) fn on_accept(self: Arc<Self>, core: &Arc<ServiceCore>, mut packet: Completion<Io>) {
         if self.closed.load(Ordering::Acquire) {
@@ -53,14 +68,39 @@ impl Listener {
             if e.winsock_code() == Some(WSA_OPERATION_ABORTED) {
                 return;
             }
-            tracing::warn!("accept failed: {e}");
-            std::thread::sleep(ACCEPT_BACKOFF);
+            if is_out_of_resources(e) {
+                // The connection waits in the backlog; retrying at once
+                // would fail the same way until something is freed.
+                self.log_failure(&format!(
+                    "accept failed: {e}; retrying in {} ms",
+                    ACCEPT_BACKOFF.as_millis()
+                ));
+                core.defer_accept(self, ACCEPT_BACKOFF);
+                return;
+            }
+            self.log_failure(&format!("accept failed: {e}"));
         }
-        if let Err(e) = self.post_accept() {
-            tracing::error!("cannot re-arm an accept: {e}");
-        }
+        self.rearm();
         if let Some((stream, peer)) = accepted {
+            let open = core.session_count();
+            let limit = core.config().max_sessions;
+            if open >= limit {
+                tracing::warn!("refused {peer}: {open} sessions open, the limit is {limit}");
+                drop(stream);
+                return;
+            }
             core.adopt(stream, peer).start();
+        }
+    }
+
+    /// Logs an accept failure, at most once per [`ACCEPT_LOG_EVERY`].
+    fn log_failure(&self, message: &str) {
+        let now = now_millis() + 1;
+        let last = self.last_failure_log.load(Ordering::Relaxed);
+        let quiet = ACCEPT_LOG_EVERY.as_millis() as u64;
+        if last == 0 || now.saturating_sub(last) >= quiet {
+            self.last_failure_log.store(now, Ordering::Relaxed);
+            tracing::warn!("{message}");
         }
     }
 
@@ -74,6 +114,14 @@ impl Listener {
         self.closed.store(true, Ordering::Release);
         self.socket.close();
     }
+}
+
+/// Failures that last until descriptors or memory are freed.
+fn is_out_of_resources(error: &io::Error) -> bool {
+    matches!(
+        error.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
 }
 
 fn core_accepts(core: &ServiceCore) -> usize {

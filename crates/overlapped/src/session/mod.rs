@@ -16,4 +16,4 @@ pub use connection::{Session, SessionHandler};
 pub use listener::Listener;
 pub use packet::{recv_buffer_for, PacketHandler, PacketSession};
 pub use recv_buffer::RecvBuffer;
-pub use service::{Service, ServiceConfig, SessionFactory};
+pub use service::{Service, ServiceConfig, SessionFactory, ShutdownReport};

@@ -55,6 +55,12 @@ impl RecvBuffer {
         Ok(())
     }
 
+    /// Drops every unread byte.
+    pub fn clear(&mut self) {
+        self.read = 0;
+        self.write = 0;
+    }
+
     /// Bytes free after the write cursor.
     pub fn free(&self) -> usize {
         self.data.len() - self.write

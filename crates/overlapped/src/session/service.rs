@@ -6,12 +6,13 @@ use std::fmt;
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use super::connection::{Session, SessionHandler};
+use super::connection::{Session, SessionHandler, SessionLimits};
 use super::listener::Listener;
 use super::recv_buffer::RecvBuffer;
 use crate::event::INFINITE;
@@ -54,6 +55,18 @@ pub struct ServiceConfig {
     /// workers the arrivals of a session could be handled out of order, so
     /// sessions post one receive at a time.)
     pub multishot: bool,
+    /// Most sessions at once; a connection beyond it is closed as soon as
+    /// it is accepted, with a log line.
+    pub max_sessions: usize,
+    /// A session that completes no packet for this long is disconnected: a
+    /// silent client, or one that sends half a frame and stalls or trickles
+    /// it a byte at a time. `None` keeps sessions however long they stall.
+    pub idle_timeout: Option<Duration>,
+    /// Most bytes a session's send queue may hold (queued and in flight).
+    /// A client that does not read fills it; it is then disconnected, so
+    /// its backlog cannot grow the server's memory without bound. Must be
+    /// larger than the largest single send.
+    pub max_send_queue: usize,
 }
 
 impl Default for ServiceConfig {
@@ -65,8 +78,37 @@ impl Default for ServiceConfig {
             recv_low_water: 4096,
             nodelay: true,
             multishot: true,
+            max_sessions: 20_000,
+            idle_timeout: Some(Duration::from_secs(120)),
+            max_send_queue: 4 << 20,
         }
     }
+}
+
+/// Milliseconds since the first call: the clock of idle timeouts.
+pub(crate) fn now_millis() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_millis() as u64
+}
+
+/// What [`Service::shutdown`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ShutdownReport {
+    /// Sessions whose queued sends were flushed and that closed cleanly.
+    pub closed: usize,
+    /// Sessions still open at the deadline, disconnected at once.
+    pub forced: usize,
+    /// Bytes the service's sends delivered to the kernel over its life:
+    /// all of them reach the peers that closed cleanly.
+    pub bytes_sent: u64,
+}
+
+/// Work for the service's timer thread.
+#[derive(Default)]
+struct Timers {
+    /// Accepts to post again once the moment passes (accept back-off).
+    deferred_accepts: Vec<(Instant, Arc<Listener>)>,
+    stopped: bool,
 }
 
 pub(crate) struct ServiceCore {
@@ -77,6 +119,9 @@ pub(crate) struct ServiceCore {
     next_id: AtomicU64,
     listener: Mutex<Option<Arc<Listener>>>,
     workers: Mutex<Vec<JoinHandle<()>>>,
+    bytes_sent: AtomicU64,
+    timers: Mutex<Timers>,
+    timers_changed: Condvar,
 }
 
 impl ServiceCore {
@@ -94,14 +139,18 @@ impl ServiceCore {
         self.configure(&stream);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
         let stream = self.port.associate(stream, id);
+        let limits = SessionLimits {
+            recv_buffer: self.recv_buffer(),
+            multishot: self.multishot(),
+            max_send_queue: self.config.max_send_queue,
+        };
         let session = Session::new(
             id,
             peer,
             stream,
             (self.factory)(),
             Arc::downgrade(self),
-            self.recv_buffer(),
-            self.multishot(),
+            limits,
         );
         self.sessions().insert(id, session.clone());
         session
@@ -113,6 +162,104 @@ impl ServiceCore {
                 tracing::warn!("cannot set TCP_NODELAY: {e}");
             }
         }
+    }
+
+    /// Sessions open now.
+    pub(crate) fn session_count(&self) -> usize {
+        self.sessions().len()
+    }
+
+    /// Adds a completed send to the service's total.
+    pub(crate) fn count_sent(&self, bytes: usize) {
+        self.bytes_sent.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    fn timers(&self) -> MutexGuard<'_, Timers> {
+        self.timers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Posts an accept of `listener` again after `delay`.
+    pub(crate) fn defer_accept(&self, listener: Arc<Listener>, delay: Duration) {
+        self.timers()
+            .deferred_accepts
+            .push((Instant::now() + delay, listener));
+        self.timers_changed.notify_all();
+    }
+
+    /// The timer thread: re-arms deferred accepts and disconnects sessions
+    /// that stalled past the idle timeout.
+    fn keep_time(self: Arc<Self>) {
+        let sweep_every = self
+            .config
+            .idle_timeout
+            .map(|t| (t / 4).clamp(Duration::from_millis(10), Duration::from_secs(1)));
+        let mut next_sweep = sweep_every.map(|every| Instant::now() + every);
+        let mut timers = self.timers();
+        while !timers.stopped {
+            let now = Instant::now();
+            let (due, later): (Vec<_>, Vec<_>) = timers
+                .deferred_accepts
+                .drain(..)
+                .partition(|(at, _)| *at <= now);
+            timers.deferred_accepts = later;
+            let sweep = next_sweep.is_some_and(|at| at <= now);
+            if !due.is_empty() || sweep {
+                drop(timers);
+                for (_, listener) in due {
+                    listener.rearm();
+                }
+                if sweep {
+                    self.drop_stalled_sessions();
+                    next_sweep = sweep_every.map(|every| now + every);
+                }
+                timers = self.timers();
+                continue;
+            }
+            let wake_at = timers
+                .deferred_accepts
+                .iter()
+                .map(|(at, _)| *at)
+                .chain(next_sweep)
+                .min();
+            timers = match wake_at {
+                Some(at) => {
+                    let wait = at.saturating_duration_since(now);
+                    self.timers_changed
+                        .wait_timeout(timers, wait)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0
+                }
+                None => self
+                    .timers_changed
+                    .wait(timers)
+                    .unwrap_or_else(|p| p.into_inner()),
+            };
+        }
+    }
+
+    fn drop_stalled_sessions(&self) {
+        let Some(limit) = self.config.idle_timeout else {
+            return;
+        };
+        let limit = limit.as_millis() as u64;
+        let now = now_millis();
+        let stalled: Vec<Arc<Session>> = self
+            .sessions()
+            .values()
+            .filter(|s| s.stalled_for(now) > limit)
+            .cloned()
+            .collect();
+        for session in stalled {
+            session.disconnect(&format!(
+                "idle timeout: no complete packet for {} ms (limit {limit} ms)",
+                session.stalled_for(now)
+            ));
+        }
+    }
+
+    fn stop_timers(&self) {
+        self.timers().stopped = true;
+        self.timers_changed.notify_all();
     }
 
     pub(crate) fn port(&self) -> &CompletionPort<Io> {
@@ -202,8 +349,19 @@ impl Service {
             next_id: AtomicU64::new(0),
             listener: Mutex::new(None),
             workers: Mutex::new(Vec::new()),
+            bytes_sent: AtomicU64::new(0),
+            timers: Mutex::new(Timers::default()),
+            timers_changed: Condvar::new(),
         });
         let mut workers = Vec::new();
+        {
+            let core = core.clone();
+            workers.push(
+                thread::Builder::new()
+                    .name("service-timer".into())
+                    .spawn(move || core.keep_time())?,
+            );
+        }
         for index in 0..core.config.workers.max(1) {
             let core = core.clone();
             workers.push(
@@ -292,9 +450,38 @@ impl Service {
             .count()
     }
 
-    /// Stops the service: stops listening, disconnects every session,
-    /// closes the port and waits for the workers to finish.
-    pub fn stop(&self) {
+    /// Bytes the service's sends have delivered to the kernel so far.
+    pub fn bytes_sent(&self) -> u64 {
+        self.core.bytes_sent.load(Ordering::Relaxed)
+    }
+
+    /// Shuts the service down cleanly: stops accepting, closes every
+    /// session gracefully ([`Session::close_gracefully`]: queued sends are
+    /// flushed, then the peer sees the end of the stream), waits up to
+    /// `timeout` for the peers to close, then stops the service, dropping
+    /// whatever session is left.
+    pub fn shutdown(&self, timeout: Duration) -> ShutdownReport {
+        let deadline = Instant::now() + timeout;
+        self.stop_listening();
+        let sessions = self.sessions();
+        let total = sessions.len();
+        for session in &sessions {
+            session.close_gracefully();
+        }
+        drop(sessions);
+        while self.session_count() > 0 && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(10));
+        }
+        let forced = self.session_count();
+        self.stop();
+        ShutdownReport {
+            closed: total.saturating_sub(forced),
+            forced,
+            bytes_sent: self.bytes_sent(),
+        }
+    }
+
+    fn stop_listening(&self) {
         if let Some(listener) = self
             .core
             .listener
@@ -304,9 +491,16 @@ impl Service {
         {
             listener.close();
         }
+    }
+
+    /// Stops the service: stops listening, disconnects every session,
+    /// closes the port and waits for the workers to finish.
+    pub fn stop(&self) {
+        self.stop_listening();
         for session in self.sessions() {
             session.disconnect("service stopped");
         }
+        self.core.stop_timers();
         self.core.port.close();
         let workers =
             std::mem::take(&mut *self.core.workers.lock().unwrap_or_else(|p| p.into_inner()));
