@@ -1,6 +1,8 @@
 //! Runs the built `overlapped` binary and watches its output.
 #![allow(dead_code)]
 
+pub mod chat;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
