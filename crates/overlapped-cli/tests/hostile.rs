@@ -33,7 +33,10 @@ fn logged_drop(server: &Server, client: &TcpStream, reason: &str) {
         |l| l.contains(&peer) && l.contains("disconnected") && l.contains(reason),
         Duration::from_secs(15),
     );
-    assert!(line.is_some(), "no log line for {peer} containing {reason:?}");
+    assert!(
+        line.is_some(),
+        "no log line for {peer} containing {reason:?}"
+    );
 }
 
 #[test]
@@ -85,7 +88,9 @@ fn a_reset_in_the_middle_of_a_send_drops_only_that_client() {
     }
     // ...when it resets the connection halfway through a frame of its own.
     let hostile_addr = hostile.local_addr().unwrap().to_string();
-    (&hostile).write_all(&frame(C_CHAT, b"cut short")[..6]).unwrap();
+    (&hostile)
+        .write_all(&frame(C_CHAT, b"cut short")[..6])
+        .unwrap();
     socket2::SockRef::from(&hostile)
         .set_linger(Some(Duration::ZERO))
         .unwrap();
@@ -162,5 +167,7 @@ fn random_garbage_from_many_clients_never_takes_the_server_down() {
 }
 
 fn fd_count(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count()
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
 }

@@ -226,7 +226,12 @@ impl<T: Send + 'static> PortListener<T> {
     }
 
     /// Stops listening: posted accepts complete with 995, the socket closes.
+    /// New connection attempts are refused from this call on, even while
+    /// the posted accepts are still being cancelled.
     pub fn close(&self) {
+        // On Linux, shutting a listening socket down takes it out of the
+        // listening state at once; the descriptor itself closes later.
+        let _ = self.socket.sock.shutdown(std::net::Shutdown::Read);
         driver::close(&self.socket);
     }
 }

@@ -465,6 +465,7 @@ impl Service {
         self.stop_listening();
         let sessions = self.sessions();
         let total = sessions.len();
+        tracing::info!("stopped accepting; closing {total} sessions gracefully");
         for session in &sessions {
             session.close_gracefully();
         }

@@ -1,0 +1,105 @@
+//! The server's limits: too many sessions, and running out of descriptors.
+
+mod common;
+
+use std::io::Read;
+use std::net::TcpStream;
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+use std::time::Duration;
+
+use common::chat::{chat_server, join, read_frame, round_trip, S_WELCOME};
+use common::{wait_for_line, Server};
+
+/// The open-file limit the helper gives the server, hard and soft.
+const NOFILE_VAR: &str = "OVERLAPPED_TEST_NOFILE";
+
+/// Not a test of its own: lowers the open-file limit, then becomes
+/// `overlapped server` (the chat room) with it.
+#[test]
+#[ignore = "runs only as the child process of the descriptor-exhaustion test"]
+fn limited() {
+    let limit: u64 = std::env::var(NOFILE_VAR).unwrap().parse().unwrap();
+    rlimit::setrlimit(rlimit::Resource::NOFILE, limit, limit).unwrap();
+    let err = Command::new(env!("CARGO_BIN_EXE_overlapped"))
+        .args([
+            "server",
+            "--addr",
+            "127.0.0.1:0",
+            "--model",
+            "port",
+            "--mode",
+            "chat",
+        ])
+        .exec();
+    panic!("cannot run overlapped: {err}");
+}
+
+#[test]
+fn connections_beyond_max_sessions_are_closed_at_once_and_logged() {
+    let server = chat_server(&["--max-sessions", "2"]);
+    let (mut first, first_id) = join(&server);
+    let (_second, _) = join(&server);
+    let mut third = TcpStream::connect(server.addr).unwrap();
+    third
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut got = Vec::new();
+    let closed = matches!(third.read_to_end(&mut got), Ok(_))
+        || matches!(third.read(&mut [0]), Err(ref e) if e.kind() == std::io::ErrorKind::ConnectionReset);
+    assert!(closed && got.is_empty(), "the third client got {got:?}");
+    let refused = wait_for_line(
+        &server.stderr,
+        |l| l.contains("refused") && l.contains("the limit is 2"),
+        Duration::from_secs(10),
+    );
+    assert!(refused.is_some());
+    round_trip(&mut first, first_id, b"still here");
+}
+
+/// Connects and waits briefly for the welcome: `None` if it does not come.
+fn try_join(server: &Server) -> Option<TcpStream> {
+    let mut stream = TcpStream::connect(server.addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let mut header = [0; 4];
+    stream.peek(&mut header).ok().filter(|&n| n == 4)?;
+    let (id, _) = read_frame(&mut stream);
+    assert_eq!(id, S_WELCOME);
+    Some(stream)
+}
+
+#[test]
+fn accept_backs_off_when_descriptors_run_out_and_recovers_when_they_are_freed() {
+    let mut command = Command::new(std::env::current_exe().unwrap());
+    command
+        .args(["--ignored", "--exact", "limited", "--nocapture", "--quiet"])
+        .env(NOFILE_VAR, "48");
+    let server = Server::start_from(command);
+    let mut welcomed = Vec::new();
+    let waiting = loop {
+        match try_join(&server) {
+            Some(stream) => welcomed.push(stream),
+            None => break TcpStream::connect(server.addr).unwrap(),
+        }
+        assert!(welcomed.len() < 48, "the limit never bit");
+    };
+    let logged = wait_for_line(
+        &server.stderr,
+        |l| {
+            l.contains("accept failed")
+                && l.contains("Too many open files")
+                && l.contains("retrying")
+        },
+        Duration::from_secs(10),
+    );
+    assert!(logged.is_some(), "no back-off logged");
+    // Freeing descriptors lets the connections waiting in the backlog in.
+    welcomed.truncate(welcomed.len() - 5);
+    let mut waiting = waiting;
+    waiting
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    assert_eq!(read_frame(&mut waiting).0, S_WELCOME);
+}

@@ -1,0 +1,146 @@
+//! SIGINT/SIGTERM: the server stops accepting, flushes what it queued,
+//! closes its sessions and exits 0.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Command, ExitStatus};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::{wait_for_line, Server};
+
+fn signal(server: &Server, name: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{name}"), &server.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+fn wait_exit(server: &mut Server, limit: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            return Some(status);
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
+/// An echo client under load: a writer thread sends until the server ends
+/// the stream, the reader counts every echoed byte until the end.
+fn loaded_client(server: &Server) -> thread::JoinHandle<u64> {
+    let stream = TcpStream::connect(server.addr).unwrap();
+    let ended = Arc::new(AtomicBool::new(false));
+    let mut writer = stream.try_clone().unwrap();
+    let writer_ended = ended.clone();
+    let writing = thread::spawn(move || {
+        let chunk = vec![7u8; 1000];
+        while !writer_ended.load(Ordering::Acquire) && writer.write_all(&chunk).is_ok() {}
+    });
+    thread::spawn(move || {
+        let mut reader = stream;
+        reader
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        let mut received = 0u64;
+        let mut buffer = vec![0; 64 * 1024];
+        while let Ok(n) = reader.read(&mut buffer) {
+            if n == 0 {
+                break;
+            }
+            received += n as u64;
+        }
+        ended.store(true, Ordering::Release);
+        let _ = reader.shutdown(std::net::Shutdown::Both);
+        writing.join().unwrap();
+        received
+    })
+}
+
+#[test]
+fn sigterm_under_load_exits_zero_and_every_byte_reported_sent_arrives() {
+    let mut server = Server::start_with(&[
+        "--model",
+        "port",
+        "--mode",
+        "echo",
+        "--shutdown-timeout-ms",
+        "10000",
+    ]);
+    let clients: Vec<_> = (0..20).map(|_| loaded_client(&server)).collect();
+    thread::sleep(Duration::from_secs(1));
+    signal(&server, "TERM");
+    let status = wait_exit(&mut server, Duration::from_secs(20)).expect("the server exits");
+    assert!(status.success(), "exit status {status}");
+    let received: u64 = clients.into_iter().map(|c| c.join().unwrap()).sum();
+    let report = wait_for_line(
+        &server.stderr,
+        |l| l.contains("shutdown:"),
+        Duration::from_secs(5),
+    )
+    .expect("a shutdown report");
+    assert!(report.contains("0 dropped at the deadline"), "{report}");
+    let sent: u64 = report
+        .split_whitespace()
+        .rev()
+        .nth(2)
+        .and_then(|n| n.parse().ok())
+        .expect("bytes sent in the report");
+    assert!(sent > 0);
+    assert_eq!(received, sent, "{report}");
+}
+
+#[test]
+fn sigint_stops_an_idle_server_with_status_zero() {
+    for model in ["event", "routine", "port"] {
+        let mut server = Server::start_with(&["--model", model]);
+        signal(&server, "INT");
+        let status = wait_exit(&mut server, Duration::from_secs(10)).expect("the server exits");
+        assert!(status.success(), "{model}: exit status {status}");
+    }
+}
+
+#[test]
+fn during_shutdown_new_clients_are_refused_and_stragglers_dropped_at_the_deadline() {
+    let mut server = Server::start_with(&[
+        "--model",
+        "port",
+        "--mode",
+        "echo",
+        "--shutdown-timeout-ms",
+        "3000",
+    ]);
+    let addr = server.addr;
+    // Connected, but never closes its side: it keeps the server waiting.
+    let mut straggler = TcpStream::connect(addr).unwrap();
+    straggler.write_all(b"hello").unwrap();
+    let mut echoed = [0; 5];
+    straggler.read_exact(&mut echoed).unwrap();
+    signal(&server, "TERM");
+    wait_for_line(
+        &server.stderr,
+        |l| l.contains("stopped accepting"),
+        Duration::from_secs(10),
+    )
+    .expect("the server starts shutting down");
+    assert!(server.child.try_wait().unwrap().is_none(), "still draining");
+    assert!(
+        TcpStream::connect(addr).is_err(),
+        "a new client was accepted"
+    );
+    let status = wait_exit(&mut server, Duration::from_secs(15)).expect("the server exits");
+    assert!(status.success(), "exit status {status}");
+    let report = wait_for_line(
+        &server.stderr,
+        |l| l.contains("shutdown:"),
+        Duration::from_secs(5),
+    )
+    .expect("a shutdown report");
+    assert!(report.contains("1 dropped at the deadline"), "{report}");
+}
