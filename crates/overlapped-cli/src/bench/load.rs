@@ -22,6 +22,8 @@ enum Req {
 
 /// How long every connection has to come up.
 const CONNECT_LIMIT: Duration = Duration::from_secs(60);
+/// How long the echoes of the last messages have to come back.
+const DRAIN_LIMIT: Duration = Duration::from_secs(10);
 
 /// The bytes of message `seq` of connection `conn`: its numbers, then a
 /// pattern that differs for every message, so a byte from the wrong message
@@ -53,6 +55,8 @@ struct Conn {
     expected: Vec<u8>,
     /// When the next message is due, at a fixed rate.
     due: Instant,
+    /// The run is over: no new messages, only echoes still awaited.
+    closing: bool,
 }
 
 impl Conn {
@@ -163,9 +167,44 @@ pub fn run(args: &BenchArgs, duration: Duration) -> io::Result<Report> {
         tally.tick();
     }
     let elapsed = started.elapsed();
+    let mut report = tally.report(args, elapsed);
+    drain(&port, &mut conns, &mut batch, args, &mut tally)?;
+    let size = size as u64;
+    report.bytes_sent = conns.iter().map(|c| c.next_send * size).sum();
+    report.bytes_verified =
+        conns.iter().map(|c| c.next_recv * size).sum::<u64>() - tally.mismatches * size;
+    report.unanswered = conns.iter().map(|c| c.next_send - c.next_recv).sum();
+    report.errors = tally.errors;
+    report.mismatches = tally.mismatches;
     drop(conns);
     port.close();
-    Ok(tally.report(args, elapsed))
+    Ok(report)
+}
+
+/// Sends nothing more and waits for the echoes of what was sent, so that
+/// every byte sent is accounted for: verified, or reported unanswered.
+fn drain(
+    port: &CompletionPort<Req>,
+    conns: &mut [Conn],
+    batch: &mut Vec<Completion<Req>>,
+    args: &BenchArgs,
+    tally: &mut Tally,
+) -> io::Result<()> {
+    for conn in conns.iter_mut() {
+        conn.closing = true;
+        conn.queued.clear();
+    }
+    let deadline = Instant::now() + DRAIN_LIMIT;
+    let awaiting = |conns: &[Conn]| {
+        conns
+            .iter()
+            .any(|c| c.alive && (c.sending || !c.in_flight.is_empty()))
+    };
+    while awaiting(conns) && Instant::now() < deadline {
+        port.get_queued_completion_status_ex(batch, 256, Some(Duration::from_millis(100)))?;
+        port.submit_batch(|| handle(conns, batch, args, tally));
+    }
+    Ok(())
 }
 
 /// Handles a batch of packets; what it starts goes out together.
@@ -227,6 +266,7 @@ fn connect_all(
             rx: Vec::new(),
             expected: Vec::new(),
             due: Instant::now(),
+            closing: false,
         });
     }
     let deadline = Instant::now() + CONNECT_LIMIT;
@@ -288,7 +328,7 @@ fn on_arrival(conn: &mut Conn, bytes: &[u8], args: &BenchArgs, tally: &mut Tally
     conn.rx.extend_from_slice(bytes);
     let size = args.size as usize;
     let whole = conn.check_echoes(size, tally);
-    if args.rate.is_none() {
+    if args.rate.is_none() && !conn.closing {
         let now = Instant::now();
         conn.queued.extend((0..whole).map(|_| now));
     }

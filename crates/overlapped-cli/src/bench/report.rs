@@ -27,6 +27,11 @@ pub struct Report {
     pub p999_us: u64,
     pub errors: u64,
     pub mismatches: u64,
+    /// Echo modes, over the whole run and the drain after it: bytes sent,
+    /// bytes echoed back and found as sent, and messages never echoed.
+    pub bytes_sent: u64,
+    pub bytes_verified: u64,
+    pub unanswered: u64,
 }
 
 impl fmt::Display for Report {
@@ -47,6 +52,13 @@ impl fmt::Display for Report {
             "latency      p50 {} us, p99 {} us, p99.9 {} us",
             self.p50_us, self.p99_us, self.p999_us
         )?;
+        if self.bytes_sent > 0 {
+            writeln!(
+                f,
+                "verified     {} of {} bytes sent; {} messages unanswered",
+                self.bytes_verified, self.bytes_sent, self.unanswered
+            )?;
+        }
         write!(
             f,
             "errors       {}, mismatches {}",
@@ -148,6 +160,9 @@ impl Tally {
             p999_us: self.latency.value_at_quantile(0.999),
             errors: self.errors,
             mismatches: self.mismatches,
+            bytes_sent: 0,
+            bytes_verified: 0,
+            unanswered: 0,
         }
     }
 }
