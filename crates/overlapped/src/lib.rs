@@ -1,4 +1,5 @@
-//! Winsock's **overlapped I/O model** on Linux, built on io_uring.
+//! Winsock's **overlapped I/O model** on Linux, built on io_uring, with an
+//! epoll fallback where io_uring is refused (see [`backend`]).
 //!
 //! A Winsock program posts `WSARecv`/`WSASend` with an `OVERLAPPED` record,
 //! and learns the outcome through an event (`WSAWaitForMultipleEvents` +
@@ -54,8 +55,9 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Requires Linux 6.0 or later (io_uring cancellation by file descriptor,
-//! multishot receive, provided buffer rings).
+//! io_uring needs Linux 6.0 or later (cancellation by file descriptor,
+//! multishot receive, provided buffer rings); where it is missing or
+//! refused, the epoll backend gives the same semantics.
 
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
