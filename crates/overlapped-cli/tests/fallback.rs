@@ -104,33 +104,32 @@ fn seed_server_falls_back_to_epoll_and_prints_the_seed_line() {
     assert_eq!(line.as_deref(), Some(SEED_LINE));
 }
 
-#[test]
-fn forcing_io_uring_where_it_is_refused_fails_with_the_reason() {
-    let output = jailed_command("server --addr 127.0.0.1:0")
-        .env("OVERLAPPED_BACKEND", "uring")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+/// Runs `command` to its end and checks that it failed saying each of
+/// `reasons` on stderr.
+fn fails_saying(mut command: Command, reasons: &[&str]) {
+    let output = command.stdin(Stdio::null()).output().unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success());
-    assert!(
-        stderr.contains("OVERLAPPED_BACKEND=uring") && stderr.contains("io_uring cannot be set up"),
-        "stderr: {stderr}"
+    for reason in reasons {
+        assert!(stderr.contains(reason), "{reason:?} not in stderr: {stderr}");
+    }
+}
+
+#[test]
+fn forcing_io_uring_where_it_is_refused_fails_with_the_reason() {
+    let mut command = jailed_command("server --addr 127.0.0.1:0");
+    command.env("OVERLAPPED_BACKEND", "uring");
+    fails_saying(
+        command,
+        &["OVERLAPPED_BACKEND=uring", "io_uring cannot be set up"],
     );
 }
 
 #[test]
 fn an_unknown_backend_name_stops_the_server_with_the_reason() {
-    let output = common::binary()
+    let mut command = common::binary();
+    command
         .args(["server", "--addr", "127.0.0.1:0"])
-        .env("OVERLAPPED_BACKEND", "kqueue")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success());
-    assert!(
-        stderr.contains("\"kqueue\" is not a backend"),
-        "stderr: {stderr}"
-    );
+        .env("OVERLAPPED_BACKEND", "kqueue");
+    fails_saying(command, &["\"kqueue\" is not a backend"]);
 }

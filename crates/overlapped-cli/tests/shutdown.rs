@@ -63,28 +63,40 @@ fn loaded_client(server: &Server) -> thread::JoinHandle<u64> {
     })
 }
 
-#[test]
-fn sigterm_under_load_exits_zero_and_every_byte_reported_sent_arrives() {
-    let mut server = Server::start_with(&[
+/// An echo server on the session layer that gives its clients
+/// `timeout_ms` to close when it shuts down.
+fn echo_server(timeout_ms: &str) -> Server {
+    Server::start_with(&[
         "--model",
         "port",
         "--mode",
         "echo",
         "--shutdown-timeout-ms",
-        "10000",
-    ]);
+        timeout_ms,
+    ])
+}
+
+/// The server's last words: `shutdown: N sessions closed cleanly, M
+/// dropped at the deadline; B bytes sent`.
+fn shutdown_report(server: &Server) -> String {
+    wait_for_line(
+        &server.stderr,
+        |l| l.contains("shutdown:"),
+        Duration::from_secs(5),
+    )
+    .expect("a shutdown report")
+}
+
+#[test]
+fn sigterm_under_load_exits_zero_and_every_byte_reported_sent_arrives() {
+    let mut server = echo_server("10000");
     let clients: Vec<_> = (0..20).map(|_| loaded_client(&server)).collect();
     thread::sleep(Duration::from_secs(1));
     signal(&server, "TERM");
     let status = wait_exit(&mut server, Duration::from_secs(20)).expect("the server exits");
     assert!(status.success(), "exit status {status}");
     let received: u64 = clients.into_iter().map(|c| c.join().unwrap()).sum();
-    let report = wait_for_line(
-        &server.stderr,
-        |l| l.contains("shutdown:"),
-        Duration::from_secs(5),
-    )
-    .expect("a shutdown report");
+    let report = shutdown_report(&server);
     assert!(report.contains("0 dropped at the deadline"), "{report}");
     let sent: u64 = report
         .split_whitespace()
@@ -108,14 +120,7 @@ fn sigint_stops_an_idle_server_with_status_zero() {
 
 #[test]
 fn during_shutdown_new_clients_are_refused_and_stragglers_dropped_at_the_deadline() {
-    let mut server = Server::start_with(&[
-        "--model",
-        "port",
-        "--mode",
-        "echo",
-        "--shutdown-timeout-ms",
-        "3000",
-    ]);
+    let mut server = echo_server("3000");
     let addr = server.addr;
     // Connected, but never closes its side: it keeps the server waiting.
     let mut straggler = TcpStream::connect(addr).unwrap();
@@ -136,11 +141,6 @@ fn during_shutdown_new_clients_are_refused_and_stragglers_dropped_at_the_deadlin
     );
     let status = wait_exit(&mut server, Duration::from_secs(15)).expect("the server exits");
     assert!(status.success(), "exit status {status}");
-    let report = wait_for_line(
-        &server.stderr,
-        |l| l.contains("shutdown:"),
-        Duration::from_secs(5),
-    )
-    .expect("a shutdown report");
+    let report = shutdown_report(&server);
     assert!(report.contains("1 dropped at the deadline"), "{report}");
 }
