@@ -111,7 +111,10 @@ fn fails_saying(mut command: Command, reasons: &[&str]) {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success());
     for reason in reasons {
-        assert!(stderr.contains(reason), "{reason:?} not in stderr: {stderr}");
+        assert!(
+            stderr.contains(reason),
+            "{reason:?} not in stderr: {stderr}"
+        );
     }
 }
 
