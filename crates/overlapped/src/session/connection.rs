@@ -221,6 +221,8 @@ impl Session {
     /// new sends are refused, what is queued is sent, then the write side
     /// is shut down (the peer reads to the end and sees EOF); received bytes
     /// are discarded until the peer closes, which disconnects the session.
+    /// The Winsock way of a graceful close: `shutdown(SD_SEND)` once the
+    /// last `WSASend` completed, `WSARecv` until it returns 0, `closesocket`.
     pub fn close_gracefully(self: &Arc<Self>) {
         if self.draining.swap(true, Ordering::AcqRel) {
             return;
