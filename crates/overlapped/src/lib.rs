@@ -1,5 +1,5 @@
 //! Winsock's **overlapped I/O model** on Linux, built on io_uring, with an
-//! epoll fallback where io_uring is refused (see [`backend`]).
+//! epoll fallback where io_uring is refused (see [`mod@backend`]).
 //!
 //! A Winsock program posts `WSARecv`/`WSASend` with an `OVERLAPPED` record,
 //! and learns the outcome through an event (`WSAWaitForMultipleEvents` +
