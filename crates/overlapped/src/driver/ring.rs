@@ -196,12 +196,19 @@ impl Ring {
         also: Option<RawFd>,
     ) -> io::Result<usize> {
         let fd = self.completions_posted.as_raw_fd();
-        // Clear before draining: anything posted after the drain signals
-        // the eventfd again, so no completion is slept through.
-        sys::eventfd_clear(fd)?;
         self.flush()?;
         let reaped = self.drain();
         if reaped > 0 || timeout == Some(Duration::ZERO) {
+            // Under load there is nearly always something to reap: the
+            // eventfd is left as it is, saving a system call per batch.
+            return Ok(reaped);
+        }
+        // About to sleep: clear, then look once more. Whatever is posted
+        // after the clear signals the eventfd again, so no completion is
+        // slept through.
+        sys::eventfd_clear(fd)?;
+        let reaped = self.drain();
+        if reaped > 0 {
             return Ok(reaped);
         }
         let readiness = match &self.engine {

@@ -33,6 +33,7 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::{self, ThreadId};
 use std::time::{Duration, Instant};
@@ -114,6 +115,8 @@ pub(crate) struct Shared<T> {
     /// Wakes the reaper for a posted packet or a close. Kept apart from the
     /// ring's own eventfd, which other reapers of the ring may clear.
     wake: Event,
+    /// `wake` was set since the reaper last reset it.
+    wake_pending: AtomicBool,
 }
 
 impl<T> Shared<T> {
@@ -146,6 +149,9 @@ impl<T> Shared<T> {
         if let Err(e) = self.wake.set() {
             tracing::error!("cannot wake a completion port's reaper: {e}");
         }
+        // After the signal: a reaper that sees the flag also finds the
+        // signal to clear.
+        self.wake_pending.store(true, Ordering::Release);
     }
 
     /// Closes the port: wakes everyone and retires the ring.
@@ -215,6 +221,7 @@ impl<T: Send + 'static> CompletionPort<T> {
             concurrency,
             ring: Ring::new(true)?,
             wake: Event::new()?,
+            wake_pending: AtomicBool::new(false),
         });
         Ok(CompletionPort {
             handle: Arc::new(Handle {
@@ -313,8 +320,11 @@ impl<T: Send + 'static> CompletionPort<T> {
             if queue.reaper.is_none() {
                 queue.reaper = Some(thread::current().id());
                 // Reset under the lock: a post or close after this point
-                // takes the lock first, then sets it again.
-                self.shared.wake.reset()?;
+                // takes the lock first, then sets it again. Only when it was
+                // set, which saves a system call per wait.
+                if self.shared.wake_pending.swap(false, Ordering::AcqRel) {
+                    self.shared.wake.reset()?;
+                }
                 drop(queue);
                 let reaped = self
                     .shared
