@@ -63,14 +63,17 @@ fn loaded_client(server: &Server) -> thread::JoinHandle<u64> {
     })
 }
 
-/// An echo server on the session layer that gives its clients
-/// `timeout_ms` to close when it shuts down.
-fn echo_server(timeout_ms: &str) -> Server {
+/// An echo server on the session layer with `workers` threads (one worker
+/// means multishot receives) that gives its clients `timeout_ms` to close
+/// when it shuts down.
+fn echo_server(workers: &str, timeout_ms: &str) -> Server {
     Server::start_with(&[
         "--model",
         "port",
         "--mode",
         "echo",
+        "--threads",
+        workers,
         "--shutdown-timeout-ms",
         timeout_ms,
     ])
@@ -89,7 +92,16 @@ fn shutdown_report(server: &Server) -> String {
 
 #[test]
 fn sigterm_under_load_exits_zero_and_every_byte_reported_sent_arrives() {
-    let mut server = echo_server("10000");
+    sigterm_under_load("2");
+}
+
+#[test]
+fn sigterm_under_load_with_multishot_receives_loses_no_reported_byte() {
+    sigterm_under_load("1");
+}
+
+fn sigterm_under_load(workers: &str) {
+    let mut server = echo_server(workers, "10000");
     let clients: Vec<_> = (0..20).map(|_| loaded_client(&server)).collect();
     thread::sleep(Duration::from_secs(1));
     signal(&server, "TERM");
@@ -120,7 +132,7 @@ fn sigint_stops_an_idle_server_with_status_zero() {
 
 #[test]
 fn during_shutdown_new_clients_are_refused_and_stragglers_dropped_at_the_deadline() {
-    let mut server = echo_server("3000");
+    let mut server = echo_server("2", "3000");
     let addr = server.addr;
     // Connected, but never closes its side: it keeps the server waiting.
     let mut straggler = TcpStream::connect(addr).unwrap();
