@@ -87,3 +87,53 @@ fn accept_backs_off_when_descriptors_run_out_and_recovers_when_they_are_freed() 
     let (mut newcomer, id) = join(&server);
     round_trip(&mut newcomer, id, b"in at last");
 }
+
+#[test]
+fn a_client_that_sends_faster_than_it_reads_is_slowed_not_dropped() {
+    let server = Server::start_with(&[
+        "--model",
+        "port",
+        "--mode",
+        "echo",
+        "--threads",
+        "2",
+        "--max-send-queue",
+        "65536",
+    ]);
+    let client = TcpStream::connect(server.addr).unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let total = 16 << 20;
+    let pattern = |i: usize| (i % 251) as u8;
+    let mut writer = client.try_clone().unwrap();
+    // Sends as fast as the server lets it...
+    let writing = std::thread::spawn(move || {
+        let data: Vec<u8> = (0..total).map(pattern).collect();
+        std::io::Write::write_all(&mut writer, &data).unwrap();
+    });
+    // ...and reads a little, slowly: far more than 64 KiB of echoes would
+    // pile up in the server if it kept reading.
+    let mut reader = client;
+    let mut echoed = 0;
+    let mut chunk = vec![0; 16 * 1024];
+    while echoed < total {
+        let n = reader.read(&mut chunk).unwrap();
+        assert!(
+            n > 0,
+            "the server closed the connection after {echoed} bytes"
+        );
+        for (k, byte) in chunk[..n].iter().enumerate() {
+            assert_eq!(*byte, pattern(echoed + k), "byte {}", echoed + k);
+        }
+        echoed += n;
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    writing.join().unwrap();
+    let dropped: Vec<String> = server
+        .stderr
+        .try_iter()
+        .filter(|l| l.contains("disconnected"))
+        .collect();
+    assert!(dropped.is_empty(), "{dropped:?}");
+}

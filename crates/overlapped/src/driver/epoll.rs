@@ -279,13 +279,26 @@ fn waits_for(kind: &OpKind) -> Direction {
     }
 }
 
+/// Most arrivals one multishot receive takes per readiness event: a socket
+/// with a lot to read yields to the others (it is re-armed and comes round
+/// again), and the program sees its data in batches of a bounded size, as
+/// the kernel's multishot receive delivers it.
+const ARRIVALS_PER_EVENT: usize = 16;
+
 /// Carries out the operations at the head of `queue` while the socket lets
 /// them complete.
 fn progress(ring: &Arc<Ring>, queue: &mut VecDeque<Arc<Op>>, out: &mut Vec<Finished>) {
+    let mut arrivals = 0;
     while let Some(op) = queue.front() {
         match attempt(ring, op) {
             Attempt::Wait => return,
-            Attempt::Arrival(lease) => out.push(Finished::Arrival(op.clone(), lease)),
+            Attempt::Arrival(lease) => {
+                out.push(Finished::Arrival(op.clone(), lease));
+                arrivals += 1;
+                if arrivals == ARRIVALS_PER_EVENT {
+                    return;
+                }
+            }
             Attempt::Done(result) => {
                 if let Some(op) = queue.pop_front() {
                     out.push(Finished::Complete(op, result));

@@ -54,6 +54,9 @@ struct SendQueue {
     /// The vector of the last finished send, kept to queue the next batch
     /// in without allocating.
     spare: Vec<Bytes>,
+    /// The receive buffer, parked while the queue is too full to read more
+    /// (backpressure); posted again once the queue drains.
+    parked_recv: Option<RecvBuffer>,
 }
 
 /// The receive buffer, and the vector that carries it into the kernel.
@@ -427,6 +430,21 @@ impl Session {
         if buffer.free() == 0 {
             return self.disconnect("receive buffer full: a packet larger than the buffer");
         }
+        self.post_recv_unless_backlogged(buffer);
+    }
+
+    /// Posts the next receive, unless the send queue holds more than half
+    /// its cap: then the peer sends faster than it reads, and the session
+    /// stops reading until the queue is down to a quarter, so TCP flow
+    /// control slows the peer instead of the queue growing to the cap.
+    fn post_recv_unless_backlogged(self: &Arc<Self>, buffer: RecvBuffer) {
+        {
+            let mut queue = lock(&self.send);
+            if queue.queued > self.max_send_queue / 2 {
+                queue.parked_recv = Some(buffer);
+                return;
+            }
+        }
         self.post_recv(buffer);
     }
 
@@ -453,25 +471,34 @@ impl Session {
             }
             Err(e) => return self.disconnect(&format!("send failed: {e}")),
         }
-        let batch = {
+        let (batch, resumed) = {
             let mut queue = lock(&self.send);
             // Keep the finished batch's vector for the next one.
             let mut spare = sent.unwrap_or_default();
             let done: usize = spare.iter().map(Bytes::len).sum();
             queue.queued = queue.queued.saturating_sub(done);
             spare.clear();
+            let resumed = if queue.queued <= self.max_send_queue / 4 {
+                queue.parked_recv.take()
+            } else {
+                None
+            };
             if queue.pending.is_empty() || !self.is_connected() {
                 queue.in_flight = false;
                 queue.spare = spare;
-                drop(queue);
-                if self.is_closing() {
-                    self.shut_write();
-                }
-                return;
+                (None, resumed)
+            } else {
+                (Some(mem::replace(&mut queue.pending, spare)), resumed)
             }
-            mem::replace(&mut queue.pending, spare)
         };
-        self.post_send(batch);
+        if let Some(buffer) = resumed {
+            self.post_recv(buffer);
+        }
+        match batch {
+            Some(batch) => self.post_send(batch),
+            None if self.is_closing() => self.shut_write(),
+            None => {}
+        }
     }
 }
 

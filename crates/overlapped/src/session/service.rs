@@ -65,7 +65,11 @@ pub struct ServiceConfig {
     /// Most bytes a session's send queue may hold (queued and in flight).
     /// A client that does not read fills it; it is then disconnected, so
     /// its backlog cannot grow the server's memory without bound. Must be
-    /// larger than the largest single send.
+    /// larger than the largest single send. While a queue holds more than
+    /// half of it, a session with one receive at a time stops receiving
+    /// until the queue is down to a quarter: a client that sends faster
+    /// than it reads is slowed by TCP flow control rather than dropped.
+    /// (A multishot receive is not paused.)
     pub max_send_queue: usize,
 }
 
