@@ -158,11 +158,7 @@ fn random_garbage_from_many_clients_never_takes_the_server_down() {
         let _ = client.read(&mut [0; 64]);
     }
     round_trip(&mut healthy, id, b"still here");
-    let panicked: Vec<String> = server
-        .stderr
-        .try_iter()
-        .filter(|l| l.contains("panicked"))
-        .collect();
+    let panicked = server.logged_so_far(|l| l.contains("panicked"));
     assert!(panicked.is_empty(), "the server panicked: {panicked:?}");
 }
 

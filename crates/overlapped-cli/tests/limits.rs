@@ -130,10 +130,6 @@ fn a_client_that_sends_faster_than_it_reads_is_slowed_not_dropped() {
         std::thread::sleep(Duration::from_micros(200));
     }
     writing.join().unwrap();
-    let dropped: Vec<String> = server
-        .stderr
-        .try_iter()
-        .filter(|l| l.contains("disconnected"))
-        .collect();
+    let dropped = server.logged_so_far(|l| l.contains("disconnected"));
     assert!(dropped.is_empty(), "{dropped:?}");
 }

@@ -77,6 +77,11 @@ impl Server {
         }
     }
 
+    /// The stderr lines logged so far that `wanted` picks (without waiting).
+    pub fn logged_so_far(&self, wanted: impl Fn(&str) -> bool) -> Vec<String> {
+        self.stderr.try_iter().filter(|l| wanted(l)).collect()
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }

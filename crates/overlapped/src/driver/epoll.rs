@@ -48,6 +48,8 @@ struct Waiting {
     armed: Option<Interest>,
     /// The descriptor is in the epoll set (armed or spent).
     registered: bool,
+    /// The descriptor was made non-blocking (listeners, connecting sockets).
+    nonblocking: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -107,7 +109,11 @@ impl Epoll {
             OpKind::Accept => {
                 // Accepting must not block the reaper when another accept
                 // took the connection first.
-                socket.sock.set_nonblocking(true)?;
+                let waiting = state.sockets.entry(fd).or_default();
+                if !waiting.nonblocking {
+                    socket.sock.set_nonblocking(true)?;
+                    waiting.nonblocking = true;
+                }
                 None
             }
             _ => None,

@@ -87,6 +87,8 @@ pub struct Session {
     recv_capacity: (usize, usize),
     /// Most bytes the send queue may hold before the session is dropped.
     max_send_queue: usize,
+    /// The service's count of bytes sent, added to at each send completion.
+    bytes_sent: Arc<AtomicU64>,
     /// When the session last had no incomplete packet pending (ms on the
     /// service clock): the idle timeout runs from here.
     last_progress: AtomicU64,
@@ -102,6 +104,8 @@ pub(crate) struct SessionLimits {
     pub(crate) recv_buffer: RecvBuffer,
     pub(crate) multishot: bool,
     pub(crate) max_send_queue: usize,
+    /// The service's count of bytes sent.
+    pub(crate) bytes_sent: Arc<AtomicU64>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -123,6 +127,7 @@ impl Session {
             recv_buffer,
             multishot,
             max_send_queue,
+            bytes_sent,
         } = limits;
         let recv_capacity = (recv_buffer.capacity(), recv_buffer.low_water());
         let recv_buffer = (!multishot).then_some(recv_buffer);
@@ -141,6 +146,7 @@ impl Session {
             multishot,
             recv_capacity,
             max_send_queue,
+            bytes_sent,
             last_progress: AtomicU64::new(now_millis()),
             draining: AtomicBool::new(false),
             write_shut: AtomicBool::new(false),
@@ -464,9 +470,8 @@ impl Session {
     ) {
         match result {
             Ok(transfer) => {
-                if let Some(service) = self.service.upgrade() {
-                    service.count_sent(transfer.bytes);
-                }
+                self.bytes_sent
+                    .fetch_add(transfer.bytes as u64, Ordering::Relaxed);
                 self.handler.on_sent(self, transfer.bytes)
             }
             Err(e) => return self.disconnect(&format!("send failed: {e}")),

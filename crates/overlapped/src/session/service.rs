@@ -123,7 +123,8 @@ pub(crate) struct ServiceCore {
     next_id: AtomicU64,
     listener: Mutex<Option<Arc<Listener>>>,
     workers: Mutex<Vec<JoinHandle<()>>>,
-    bytes_sent: AtomicU64,
+    /// Bytes the sessions' sends delivered; each session holds a handle.
+    bytes_sent: Arc<AtomicU64>,
     timers: Mutex<Timers>,
     timers_changed: Condvar,
 }
@@ -147,6 +148,7 @@ impl ServiceCore {
             recv_buffer: self.recv_buffer(),
             multishot: self.multishot(),
             max_send_queue: self.config.max_send_queue,
+            bytes_sent: self.bytes_sent.clone(),
         };
         let session = Session::new(
             id,
@@ -171,11 +173,6 @@ impl ServiceCore {
     /// Sessions open now.
     pub(crate) fn session_count(&self) -> usize {
         self.sessions().len()
-    }
-
-    /// Adds a completed send to the service's total.
-    pub(crate) fn count_sent(&self, bytes: usize) {
-        self.bytes_sent.fetch_add(bytes as u64, Ordering::Relaxed);
     }
 
     fn timers(&self) -> MutexGuard<'_, Timers> {
@@ -353,7 +350,7 @@ impl Service {
             next_id: AtomicU64::new(0),
             listener: Mutex::new(None),
             workers: Mutex::new(Vec::new()),
-            bytes_sent: AtomicU64::new(0),
+            bytes_sent: Arc::new(AtomicU64::new(0)),
             timers: Mutex::new(Timers::default()),
             timers_changed: Condvar::new(),
         });
