@@ -30,6 +30,9 @@ ECHO_SERVERS = {
     "monoio": ["monoio-echo", "{addr}"],
     "compio": ["compio-echo", "{addr}"],
 }
+# The floor: a bare io_uring loop with no runtime (bench/peers/src/bin/uring-floor.rs),
+# run where CPU per message is compared, to show how much of it is the kernel's.
+FLOOR = {"uring-floor": ["uring-floor", "{addr}"]}
 CHAT_SERVERS = {
     "overlapped": ["overlapped", "server", "--addr", "{addr}", "--model", "port", "--mode", "chat", "--threads", "1"],
     "tokio": ["tokio-chat", "{addr}"],
@@ -43,9 +46,10 @@ def raise_fd_limit():
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-def cpu_seconds(pid):
+def cpu_times(pid):
+    """(user, system) CPU seconds of a process, from /proc/PID/stat."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
+    return int(fields[11]) / TICKS, int(fields[12]) / TICKS
 
 
 def rss_kib(pid):
@@ -125,7 +129,7 @@ def run_load(command, args, sample_rss=False, duration=5.0):
     server = Server(command)
     try:
         rss_before = rss_kib(server.proc.pid)
-        cpu_before = cpu_seconds(server.proc.pid)
+        user_before, sys_before = cpu_times(server.proc.pid)
         if sample_rss:
             # Sample the server's memory while the idle connections are up.
             proc = subprocess.Popen(
@@ -143,7 +147,10 @@ def run_load(command, args, sample_rss=False, duration=5.0):
             report["rss_during_kib"] = rss_during
         else:
             report = bench(server.addr, args)
-        report["server_cpu_s"] = cpu_seconds(server.proc.pid) - cpu_before
+        user_after, sys_after = cpu_times(server.proc.pid)
+        report["server_user_s"] = user_after - user_before
+        report["server_sys_s"] = sys_after - sys_before
+        report["server_cpu_s"] = report["server_user_s"] + report["server_sys_s"]
         return report
     finally:
         server.stop()
@@ -168,31 +175,34 @@ def scenario(name, servers, args, rounds, **kw):
     return {s: median_report(r) for s, r in results.items()}
 
 
-def fmt_us_per_msg(report):
+def fmt_us_per_msg(report, key="server_cpu_s"):
     msgs = report.get("messages", 0)
-    return report["server_cpu_s"] / msgs * 1e6 if msgs else float("nan")
+    return report.get(key, 0) / msgs * 1e6 if msgs else float("nan")
 
 
 def table(results, baseline="tokio"):
     base = results.get(baseline, {})
     lines = [
-        "| server | msg/s | × tokio | MB/s | p50 µs | p99 µs | p99.9 µs | server CPU s | CPU µs/msg | errors | mismatches |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| server | msg/s | × tokio | MB/s | p50 µs | p99 µs | p99.9 µs | user µs/msg | sys µs/msg | CPU µs/msg | CPU × tokio | errors | mismatches |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    base_cpu = fmt_us_per_msg(base) if base else float("nan")
     for server, r in results.items():
         ratio = r.get("messages_per_sec", 0) / base["messages_per_sec"] if base.get("messages_per_sec") else float("nan")
         lines.append(
             f"| {server} | {r.get('messages_per_sec', 0):,.0f} | {ratio:.2f} | {r.get('mb_per_sec', 0):.2f} "
             f"| {r.get('p50_us', 0)} | {r.get('p99_us', 0)} | {r.get('p999_us', 0)} "
-            f"| {r.get('server_cpu_s', 0):.2f} | {fmt_us_per_msg(r):.2f} | {r.get('errors', '?')} | {r.get('mismatches', '?')} |"
+            f"| {fmt_us_per_msg(r, 'server_user_s'):.2f} | {fmt_us_per_msg(r, 'server_sys_s'):.2f} "
+            f"| {fmt_us_per_msg(r):.2f} | {fmt_us_per_msg(r) / base_cpu:.2f} | {r.get('errors', '?')} | {r.get('mismatches', '?')} |"
         )
     return "\n".join(lines)
 
 
 def svg_chart(pingpong):
     """Grouped bars: ping-pong throughput per scenario and server."""
-    servers = list(ECHO_SERVERS)
-    colors = {"overlapped": "#d9480f", "tokio": "#1c7ed6", "monoio": "#37b24d", "compio": "#7048e8"}
+    servers = list(ECHO_SERVERS) + list(FLOOR)
+    colors = {"overlapped": "#d9480f", "tokio": "#1c7ed6", "monoio": "#37b24d", "compio": "#7048e8",
+              "uring-floor": "#868e96"}
     names = list(pingpong)
     peak = max(r.get("messages_per_sec", 0) for res in pingpong.values() for r in res.values()) or 1
     width, height, left, bottom = 120 * len(names) + 80, 360, 70, 60
@@ -217,6 +227,52 @@ def svg_chart(pingpong):
         parts.append(f'<text x="{x + 16}" y="{height - 12}">{server}</text>')
     parts.append("</svg>")
     return "\n".join(parts)
+
+
+def targets(results):
+    """The issue's targets against this run's figures, as a table."""
+    pp = results["pingpong"].get("1000 conns, 64 B")
+    if not pp or "tokio" not in pp:
+        return []
+    ours, tokio = pp["overlapped"], pp["tokio"]
+
+    def cpu_ratio(r):
+        return fmt_us_per_msg(r) / fmt_us_per_msg(tokio)
+
+    def yes(ok):
+        return "met" if ok else "**not met**"
+
+    throughput = ours["messages_per_sec"] / tokio["messages_per_sec"]
+    rivals = [s for s in ("monoio", "compio") if s in pp]
+    ahead = all(ours["messages_per_sec"] > pp[s]["messages_per_sec"] for s in rivals)
+    rows = [
+        ("ping-pong 64 B × 1000: throughput ≥ 1.3× tokio", f"{throughput:.2f}×", yes(throughput >= 1.3)),
+        ("ping-pong 64 B × 1000: server CPU per message ≤ 0.75× tokio",
+         f"{cpu_ratio(ours):.2f}× ({fmt_us_per_msg(ours):.2f} vs {fmt_us_per_msg(tokio):.2f} µs)",
+         yes(cpu_ratio(ours) <= 0.75)),
+        ("ping-pong 64 B × 1000: p99 latency no worse than tokio's",
+         f"{ours['p99_us']} vs {tokio['p99_us']} µs", yes(ours["p99_us"] <= tokio["p99_us"])),
+        ("ping-pong 64 B × 1000: ahead of monoio and compio",
+         ", ".join(f"{ours['messages_per_sec'] / pp[s]['messages_per_sec']:.2f}× {s}" for s in rivals), yes(ahead)),
+    ]
+    if "uring-floor" in pp:
+        floor = pp["uring-floor"]
+        rows.append(("(reference) the bare io_uring loop on the same scenario",
+                     f"{floor['messages_per_sec'] / tokio['messages_per_sec']:.2f}× tokio's throughput, "
+                     f"CPU {cpu_ratio(floor):.2f}× tokio's", "—"))
+    idle = results.get("idle", {})
+    if "tokio" in idle and "overlapped" in idle:
+        per = {s: (r["rss_during_kib"] - r["rss_before_kib"]) / max(r.get("connected", 1), 1) for s, r in idle.items()}
+        rows.append(("10,000 idle connections: memory per connection ≤ 0.5× tokio",
+                     f"{per['overlapped'] / per['tokio']:.2f}× ({per['overlapped']:.2f} vs {per['tokio']:.2f} KiB)",
+                     yes(per["overlapped"] / per["tokio"] <= 0.5)))
+    fan = results.get("fanout", {})
+    if "tokio" in fan and "overlapped" in fan:
+        ratio = fan["overlapped"]["messages_per_sec"] / fan["tokio"]["messages_per_sec"]
+        rows.append(("chat fan-out to 1000 sessions: deliveries/s ≥ 2× tokio", f"{ratio:.2f}×", yes(ratio >= 2)))
+    out = ["## Targets", "", "| target | this run | |", "|---|---|---|"]
+    out += [f"| {a} | {b} | {c} |" for a, b, c in rows]
+    return out + [""]
 
 
 def machine():
@@ -250,11 +306,11 @@ def main():
         for conns in conns_list:
             name = f"{conns} conns, {size} B"
             results["pingpong"][name] = scenario(
-                f"ping-pong {name}", ECHO_SERVERS,
+                f"ping-pong {name}", {**ECHO_SERVERS, **FLOOR},
                 ["--mode", "pingpong", "--conns", str(conns), "--size", str(size), "--duration", d], opts.rounds)
     rate = 40000
     results["fixed_rate"] = scenario(
-        f"fixed rate {rate} msg/s, 1000 conns, 64 B", ECHO_SERVERS,
+        f"fixed rate {rate} msg/s, 1000 conns, 64 B", {**ECHO_SERVERS, **FLOOR},
         ["--mode", "pingpong", "--conns", "1000", "--size", "64", "--rate", str(rate), "--duration", d], opts.rounds)
     results["idle"] = scenario(
         "10,000 idle connections", ECHO_SERVERS,
@@ -283,12 +339,16 @@ def write_markdown(results, opts):
         "Server CPU is utime + stime from `/proc/PID/stat` over the run; CPU µs/msg divides it by the messages.",
         "The peers are the servers a user would write (`bench/peers/`): tokio multi-thread runtime with a task per",
         "connection and a 4 KiB buffer, and the same with monoio and compio. `overlapped` runs",
-        "`server --model port --mode echo --threads 1` (chat: `--mode chat`).",
+        "`server --model port --mode echo --threads 1` (chat: `--mode chat`). `uring-floor` is a reference, not a",
+        "contender: a bare io_uring loop with no runtime, no allocation and no copy",
+        "(`bench/peers/src/bin/uring-floor.rs`), the least CPU an io_uring echo server can spend per message here;",
+        "what it spends is nearly all the kernel's TCP work.",
         "",
         "What each optimisation bought, measured while making it: [performance-log.md](performance-log.md).",
         "",
         "![ping-pong throughput](benchmarks.svg)",
         "",
+        *targets(results),
         "## Ping-pong",
         "",
         "Each connection sends a message, waits for its echo, checks every byte, and sends the next.",

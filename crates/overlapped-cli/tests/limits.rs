@@ -90,13 +90,27 @@ fn accept_backs_off_when_descriptors_run_out_and_recovers_when_they_are_freed() 
 
 #[test]
 fn a_client_that_sends_faster_than_it_reads_is_slowed_not_dropped() {
+    // Two workers: each session posts one receive at a time.
+    sends_faster_than_it_reads("2");
+}
+
+#[test]
+fn a_client_that_sends_faster_than_it_reads_is_slowed_not_dropped_with_multishot_receives() {
+    // One worker: each session keeps one multishot receive, which is
+    // cancelled to stop reading and posted again to resume.
+    sends_faster_than_it_reads("1");
+}
+
+/// A client that writes 16 MiB flat out but reads slowly, against a 64 KiB
+/// send queue cap: it must get every echoed byte back, intact.
+fn sends_faster_than_it_reads(threads: &str) {
     let server = Server::start_with(&[
         "--model",
         "port",
         "--mode",
         "echo",
         "--threads",
-        "2",
+        threads,
         "--max-send-queue",
         "65536",
     ]);

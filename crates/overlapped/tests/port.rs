@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use common::{pair, SOON};
 use overlapped::error::{
-    ERROR_ABANDONED_WAIT_0, WSAECONNREFUSED, WSA_INVALID_HANDLE, WSA_OPERATION_ABORTED,
+    ERROR_ABANDONED_WAIT_0, ERROR_NOT_FOUND, WSAECONNREFUSED, WSA_INVALID_HANDLE,
+    WSA_OPERATION_ABORTED,
 };
 use overlapped::{CompletionPort, ErrorExt, Started, TcpListener, INFINITE};
 
@@ -289,5 +290,36 @@ fn closing_a_stream_ends_its_multishot_receive_with_aborted() {
     assert_eq!(
         last.result.unwrap_err().winsock_code(),
         Some(WSA_OPERATION_ABORTED)
+    );
+}
+
+#[test]
+fn cancelling_a_multishot_receive_ends_it_with_aborted_and_leaves_the_stream_open() {
+    let (ours, mut peer) = pair();
+    let port = port();
+    let stream = port.associate(ours, 4);
+    stream.recv_multishot(Record::Recv).unwrap();
+    stream.cancel_multishot().unwrap();
+    let last = port.get_queued_completion_status(SOON).unwrap().unwrap();
+    assert_eq!(last.record, Some(Record::Recv));
+    assert_eq!(
+        last.result.unwrap_err().winsock_code(),
+        Some(WSA_OPERATION_ABORTED)
+    );
+    // Bytes sent meanwhile wait in the socket for the next receive.
+    peer.write_all(b"later").unwrap();
+    stream.recv_multishot(Record::Recv).unwrap();
+    let arrival = port.get_queued_completion_status(SOON).unwrap().unwrap();
+    assert_eq!(arrival.received(), Some(&b"later"[..]));
+}
+
+#[test]
+fn cancelling_when_no_multishot_receive_runs_is_not_found() {
+    let (ours, _peer) = pair();
+    let port = port();
+    let stream = port.associate(ours, 4);
+    assert_eq!(
+        stream.cancel_multishot().unwrap_err().winsock_code(),
+        Some(ERROR_NOT_FOUND)
     );
 }

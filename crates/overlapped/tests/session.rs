@@ -133,6 +133,22 @@ fn sends_queued_while_one_is_in_flight_are_gathered_into_the_next() {
 }
 
 #[test]
+fn a_backlog_larger_than_one_gathered_send_takes_goes_out_whole_and_in_order() {
+    // 3000 queued buffers: more than the kernel takes in one gathered send
+    // (1024 iovecs), so the backlog must go out in several.
+    let (service, log) = server(3000);
+    let mut client = connect(&service);
+    let mut got = vec![0; 3000 * 10];
+    client.read_exact(&mut got).unwrap();
+    log.wait_until(|l| l.sent_bytes.load(Ordering::SeqCst) == 30_000);
+    for (i, frame) in got.chunks(10).enumerate() {
+        assert_eq!(frame, &framing::encode(1, &[&[i as u8; 6]]).unwrap()[..]);
+    }
+    assert!(log.disconnects.lock().unwrap().is_empty());
+    service.stop();
+}
+
+#[test]
 fn frame_split_across_receives_is_delivered_once_and_whole() {
     let (service, log) = server(0);
     let mut client = connect(&service);

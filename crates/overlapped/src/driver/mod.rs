@@ -69,6 +69,9 @@ pub(crate) fn start(op: &Arc<Op>) -> io::Result<Option<Outcome>> {
         op.mark_submitted();
         ring.submit(op).inspect_err(|_| op.mark_queued())?;
         lanes.unordered += 1;
+        if let OpKind::RecvMulti = op.kind {
+            lanes.multishot = Arc::downgrade(op);
+        }
         return Ok(None);
     }
     let Some(direction) = op.kind.direction() else {
@@ -295,6 +298,17 @@ pub(crate) fn cancel(target: &Arc<Op>, wait: bool) -> io::Result<()> {
         None | Some(libc::EALREADY) => Ok(()),
         Some(libc::ENOENT) => Err(error::not_found()),
         Some(errno) => Err(error::from_errno(errno)),
+    }
+}
+
+/// `CancelIoEx` on the socket's running multishot receive, without waiting:
+/// its final completion reports "aborted" once the kernel lets go of it.
+/// "Not found" when none is running.
+pub(crate) fn cancel_multishot(socket: &Socket) -> io::Result<()> {
+    let running = socket.lanes().multishot.upgrade();
+    match running {
+        Some(op) => cancel(&op, false),
+        None => Err(error::not_found()),
     }
 }
 

@@ -3,7 +3,7 @@
 
 use std::collections::VecDeque;
 use std::os::fd::AsRawFd;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use super::op::{Direction, Op};
 use super::ring::Ring;
@@ -29,6 +29,9 @@ pub(crate) struct Lanes {
     pub(crate) closing: bool,
     /// Operations without a lane (accept, connect, disconnect) in the kernel.
     pub(crate) unordered: usize,
+    /// The multishot receive last started, so that it can be cancelled
+    /// (weak: the op holds the socket, not the other way round).
+    pub(crate) multishot: Weak<Op>,
     recv: Lane,
     send: Lane,
 }
@@ -71,6 +74,7 @@ impl Socket {
                 ring,
                 closing: false,
                 unordered: 0,
+                multishot: Weak::new(),
                 recv: Lane::default(),
                 send: Lane::default(),
             }),

@@ -57,6 +57,20 @@ pub(crate) fn eventfd_clear(fd: RawFd) -> io::Result<()> {
     }
 }
 
+/// Milliseconds of `CLOCK_MONOTONIC_COARSE`: the time of the last timer
+/// tick (a few milliseconds' resolution), read without touching the clock
+/// hardware.
+pub(crate) fn coarse_millis() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `now` is a live timespec the call writes into; the clock id is
+    // valid on every kernel since 2.6.32, so the call cannot fail.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut now) };
+    now.tv_sec as u64 * 1000 + now.tv_nsec as u64 / 1_000_000
+}
+
 /// Converts an optional timeout into poll's milliseconds, rounding up so a
 /// short non-zero timeout never turns into a busy poll.
 fn poll_millis(timeout: Option<Duration>) -> libc::c_int {

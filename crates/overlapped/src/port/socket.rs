@@ -104,6 +104,15 @@ impl<T: Send + 'static> PortStream<T> {
             })
     }
 
+    /// Stops the running [`PortStream::recv_multishot`] (`CancelIoEx` on
+    /// it), without waiting: arrivals already on their way are still
+    /// delivered, then its final packet carries the record with
+    /// `WSA_OPERATION_ABORTED` (995) — or whatever ended it first.
+    /// `ERROR_NOT_FOUND` (1168) when no multishot receive is running.
+    pub fn cancel_multishot(&self) -> io::Result<()> {
+        driver::cancel_multishot(self.socket())
+    }
+
     /// Starts a graceful disconnect (`DisconnectEx`): queued data is sent,
     /// then FIN; a pending receive completes with 0 bytes.
     pub fn disconnect(&self, record: T) -> Result<Started, (io::Error, T)> {

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use super::recv_buffer::RecvBuffer;
 use super::service::{now_millis, Io, Service, ServiceCore};
 use crate::driver::buf::Tail;
-use crate::error::{ErrorExt, WSAENOBUFS};
+use crate::error::{ErrorExt, WSAENOBUFS, WSA_OPERATION_ABORTED};
 use crate::overlapped::Transfer;
 use crate::port::PortStream;
 
@@ -57,6 +57,97 @@ struct SendQueue {
     /// The receive buffer, parked while the queue is too full to read more
     /// (backpressure); posted again once the queue drains.
     parked_recv: Option<RecvBuffer>,
+    /// The same backpressure for a multishot receive, which has no buffer to
+    /// park: it is cancelled, and posted again once the queue drains.
+    multishot: Reading,
+}
+
+impl Reading {
+    /// A cancel is on its way: arrivals may still come.
+    fn is_stopping(self) -> bool {
+        matches!(self, Reading::Stopping | Reading::Resuming)
+    }
+}
+
+/// Most buffers in one gathered send: the kernel refuses more iovecs than
+/// this in one call (`UIO_MAXIOV`) with `EMSGSIZE`.
+const MAX_GATHER: usize = 1024;
+
+impl SendQueue {
+    /// The next gathered send: everything pending, or its first
+    /// [`MAX_GATHER`] buffers, in the spare vector when there is one.
+    fn take_batch(&mut self) -> Vec<Bytes> {
+        let mut batch = mem::take(&mut self.spare);
+        if self.pending.len() <= MAX_GATHER {
+            mem::swap(&mut batch, &mut self.pending);
+        } else {
+            batch.extend(self.pending.drain(..MAX_GATHER));
+        }
+        batch
+    }
+
+    /// Whether the queue just passed half of `cap`, so that the multishot
+    /// receive must be cancelled (backpressure).
+    fn stop_reading(&mut self, cap: usize) -> bool {
+        if self.queued <= cap / 2 {
+            return false;
+        }
+        match self.multishot {
+            Reading::On => {
+                self.multishot = Reading::Stopping;
+                true
+            }
+            // Its cancel is still on the way: just do not post it again.
+            Reading::Resuming => {
+                self.multishot = Reading::Stopping;
+                false
+            }
+            Reading::Stopping | Reading::Stopped => false,
+        }
+    }
+
+    /// Once the queue is down to a quarter of `cap`: the parked receive
+    /// buffer to post again, and whether to post the multishot receive again.
+    fn resume_reading(&mut self, cap: usize) -> (Option<RecvBuffer>, bool) {
+        if self.queued > cap / 4 {
+            return (None, false);
+        }
+        let restart_multishot = match self.multishot {
+            Reading::Stopped => {
+                self.multishot = Reading::On;
+                true
+            }
+            Reading::Stopping => {
+                self.multishot = Reading::Resuming;
+                false
+            }
+            Reading::On | Reading::Resuming => false,
+        };
+        (self.parked_recv.take(), restart_multishot)
+    }
+}
+
+/// Where a session's multishot receive stands with respect to backpressure.
+///
+/// Between the cancel and its end, arrivals the kernel had already taken
+/// from the socket keep coming — as much as the socket's receive buffer
+/// held, which can be megabytes. They are the peer's bytes, already
+/// acknowledged by TCP, so they are queued even past the cap; the overshoot
+/// is bounded by that buffer and lasts until the end comes back, after
+/// which the cap holds again.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum Reading {
+    /// Receiving.
+    #[default]
+    On,
+    /// The queue passed half its cap: the receive was cancelled and its end
+    /// has not come back yet.
+    Stopping,
+    /// The receive ended; it is posted again when the queue drains.
+    Stopped,
+    /// The queue drained while the cancel was on its way: post the receive
+    /// again when its end comes back.
+    Resuming,
 }
 
 /// The receive buffer, and the vector that carries it into the kernel.
@@ -188,7 +279,7 @@ impl Session {
         }
         let batch = {
             let mut queue = lock(&self.send);
-            if queue.queued + data.len() > self.max_send_queue {
+            if queue.queued + data.len() > self.max_send_queue && !queue.multishot.is_stopping() {
                 let held = queue.queued;
                 drop(queue);
                 self.disconnect(&format!(
@@ -201,15 +292,31 @@ impl Session {
             }
             queue.queued += data.len();
             queue.pending.push(data);
-            if queue.in_flight {
-                return true;
+            let stop_reading = self.multishot && queue.stop_reading(self.max_send_queue);
+            let batch = (!queue.in_flight).then(|| {
+                queue.in_flight = true;
+                queue.take_batch()
+            });
+            drop(queue);
+            if stop_reading {
+                self.stop_multishot();
             }
-            queue.in_flight = true;
-            let spare = mem::take(&mut queue.spare);
-            mem::replace(&mut queue.pending, spare)
+            batch
         };
-        self.post_send(batch);
+        if let Some(batch) = batch {
+            self.post_send(batch);
+        }
         true
+    }
+
+    /// Cancels the multishot receive for backpressure; its end comes back
+    /// through [`Session::on_multishot_end`].
+    fn stop_multishot(self: &Arc<Self>) {
+        if let Err(e) = self.stream.cancel_multishot() {
+            // It ended on its own already: its end, on the way or handled,
+            // finds the session stopping and does not post it again.
+            tracing::debug!("session {}: no multishot receive to stop: {e}", self.id);
+        }
     }
 
     /// Disconnects the session: in-flight operations are cancelled and
@@ -366,12 +473,41 @@ impl Session {
 
     /// The multishot receive ended.
     pub(crate) fn on_multishot_end(self: &Arc<Self>, result: io::Result<Transfer>) {
+        let code = result.as_ref().err().and_then(|e| e.winsock_code());
+        let restartable = matches!(code, Some(WSAENOBUFS | WSA_OPERATION_ABORTED));
+        if restartable && self.multishot_ended_for_backpressure() {
+            return;
+        }
         match result {
             Ok(_) => self.disconnect(self.closed_reason()),
             // The pool ran dry or the kernel stopped it: start it again.
             Err(e) if e.winsock_code() == Some(WSAENOBUFS) => self.post_multishot(),
             Err(e) => self.disconnect(&format!("receive failed: {e}")),
         }
+    }
+
+    /// Whether an end of the multishot receive belongs to backpressure:
+    /// `true` if the receive stays stopped, or was posted again because the
+    /// queue drained meanwhile.
+    fn multishot_ended_for_backpressure(self: &Arc<Self>) -> bool {
+        let resume = {
+            let mut queue = lock(&self.send);
+            match queue.multishot {
+                Reading::On => return false,
+                Reading::Stopping | Reading::Stopped => {
+                    queue.multishot = Reading::Stopped;
+                    false
+                }
+                Reading::Resuming => {
+                    queue.multishot = Reading::On;
+                    true
+                }
+            }
+        };
+        if resume {
+            self.post_multishot();
+        }
+        true
     }
 
     fn post_recv(self: &Arc<Self>, mut buffer: RecvBuffer) {
@@ -476,28 +612,27 @@ impl Session {
             }
             Err(e) => return self.disconnect(&format!("send failed: {e}")),
         }
-        let (batch, resumed) = {
+        let (batch, (resumed, restart_multishot)) = {
             let mut queue = lock(&self.send);
             // Keep the finished batch's vector for the next one.
             let mut spare = sent.unwrap_or_default();
             let done: usize = spare.iter().map(Bytes::len).sum();
             queue.queued = queue.queued.saturating_sub(done);
             spare.clear();
-            let resumed = if queue.queued <= self.max_send_queue / 4 {
-                queue.parked_recv.take()
-            } else {
-                None
-            };
+            queue.spare = spare;
+            let resume = queue.resume_reading(self.max_send_queue);
             if queue.pending.is_empty() || !self.is_connected() {
                 queue.in_flight = false;
-                queue.spare = spare;
-                (None, resumed)
+                (None, resume)
             } else {
-                (Some(mem::replace(&mut queue.pending, spare)), resumed)
+                (Some(queue.take_batch()), resume)
             }
         };
         if let Some(buffer) = resumed {
             self.post_recv(buffer);
+        }
+        if restart_multishot {
+            self.post_multishot();
         }
         match batch {
             Some(batch) => self.post_send(batch),

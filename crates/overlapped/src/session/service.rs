@@ -1,16 +1,16 @@
 //! `Service`: a completion port, its worker threads, and the sessions they
 //! serve, on the server side (with a [`super::Listener`]) or the client side.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use rustc_hash::FxHashMap;
 
 use super::connection::{Session, SessionHandler, SessionLimits};
 use super::listener::Listener;
@@ -66,10 +66,10 @@ pub struct ServiceConfig {
     /// A client that does not read fills it; it is then disconnected, so
     /// its backlog cannot grow the server's memory without bound. Must be
     /// larger than the largest single send. While a queue holds more than
-    /// half of it, a session with one receive at a time stops receiving
-    /// until the queue is down to a quarter: a client that sends faster
-    /// than it reads is slowed by TCP flow control rather than dropped.
-    /// (A multishot receive is not paused.)
+    /// half of it, a session stops receiving (a multishot receive is
+    /// cancelled, a single receive not posted again) until the queue is
+    /// down to a quarter: a client that sends faster than it reads is
+    /// slowed by TCP flow control rather than dropped.
     pub max_send_queue: usize,
 }
 
@@ -89,10 +89,11 @@ impl Default for ServiceConfig {
     }
 }
 
-/// Milliseconds since the first call: the clock of idle timeouts.
+/// Milliseconds on the clock of idle timeouts: the coarse monotonic clock,
+/// read once per completed packet, which needs no precision finer than its
+/// few milliseconds and costs a fraction of a precise read.
 pub(crate) fn now_millis() -> u64 {
-    static START: OnceLock<Instant> = OnceLock::new();
-    START.get_or_init(Instant::now).elapsed().as_millis() as u64
+    crate::driver::sys::coarse_millis()
 }
 
 /// What [`Service::shutdown`] did.
@@ -119,7 +120,7 @@ pub(crate) struct ServiceCore {
     port: CompletionPort<Io>,
     factory: SessionFactory,
     config: ServiceConfig,
-    sessions: Mutex<HashMap<u64, Arc<Session>>>,
+    sessions: Mutex<FxHashMap<u64, Arc<Session>>>,
     next_id: AtomicU64,
     listener: Mutex<Option<Arc<Listener>>>,
     workers: Mutex<Vec<JoinHandle<()>>>,
@@ -130,7 +131,7 @@ pub(crate) struct ServiceCore {
 }
 
 impl ServiceCore {
-    fn sessions(&self) -> MutexGuard<'_, HashMap<u64, Arc<Session>>> {
+    fn sessions(&self) -> MutexGuard<'_, FxHashMap<u64, Arc<Session>>> {
         self.sessions.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -346,7 +347,7 @@ impl Service {
             port: CompletionPort::new(config.workers)?,
             factory,
             config,
-            sessions: Mutex::new(HashMap::new()),
+            sessions: Mutex::new(FxHashMap::default()),
             next_id: AtomicU64::new(0),
             listener: Mutex::new(None),
             workers: Mutex::new(Vec::new()),
