@@ -341,7 +341,7 @@ def write_markdown(results, opts):
         "connection and a 4 KiB buffer, and the same with monoio and compio. `overlapped` runs",
         "`server --model port --mode echo --threads 1` (chat: `--mode chat`). `uring-floor` is a reference, not a",
         "contender: a bare io_uring loop with no runtime, no allocation and no copy",
-        "(`bench/peers/src/bin/uring-floor.rs`), the least CPU an io_uring echo server can spend per message here;",
+        "(`bench/peers/src/bin/uring-floor.rs`), about the least CPU an io_uring echo server spends per message here;",
         "what it spends is nearly all the kernel's TCP work.",
         "",
         "What each optimisation bought, measured while making it: [performance-log.md](performance-log.md).",
