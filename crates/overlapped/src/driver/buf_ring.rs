@@ -3,7 +3,6 @@
 //! buffer at all (`IORING_REGISTER_PBUF_RING`). The epoll backend keeps the
 //! same pool in user space and picks the buffers itself.
 
-use std::alloc::{self, Layout};
 use std::io;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU16, Ordering};
@@ -13,6 +12,7 @@ use io_uring::types::BufRingEntry;
 use io_uring::IoUring;
 
 use super::ring::Ring;
+use super::sys;
 
 /// Buffers in a ring's pool (a power of two, at most 32768). Every
 /// connection with data on its way holds one until its arrival is handled,
@@ -60,18 +60,12 @@ impl BufRing {
     /// it tears a ring down, after the last handle is gone. There is one
     /// pool per completion port.
     pub(crate) fn register(ring: &IoUring) -> io::Result<BufRing> {
-        let count = usize::from(POOL_BUFFERS);
-        let entries_layout =
-            Layout::from_size_align(count * std::mem::size_of::<BufRingEntry>(), 4096)
-                .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-        let data_layout = data_layout()?;
-        // SAFETY: the layout has a non-zero size.
         let entries =
-            NonNull::new(unsafe { alloc::alloc_zeroed(entries_layout) }.cast::<BufRingEntry>())
-                .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOMEM))?;
-        let data = allocate(data_layout)?;
-        // SAFETY: `entries` is a page-aligned, zeroed array of `count` entries
-        // that lives for the rest of the process.
+            sys::map_anonymous(usize::from(POOL_BUFFERS) * std::mem::size_of::<BufRingEntry>())?
+                .cast::<BufRingEntry>();
+        let data = sys::map_anonymous(DATA_BYTES)?;
+        // SAFETY: `entries` is a page-aligned, zeroed array of POOL_BUFFERS
+        // entries that lives for the rest of the process.
         unsafe {
             ring.submitter().register_buf_ring_with_flags(
                 entries.as_ptr() as u64,
@@ -96,7 +90,7 @@ impl BufRing {
     /// A pool the epoll backend picks from itself. Its memory is freed with
     /// it: no kernel ever holds its address.
     pub(crate) fn in_memory() -> io::Result<BufRing> {
-        let data = allocate(data_layout()?)?;
+        let data = sys::map_anonymous(DATA_BYTES)?;
         Ok(BufRing {
             data,
             picker: Picker::User {
@@ -168,28 +162,19 @@ impl Drop for BufRing {
     fn drop(&mut self) {
         // A kernel pool is never freed (see `register`).
         if let Picker::User { .. } = self.picker {
-            if let Ok(layout) = data_layout() {
-                // SAFETY: `data` was allocated by `allocate` with this layout,
-                // and no lease outlives the pool (each holds its ring).
-                unsafe { alloc::dealloc(self.data.as_ptr(), layout) };
-            }
+            // SAFETY: `data` is the mapping of DATA_BYTES made in `in_memory`,
+            // and no lease outlives the pool (each holds its ring).
+            unsafe { sys::unmap(self.data, DATA_BYTES) };
         }
     }
 }
 
-fn data_layout() -> io::Result<Layout> {
-    Layout::from_size_align(usize::from(POOL_BUFFERS) * POOL_BUFFER_SIZE, 4096)
-        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
-}
-
-/// Zeroed, so that tools that cannot see the kernel's writes (valgrind) see
-/// initialized bytes; an allocation this large comes fresh from the OS, so
-/// zeroing costs no resident memory.
-fn allocate(layout: Layout) -> io::Result<NonNull<u8>> {
-    // SAFETY: the pool's layouts have a non-zero size.
-    NonNull::new(unsafe { alloc::alloc_zeroed(layout) })
-        .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOMEM))
-}
+/// Bytes of the pool's buffers. The pool (and the kernel's ring of entries)
+/// is a mapping of its own rather than heap memory: the allocator may back
+/// its heap with transparent huge pages, and then one write into an idle
+/// pool would make 2 MiB resident; here a page is resident only once a
+/// buffer in it was used.
+const DATA_BYTES: usize = POOL_BUFFERS as usize * POOL_BUFFER_SIZE;
 
 /// One filled buffer of the pool, handed to the program; dropping it gives
 /// the buffer back to the kernel.

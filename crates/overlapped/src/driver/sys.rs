@@ -4,6 +4,7 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::ptr::NonNull;
 use std::time::Duration;
 
 /// Retries `f` while it fails with `EINTR`.
@@ -54,6 +55,40 @@ pub(crate) fn eventfd_clear(fd: RawFd) -> io::Result<()> {
         // Already zero: nothing to clear.
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(()),
         Err(e) => Err(e),
+    }
+}
+
+/// A private anonymous mapping of `len` bytes: page aligned, zeroed, and
+/// resident only page by page as it is written.
+pub(crate) fn map_anonymous(len: usize) -> io::Result<NonNull<u8>> {
+    // SAFETY: asks for a fresh mapping at an address of the kernel's choice;
+    // no existing memory is affected.
+    let addr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if addr == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    NonNull::new(addr.cast()).ok_or_else(|| io::Error::from_raw_os_error(libc::ENOMEM))
+}
+
+/// Removes a mapping made by [`map_anonymous`].
+///
+/// # Safety
+/// `addr` and `len` are those of a mapping from [`map_anonymous`] that
+/// nothing uses any more.
+pub(crate) unsafe fn unmap(addr: NonNull<u8>, len: usize) {
+    // SAFETY: per the contract, the range is a whole mapping of ours that
+    // nothing refers to.
+    if unsafe { libc::munmap(addr.as_ptr().cast(), len) } != 0 {
+        tracing::error!("munmap failed: {}", io::Error::last_os_error());
     }
 }
 
