@@ -406,8 +406,9 @@ enum Phase {
 struct Inner {
     phase: Phase,
     parts: Option<IoParts>,
-    /// Where the outcome goes, for `Notify::Deliver`; taken at completion.
-    deliver: Option<Delivery>,
+    /// The outcome is still to be delivered to `Op::deliver` (cleared at
+    /// completion, or when the operation never started).
+    delivery_due: bool,
     /// Threads blocked in `wait`, so completion only wakes when needed.
     waiters: usize,
 }
@@ -418,6 +419,9 @@ pub(crate) struct Op {
     pub(crate) socket: Option<Arc<Socket>>,
     /// The event to signal (`Notify::Event`).
     event: Option<Event>,
+    /// Where the outcome and the arrivals go (`Notify::Deliver`). Fixed for
+    /// the operation's life, so an arrival reaches it without the lock.
+    deliver: Option<Delivery>,
     inner: Mutex<Inner>,
     completed: Condvar,
 }
@@ -441,9 +445,10 @@ impl Op {
             inner: Mutex::new(Inner {
                 phase: Phase::Queued,
                 parts,
-                deliver,
+                delivery_due: deliver.is_some(),
                 waiters: 0,
             }),
+            deliver,
             completed: Condvar::new(),
         })
     }
@@ -515,7 +520,7 @@ impl Op {
     pub(crate) fn reclaim(&self) -> Option<IoParts> {
         let mut inner = self.lock();
         debug_assert!(matches!(inner.phase, Phase::Queued));
-        inner.deliver = None;
+        inner.delivery_due = false;
         inner.parts.take()
     }
 
@@ -531,17 +536,16 @@ impl Op {
         let (wake, delivery) = {
             let mut inner = self.lock();
             inner.phase = Phase::Done(outcome);
-            let delivery = inner
-                .deliver
-                .take()
-                .map(|deliver| (deliver, inner.parts.take()));
+            let delivery = std::mem::take(&mut inner.delivery_due)
+                .then(|| self.deliver.as_ref().map(|deliver| (deliver, inner.parts.take())))
+                .flatten();
             (inner.waiters > 0, delivery)
         };
         if wake {
             self.completed.notify_all();
         }
         if let Some(((sink, tag), parts)) = delivery {
-            sink.deliver(tag, outcome, Payload::Parts(parts));
+            sink.deliver(*tag, outcome, Payload::Parts(parts));
         }
         if let Some(event) = &self.event {
             if let Err(e) = event.set() {
@@ -553,9 +557,8 @@ impl Op {
     /// Hands one arrival of a multishot receive to the operation's sink,
     /// leaving the operation in flight.
     pub(crate) fn deliver_arrival(&self, outcome: Outcome, lease: Lease) {
-        let delivery = self.lock().deliver.clone();
-        if let Some((sink, tag)) = delivery {
-            sink.deliver(tag, outcome, Payload::Lease(lease));
+        if let Some((sink, tag)) = &self.deliver {
+            sink.deliver(*tag, outcome, Payload::Lease(lease));
         }
     }
 
