@@ -537,7 +537,11 @@ impl Op {
             let mut inner = self.lock();
             inner.phase = Phase::Done(outcome);
             let delivery = std::mem::take(&mut inner.delivery_due)
-                .then(|| self.deliver.as_ref().map(|deliver| (deliver, inner.parts.take())))
+                .then(|| {
+                    self.deliver
+                        .as_ref()
+                        .map(|deliver| (deliver, inner.parts.take()))
+                })
                 .flatten();
             (inner.waiters > 0, delivery)
         };

@@ -62,6 +62,29 @@ struct SendQueue {
     multishot: Reading,
 }
 
+/// Where a session's multishot receive stands with respect to backpressure.
+///
+/// Between the cancel and its end, arrivals the kernel had already taken
+/// from the socket keep coming — as much as the socket's receive buffer
+/// held, which can be megabytes. They are the peer's bytes, already
+/// acknowledged by TCP, so they are queued even past the cap; the overshoot
+/// is bounded by that buffer and lasts until the end comes back, after
+/// which the cap holds again.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum Reading {
+    /// Receiving.
+    #[default]
+    On,
+    /// The queue passed half its cap: the receive was cancelled and its end
+    /// has not come back yet.
+    Stopping,
+    /// The receive ended; it is posted again when the queue drains.
+    Stopped,
+    /// The queue drained while the cancel was on its way: post the receive
+    /// again when its end comes back.
+    Resuming,
+}
+
 impl Reading {
     /// A cancel is on its way: arrivals may still come.
     fn is_stopping(self) -> bool {
@@ -125,29 +148,6 @@ impl SendQueue {
         };
         (self.parked_recv.take(), restart_multishot)
     }
-}
-
-/// Where a session's multishot receive stands with respect to backpressure.
-///
-/// Between the cancel and its end, arrivals the kernel had already taken
-/// from the socket keep coming — as much as the socket's receive buffer
-/// held, which can be megabytes. They are the peer's bytes, already
-/// acknowledged by TCP, so they are queued even past the cap; the overshoot
-/// is bounded by that buffer and lasts until the end comes back, after
-/// which the cap holds again.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-enum Reading {
-    /// Receiving.
-    #[default]
-    On,
-    /// The queue passed half its cap: the receive was cancelled and its end
-    /// has not come back yet.
-    Stopping,
-    /// The receive ended; it is posted again when the queue drains.
-    Stopped,
-    /// The queue drained while the cancel was on its way: post the receive
-    /// again when its end comes back.
-    Resuming,
 }
 
 /// The receive buffer, and the vector that carries it into the kernel.
