@@ -536,13 +536,10 @@ impl Op {
         let (wake, delivery) = {
             let mut inner = self.lock();
             inner.phase = Phase::Done(outcome);
-            let delivery = std::mem::take(&mut inner.delivery_due)
-                .then(|| {
-                    self.deliver
-                        .as_ref()
-                        .map(|deliver| (deliver, inner.parts.take()))
-                })
-                .flatten();
+            let delivery = match (&self.deliver, mem::take(&mut inner.delivery_due)) {
+                (Some(deliver), true) => Some((deliver, inner.parts.take())),
+                _ => None,
+            };
             (inner.waiters > 0, delivery)
         };
         if wake {
