@@ -54,9 +54,9 @@ unsafe impl Send for BufRing {}
 unsafe impl Sync for BufRing {}
 
 impl BufRing {
-    /// Allocates the pool and registers it with `ring`.
+    /// Maps the pool and registers it with `ring`.
     ///
-    /// The memory is never freed: the kernel may still write into it while
+    /// The memory is never unmapped: the kernel may still write into it while
     /// it tears a ring down, after the last handle is gone. There is one
     /// pool per completion port.
     pub(crate) fn register(ring: &IoUring) -> io::Result<BufRing> {
