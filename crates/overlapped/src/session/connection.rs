@@ -651,3 +651,85 @@ impl fmt::Debug for Session {
             .finish()
     }
 }
+
+#[cfg(test)]
+mod backpressure {
+    use super::{Reading, SendQueue};
+
+    const CAP: usize = 1000;
+
+    fn queue_holding(bytes: usize) -> SendQueue {
+        SendQueue {
+            queued: bytes,
+            ..SendQueue::default()
+        }
+    }
+
+    #[test]
+    fn passing_half_the_cap_cancels_the_receive_once() {
+        let mut queue = queue_holding(CAP / 2 + 1);
+        assert!(queue.stop_reading(CAP));
+        assert_eq!(queue.multishot, Reading::Stopping);
+        assert!(
+            !queue.stop_reading(CAP),
+            "a second cancel while one is on its way"
+        );
+    }
+
+    #[test]
+    fn at_half_the_cap_reading_goes_on() {
+        let mut queue = queue_holding(CAP / 2);
+        assert!(!queue.stop_reading(CAP));
+        assert_eq!(queue.multishot, Reading::On);
+    }
+
+    #[test]
+    fn draining_before_the_cancel_comes_back_resumes_when_it_does() {
+        let mut queue = queue_holding(CAP);
+        queue.stop_reading(CAP);
+        queue.queued = CAP / 4;
+        assert!(!queue.resume_reading(CAP).1, "its end is not back yet");
+        assert_eq!(queue.multishot, Reading::Resuming);
+        assert!(queue.multishot.is_stopping(), "arrivals may still come");
+    }
+
+    #[test]
+    fn draining_after_the_receive_ended_posts_it_again() {
+        let mut queue = queue_holding(CAP);
+        queue.stop_reading(CAP);
+        queue.multishot = Reading::Stopped;
+        queue.queued = CAP / 4 + 1;
+        assert!(!queue.resume_reading(CAP).1, "still over a quarter");
+        queue.queued = CAP / 4;
+        assert!(queue.resume_reading(CAP).1);
+        assert_eq!(queue.multishot, Reading::On);
+    }
+
+    #[test]
+    fn filling_up_again_while_resuming_keeps_it_stopped() {
+        let mut queue = queue_holding(CAP);
+        queue.stop_reading(CAP);
+        queue.queued = 0;
+        queue.resume_reading(CAP);
+        queue.queued = CAP;
+        assert!(
+            !queue.stop_reading(CAP),
+            "the first cancel is still on its way"
+        );
+        assert_eq!(queue.multishot, Reading::Stopping);
+    }
+
+    #[test]
+    fn a_gathered_send_takes_at_most_1024_buffers_in_order() {
+        let mut queue = SendQueue {
+            pending: (0..1500u16)
+                .map(|i| bytes::Bytes::copy_from_slice(&i.to_le_bytes()))
+                .collect(),
+            ..SendQueue::default()
+        };
+        let first = queue.take_batch();
+        assert_eq!((first.len(), queue.pending.len()), (1024, 476));
+        assert_eq!(&first[1023][..], &1023u16.to_le_bytes());
+        assert_eq!(&queue.pending[0][..], &1024u16.to_le_bytes());
+    }
+}
