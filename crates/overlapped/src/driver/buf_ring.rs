@@ -60,20 +60,35 @@ impl BufRing {
     /// it tears a ring down, after the last handle is gone. There is one
     /// pool per completion port.
     pub(crate) fn register(ring: &IoUring) -> io::Result<BufRing> {
-        let entries =
-            sys::map_anonymous(usize::from(POOL_BUFFERS) * std::mem::size_of::<BufRingEntry>())?
-                .cast::<BufRingEntry>();
-        let data = sys::map_anonymous(DATA_BYTES)?;
+        let entries = sys::map_anonymous(ENTRIES_BYTES)?;
+        let data = match sys::map_anonymous(DATA_BYTES) {
+            Ok(data) => data,
+            Err(e) => {
+                // SAFETY: the mapping was made just above and nothing uses it.
+                unsafe { sys::unmap(entries, ENTRIES_BYTES) };
+                return Err(e);
+            }
+        };
         // SAFETY: `entries` is a page-aligned, zeroed array of POOL_BUFFERS
-        // entries that lives for the rest of the process.
-        unsafe {
+        // entries that lives for the rest of the process once registered.
+        let registered = unsafe {
             ring.submitter().register_buf_ring_with_flags(
                 entries.as_ptr() as u64,
                 POOL_BUFFERS,
                 POOL_GROUP,
                 0,
-            )?
+            )
         };
+        if let Err(e) = registered {
+            // SAFETY: the kernel refused the ring, so it holds neither
+            // address; nothing else uses the mappings.
+            unsafe {
+                sys::unmap(entries, ENTRIES_BYTES);
+                sys::unmap(data, DATA_BYTES);
+            }
+            return Err(e);
+        }
+        let entries = entries.cast::<BufRingEntry>();
         let pool = BufRing {
             data,
             picker: Picker::Kernel {
@@ -175,6 +190,8 @@ impl Drop for BufRing {
 /// pool would make 2 MiB resident; here a page is resident only once a
 /// buffer in it was used.
 const DATA_BYTES: usize = POOL_BUFFERS as usize * POOL_BUFFER_SIZE;
+/// Bytes of the ring of entries the kernel reads the free buffers from.
+const ENTRIES_BYTES: usize = POOL_BUFFERS as usize * std::mem::size_of::<BufRingEntry>();
 
 /// One filled buffer of the pool, handed to the program; dropping it gives
 /// the buffer back to the kernel.

@@ -374,11 +374,6 @@ impl Session {
         self.last_progress.store(now_millis(), Ordering::Relaxed);
     }
 
-    /// Bytes received while closing are dropped unread.
-    fn discards_input(&self) -> bool {
-        self.draining.load(Ordering::Acquire)
-    }
-
     /// The reason for an end of stream.
     fn closed_reason(&self) -> &'static str {
         if self.is_closing() {
@@ -420,7 +415,8 @@ impl Session {
 
     /// Bytes arrived through the multishot receive.
     pub(crate) fn on_arrival(self: &Arc<Self>, bytes: &[u8]) {
-        if !self.is_connected() || self.discards_input() {
+        // Bytes received while closing are dropped unread.
+        if !self.is_connected() || self.is_closing() {
             return;
         }
         let mut slot = lock(&self.recv);
@@ -554,7 +550,7 @@ impl Session {
         if !self.is_connected() {
             return;
         }
-        if self.discards_input() {
+        if self.is_closing() {
             buffer.clear();
             return self.post_recv(buffer);
         }

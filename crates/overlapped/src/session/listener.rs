@@ -21,7 +21,7 @@ const ACCEPT_LOG_EVERY: Duration = Duration::from_secs(1);
 pub struct Listener {
     socket: PortListener<Io>,
     closed: AtomicBool,
-    /// When a failing accept was last logged (service clock, ms + 1).
+    /// When a failing accept was last logged (service clock, ms; 0: never).
     last_failure_log: AtomicU64,
 }
 
@@ -95,7 +95,7 @@ impl Listener {
 
     /// Logs an accept failure, at most once per [`ACCEPT_LOG_EVERY`].
     fn log_failure(&self, message: &str) {
-        let now = now_millis() + 1;
+        let now = now_millis();
         let last = self.last_failure_log.load(Ordering::Relaxed);
         let quiet = ACCEPT_LOG_EVERY.as_millis() as u64;
         if last == 0 || now.saturating_sub(last) >= quiet {
