@@ -32,9 +32,10 @@ pub(crate) struct ApcQueue {
 impl Sink for ApcQueue {
     fn deliver(&self, id: u64, outcome: Outcome, payload: Payload) {
         // Routines never start multishot receives: only final deliveries.
-        let Payload::Parts(parts) = payload else {
+        let Payload::Done { op, .. } = payload else {
             return;
         };
+        let parts = op.take_parts();
         self.ready
             .lock()
             .unwrap_or_else(|p| p.into_inner())

@@ -12,6 +12,9 @@ use std::mem;
 use std::net::SocketAddr;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
+use smallbox::space::S4;
+use smallbox::{smallbox, SmallBox};
+
 use super::buf::{IoBuf, IoBufMut};
 use super::buf_ring::Lease;
 use super::socket::Socket;
@@ -81,11 +84,19 @@ pub(crate) trait Sink: Send + Sync {
 
 /// What a delivery hands over besides the outcome.
 pub(crate) enum Payload {
-    /// The operation's memory, at its final completion.
-    Parts(Option<IoParts>),
+    /// The operation itself, at its final completion: its memory (buffers,
+    /// an accepted connection) stays in it until taken with
+    /// [`Op::take_parts`], and the program's record, already taken out.
+    Done { op: Arc<Op>, record: Option<Erased> },
     /// One arrival of a multishot receive, in a pooled buffer.
     Lease(Lease),
 }
+
+/// A value of the program's whose type the driver does not know (its
+/// buffers, its record). Up to four words are kept in place: a `Vec` of
+/// buffers and the usual record (an enum around an `Arc`) go to the kernel
+/// and back without a heap allocation of their own.
+pub(crate) type Erased = SmallBox<dyn Any + Send, S4>;
 
 /// A sink and the tag to deliver with.
 pub(crate) type Delivery = (Arc<dyn Sink>, u64);
@@ -151,7 +162,7 @@ pub(crate) struct Header {
 /// needs no header and no iovec array: the kernel gets pointer and length.
 pub(crate) struct IoParts {
     /// The program's buffers, `Vec<B>`, type-erased until they go back.
-    buffers: Box<dyn Any + Send>,
+    buffers: Erased,
     /// The one buffer, when there is exactly one.
     single: Option<libc::iovec>,
     /// Every buffer, when there are several (on the heap, so stable).
@@ -166,7 +177,7 @@ pub(crate) struct IoParts {
     pub(crate) accepted: Option<std::os::fd::OwnedFd>,
     /// The program's own record of the operation (a completion port's
     /// `OVERLAPPED`), given back with the outcome, or on a failed start.
-    record: Option<Box<dyn Any + Send>>,
+    record: Option<Erased>,
 }
 
 // SAFETY: the raw pointers in the iovecs and the header point into heap
@@ -182,7 +193,7 @@ impl IoParts {
             iov_len: b.len(),
         });
         let (single, several) = IoParts::describe(iovecs);
-        IoParts::assemble(Box::new(buffers), single, several)
+        IoParts::assemble(smallbox!(buffers), single, several)
     }
 
     /// Describes buffers the kernel will read from.
@@ -192,7 +203,7 @@ impl IoParts {
             iov_len: b.len(),
         });
         let (single, several) = IoParts::describe(iovecs);
-        IoParts::assemble(Box::new(buffers), single, several)
+        IoParts::assemble(smallbox!(buffers), single, several)
     }
 
     fn describe(
@@ -206,7 +217,7 @@ impl IoParts {
     }
 
     fn assemble(
-        buffers: Box<dyn Any + Send>,
+        buffers: Erased,
         single: Option<libc::iovec>,
         several: Vec<libc::iovec>,
     ) -> IoParts {
@@ -265,25 +276,24 @@ impl IoParts {
 
     /// Attaches the program's record of the operation.
     pub(crate) fn with_record<T: Send + 'static>(mut self, record: T) -> IoParts {
-        self.record = Some(Box::new(record));
+        self.record = Some(smallbox!(record));
         self
     }
 
     /// Takes the program's record back, if it is of type `T`.
     pub(crate) fn take_record<T: 'static>(&mut self) -> Option<T> {
-        let record = self.record.take()?.downcast::<T>().ok()?;
-        Some(*record)
+        downcast(self.record.take()?)
     }
 
     /// Memory for an operation that lends no buffer of the program's.
     pub(crate) fn empty() -> IoParts {
-        IoParts::assemble(Box::new(Vec::<Vec<u8>>::new()), None, Vec::new())
+        IoParts::assemble(smallbox!(Vec::<Vec<u8>>::new()), None, Vec::new())
     }
 
     /// Memory for an operation that moves no data (accept, connect): only
     /// the address buffer.
     pub(crate) fn for_address(target: Option<SocketAddr>) -> IoParts {
-        let mut parts = IoParts::assemble(Box::new(Vec::<Vec<u8>>::new()), None, Vec::new());
+        let mut parts = IoParts::assemble(smallbox!(Vec::<Vec<u8>>::new()), None, Vec::new());
         parts.use_address(target);
         parts
     }
@@ -295,7 +305,7 @@ impl IoParts {
 
     /// The program's buffers, if they are of type `B`.
     pub(crate) fn try_into_buffers<B: 'static>(self) -> Option<Vec<B>> {
-        self.buffers.downcast::<Vec<B>>().ok().map(|b| *b)
+        downcast(self.buffers)
     }
 
     /// Points the header's name at the address buffer, for a datagram
@@ -385,12 +395,17 @@ impl IoParts {
 
     /// Gives the program's buffers back.
     pub(crate) fn into_buffers<B: 'static>(self) -> Vec<B> {
-        match self.buffers.downcast::<Vec<B>>() {
-            Ok(buffers) => *buffers,
+        match self.try_into_buffers() {
+            Some(buffers) => buffers,
             // An `Overlapped<B>` only ever starts operations with `Vec<B>`.
-            Err(_) => unreachable!("buffers of an operation changed type"),
+            None => unreachable!("buffers of an operation changed type"),
         }
     }
+}
+
+/// The value inside `erased`, if it is a `T`.
+pub(crate) fn downcast<T: 'static>(erased: Erased) -> Option<T> {
+    erased.downcast::<T>().ok().map(SmallBox::into_inner)
 }
 
 /// Where the operation is in its life.
@@ -506,13 +521,18 @@ impl Op {
         }
     }
 
-    /// Takes the buffers back once the operation completed.
-    pub(crate) fn take_buffers<B: 'static>(&self) -> Option<Vec<B>> {
+    /// Takes the memory back once the operation completed.
+    pub(crate) fn take_parts(&self) -> Option<IoParts> {
         let mut inner = self.lock();
         match inner.phase {
-            Phase::Done(_) => inner.parts.take().map(IoParts::into_buffers),
+            Phase::Done(_) => inner.parts.take(),
             Phase::Queued | Phase::Submitted => None,
         }
+    }
+
+    /// Takes the buffers back once the operation completed.
+    pub(crate) fn take_buffers<B: 'static>(&self) -> Option<Vec<B>> {
+        self.take_parts().map(IoParts::into_buffers)
     }
 
     /// Takes the memory back from an operation that never started, and
@@ -532,12 +552,14 @@ impl Op {
     }
 
     /// Records the outcome and tells the program: the operation is over.
-    pub(crate) fn finish(&self, outcome: Outcome) {
+    pub(crate) fn finish(self: &Arc<Self>, outcome: Outcome) {
         let (wake, delivery) = {
             let mut inner = self.lock();
             inner.phase = Phase::Done(outcome);
             let delivery = match (&self.deliver, mem::take(&mut inner.delivery_due)) {
-                (Some(deliver), true) => Some((deliver, inner.parts.take())),
+                (Some(deliver), true) => {
+                    Some((deliver, inner.parts.as_mut().and_then(|p| p.record.take())))
+                }
                 _ => None,
             };
             (inner.waiters > 0, delivery)
@@ -545,8 +567,9 @@ impl Op {
         if wake {
             self.completed.notify_all();
         }
-        if let Some(((sink, tag), parts)) = delivery {
-            sink.deliver(*tag, outcome, Payload::Parts(parts));
+        if let Some(((sink, tag), record)) = delivery {
+            let op = self.clone();
+            sink.deliver(*tag, outcome, Payload::Done { op, record });
         }
         if let Some(event) = &self.event {
             if let Err(e) = event.set() {

@@ -39,7 +39,7 @@ use std::thread::{self, ThreadId};
 use std::time::{Duration, Instant};
 
 use crate::driver::buf_ring::Lease;
-use crate::driver::op::{IoParts, Notify, Outcome, Payload, Sink};
+use crate::driver::op::{self, IoParts, Notify, Op, Outcome, Payload, Sink};
 use crate::driver::ring::Ring;
 use crate::error;
 use crate::event::Event;
@@ -57,8 +57,18 @@ pub struct Completion<T> {
     /// The record given when the operation started (the `OVERLAPPED`);
     /// `None` for the arrivals of a multishot receive.
     pub record: Option<T>,
-    parts: Option<IoParts>,
-    lease: Option<Lease>,
+    memory: Memory,
+}
+
+/// Where a packet's data is. A completed operation keeps its buffers until
+/// they are taken, so a packet moves through the queue at its small size.
+enum Memory {
+    /// A posted packet: no data.
+    None,
+    /// A completed operation, holding the buffers or accepted connection.
+    Op(Arc<Op>),
+    /// One arrival of a multishot receive.
+    Lease(Lease),
 }
 
 impl<T> Completion<T> {
@@ -70,21 +80,37 @@ impl<T> Completion<T> {
     /// The bytes of one arrival of [`PortStream::recv_multishot`], in a
     /// buffer of the port's pool that goes back to the pool with the packet.
     pub fn received(&self) -> Option<&[u8]> {
-        self.lease.as_ref().map(Lease::bytes)
+        match &self.memory {
+            Memory::Lease(lease) => Some(lease.bytes()),
+            _ => None,
+        }
     }
 
     /// The buffers of a receive or send, if they are of type `B`.
     pub fn take_buffers<B: 'static>(&mut self) -> Option<Vec<B>> {
-        self.parts.take()?.try_into_buffers()
+        self.take_parts()?.try_into_buffers()
     }
 
     /// The connection an accept produced ([`PortListener::accept`]), with
     /// the peer's address.
     pub fn take_accepted(&mut self) -> Option<(TcpStream, SocketAddr)> {
-        let fd = self.parts.as_mut()?.take_accepted()?;
+        let fd = self.take_parts()?.take_accepted()?;
         let peer = self.result.as_ref().ok()?.source?;
         let ring = crate::driver::backend().ok()?.clone();
         Some((TcpStream::from_accepted(fd, ring), peer))
+    }
+}
+
+impl<T> Completion<T> {
+    /// The completed operation's memory; the packet lets go of the operation.
+    fn take_parts(&mut self) -> Option<IoParts> {
+        match std::mem::replace(&mut self.memory, Memory::None) {
+            Memory::Op(op) => op.take_parts(),
+            other => {
+                self.memory = other;
+                None
+            }
+        }
     }
 }
 
@@ -376,8 +402,7 @@ impl<T: Send + 'static> CompletionPort<T> {
                 source: None,
             }),
             record,
-            parts: None,
-            lease: None,
+            memory: Memory::None,
         });
         Ok(())
     }
@@ -403,17 +428,15 @@ impl<T: Send + 'static> CompletionPort<T> {
 
 impl<T: Send + 'static> Sink for Shared<T> {
     fn deliver(&self, key: u64, outcome: Outcome, payload: Payload) {
-        let (mut parts, lease) = match payload {
-            Payload::Parts(parts) => (parts, None),
-            Payload::Lease(lease) => (None, Some(lease)),
+        let (record, memory) = match payload {
+            Payload::Done { op, record } => (record.and_then(op::downcast::<T>), Memory::Op(op)),
+            Payload::Lease(lease) => (None, Memory::Lease(lease)),
         };
-        let record = parts.as_mut().and_then(IoParts::take_record::<T>);
         self.enqueue(Completion {
             key,
             result: outcome.into_result().map(Transfer::from),
             record,
-            parts,
-            lease,
+            memory,
         });
     }
 }
