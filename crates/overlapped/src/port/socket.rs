@@ -139,8 +139,9 @@ impl<T: Send + 'static> PortStream<T> {
         })
     }
 
-    /// Starts `kind`; on failure the memory comes back untouched.
-    fn start(&self, kind: OpKind, parts: IoParts) -> Result<Started, (io::Error, IoParts)> {
+    /// Starts `kind`; on failure the memory comes back untouched (boxed: a
+    /// failed start is rare, and the error stays small).
+    fn start(&self, kind: OpKind, parts: IoParts) -> Result<Started, (io::Error, Box<IoParts>)> {
         let op = Op::new(
             kind,
             Some(self.socket().clone()),
@@ -152,8 +153,10 @@ impl<T: Send + 'static> PortStream<T> {
             Ok(None) => Ok(Started::Pending),
             Err(e) => Err((
                 e,
-                op.reclaim()
-                    .expect("an unstarted operation keeps its memory"),
+                Box::new(
+                    op.reclaim()
+                        .expect("an unstarted operation keeps its memory"),
+                ),
             )),
         }
     }
