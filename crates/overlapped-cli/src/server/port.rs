@@ -11,7 +11,6 @@ use signal_hook::iterator::Signals;
 use overlapped::session::{
     recv_buffer_for, PacketSession, Service, ServiceConfig, Session, SessionHandler,
 };
-use overlapped::Bytes;
 
 use super::{print_line, recv_line, Mode, ServerArgs};
 use crate::chat::ChatRoom;
@@ -107,7 +106,7 @@ impl SessionHandler for Echo {
         log_connected(session);
     }
     fn on_recv(&self, session: &Arc<Session>, data: &[u8]) -> Result<usize, String> {
-        session.send(Bytes::copy_from_slice(data));
+        session.send_copy(data);
         Ok(data.len())
     }
     fn on_disconnected(&self, session: &Arc<Session>, reason: &str) {

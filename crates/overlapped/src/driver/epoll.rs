@@ -34,6 +34,9 @@ struct State {
     /// Completions made at submission (cancellations, shutdowns, connects
     /// that finished at once), for the next reap.
     ready: Vec<Finished>,
+    /// An empty vector kept from the last reap, so the next one collects
+    /// its completions without allocating.
+    spare: Vec<Finished>,
     events: Events,
 }
 
@@ -219,14 +222,15 @@ impl Epoll {
     /// Carries out what the ready sockets allow and hands every completion
     /// to the driver. Returns how many there were.
     pub(crate) fn drain(&self, ring: &Arc<Ring>) -> usize {
-        let finished = {
+        let mut finished = {
             let mut state = self.state();
-            let mut finished = std::mem::take(&mut state.ready);
+            let spare = std::mem::take(&mut state.spare);
+            let mut finished = std::mem::replace(&mut state.ready, spare);
             self.progress_ready(ring, &mut state, &mut finished);
             finished
         };
         let count = finished.len();
-        for item in finished {
+        for item in finished.drain(..) {
             match item {
                 Finished::Arrival(op, lease) => super::arrived(&op, lease),
                 Finished::Complete(op, result) => {
@@ -234,6 +238,10 @@ impl Epoll {
                     super::complete(op, result);
                 }
             }
+        }
+        let mut state = self.state();
+        if state.spare.capacity() < finished.capacity() {
+            state.spare = finished;
         }
         count
     }

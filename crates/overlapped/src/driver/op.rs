@@ -7,6 +7,7 @@
 //! io_uring: the backend only reads the prepared [`IoParts`].
 
 use std::any::Any;
+use std::cell::RefCell;
 use std::io;
 use std::mem;
 use std::net::SocketAddr;
@@ -87,7 +88,10 @@ pub(crate) enum Payload {
     /// The operation itself, at its final completion: its memory (buffers,
     /// an accepted connection) stays in it until taken with
     /// [`Op::take_parts`], and the program's record, already taken out.
-    Done { op: Arc<Op>, record: Option<Erased> },
+    Done {
+        op: Finished,
+        record: Option<Erased>,
+    },
     /// One arrival of a multishot receive, in a pooled buffer.
     Lease(Lease),
 }
@@ -453,6 +457,21 @@ impl Op {
             Notify::Event(event) => (Some(event), None),
             Notify::Deliver(deliver) => (None, Some(deliver)),
         };
+        let delivery_due = deliver.is_some();
+        if let Some(mut spare) = take_spare() {
+            if let Some(op) = Arc::get_mut(&mut spare) {
+                op.kind = kind;
+                op.socket = socket;
+                op.event = event;
+                op.deliver = deliver;
+                let inner = op.inner.get_mut().unwrap_or_else(|p| p.into_inner());
+                inner.phase = Phase::Queued;
+                inner.parts = parts;
+                inner.delivery_due = delivery_due;
+                inner.waiters = 0;
+                return spare;
+            }
+        }
         Arc::new(Op {
             kind,
             socket,
@@ -460,7 +479,7 @@ impl Op {
             inner: Mutex::new(Inner {
                 phase: Phase::Queued,
                 parts,
-                delivery_due: deliver.is_some(),
+                delivery_due,
                 waiters: 0,
             }),
             deliver,
@@ -568,7 +587,7 @@ impl Op {
             self.completed.notify_all();
         }
         if let Some(((sink, tag), record)) = delivery {
-            let op = self.clone();
+            let op = Finished(Some(self.clone()));
             sink.deliver(*tag, outcome, Payload::Done { op, record });
         }
         if let Some(event) = &self.event {
@@ -593,4 +612,65 @@ impl Op {
             None => Ok(()),
         }
     }
+}
+
+/// A completed operation as a sink hands it on: when the last reference to
+/// it goes, its allocation is kept for the next operation this thread
+/// starts. A server starts one per message; reusing the record saves an
+/// allocation and a free each time.
+pub(crate) struct Finished(Option<Arc<Op>>);
+
+impl Finished {
+    /// The operation's memory (see [`Op::take_parts`]).
+    pub(crate) fn take_parts(&self) -> Option<IoParts> {
+        self.0.as_ref().and_then(|op| op.take_parts())
+    }
+}
+
+impl Drop for Finished {
+    fn drop(&mut self) {
+        if let Some(op) = self.0.take() {
+            keep_spare(op);
+        }
+    }
+}
+
+/// Most finished operations a thread keeps for reuse: enough for a burst of
+/// completions handled between two starts, small enough not to matter.
+const SPARE_OPS: usize = 256;
+
+thread_local! {
+    static SPARE: RefCell<Vec<Arc<Op>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Keeps `op` for reuse if nothing else refers to it: no kernel request,
+/// no cancel naming it, no `Overlapped`, no weak reference.
+fn keep_spare(mut op: Arc<Op>) {
+    let Some(unshared) = Arc::get_mut(&mut op) else {
+        return;
+    };
+    // Let go of what the operation held now, not when it is reused.
+    unshared.kind = OpKind::CancelAll;
+    unshared.socket = None;
+    unshared.event = None;
+    unshared.deliver = None;
+    unshared
+        .inner
+        .get_mut()
+        .unwrap_or_else(|p| p.into_inner())
+        .parts = None;
+    // During thread teardown the list may be gone: then the op is freed.
+    let _ = SPARE.try_with(|spare| {
+        let mut spare = spare.borrow_mut();
+        if spare.len() < SPARE_OPS {
+            spare.push(op);
+        }
+    });
+}
+
+fn take_spare() -> Option<Arc<Op>> {
+    SPARE
+        .try_with(|spare| spare.borrow_mut().pop())
+        .ok()
+        .flatten()
 }

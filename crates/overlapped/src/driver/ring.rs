@@ -212,11 +212,10 @@ impl Ring {
             return Ok(reaped);
         }
         let readiness = match &self.engine {
-            Engine::Uring(_) => None,
-            Engine::Epoll(epoll) => Some(epoll.as_raw_fd()),
+            Engine::Uring(_) => -1,
+            Engine::Epoll(epoll) => epoll.as_raw_fd(),
         };
-        let watched: Vec<RawFd> = [Some(fd), readiness, also].into_iter().flatten().collect();
-        sys::poll_readable(&watched, timeout)?;
+        sys::poll_readable_array([fd, readiness, also.unwrap_or(-1)], timeout)?;
         Ok(self.drain())
     }
 

@@ -122,23 +122,42 @@ fn poll_millis(timeout: Option<Duration>) -> libc::c_int {
 /// returns which are readable. Retries on `EINTR` with the same timeout,
 /// which the callers bound by their own deadline.
 pub(crate) fn poll_readable(fds: &[RawFd], timeout: Option<Duration>) -> io::Result<Vec<bool>> {
-    let mut pollfds: Vec<libc::pollfd> = fds
-        .iter()
-        .map(|&fd| libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        })
-        .collect();
+    let mut pollfds: Vec<libc::pollfd> = fds.iter().map(|&fd| pollfd(fd)).collect();
+    poll(&mut pollfds, timeout)?;
+    Ok(pollfds.iter().map(is_readable).collect())
+}
+
+/// [`poll_readable`] for a fixed handful of descriptors, on the stack: a
+/// reaper about to sleep calls it, so it must not allocate. A negative
+/// descriptor is skipped (poll(2) ignores it) and reads as not readable.
+pub(crate) fn poll_readable_array<const N: usize>(
+    fds: [RawFd; N],
+    timeout: Option<Duration>,
+) -> io::Result<[bool; N]> {
+    let mut pollfds = fds.map(pollfd);
+    poll(&mut pollfds, timeout)?;
+    Ok(pollfds.each_ref().map(is_readable))
+}
+
+fn pollfd(fd: RawFd) -> libc::pollfd {
+    libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    }
+}
+
+fn is_readable(p: &libc::pollfd) -> bool {
+    p.revents & (libc::POLLIN | libc::POLLERR | libc::POLLHUP) != 0
+}
+
+fn poll(pollfds: &mut [libc::pollfd], timeout: Option<Duration>) -> io::Result<()> {
     let millis = poll_millis(timeout);
     // SAFETY: `pollfds` is a live, correctly sized array for the whole call.
     retry_eintr(|| unsafe {
         libc::poll(pollfds.as_mut_ptr(), pollfds.len() as libc::nfds_t, millis) as isize
     })?;
-    Ok(pollfds
-        .iter()
-        .map(|p| p.revents & (libc::POLLIN | libc::POLLERR | libc::POLLHUP) != 0)
-        .collect())
+    Ok(())
 }
 
 /// Non-blocking `recv` into one buffer; `Ok(None)` when it would block.

@@ -50,9 +50,13 @@ pub(crate) struct Uring {
     ring: IoUring,
     /// Serializes writers of the submission queue.
     submit_lock: Mutex<()>,
-    /// Serializes readers of the completion queue.
-    reap_lock: Mutex<()>,
+    /// Serializes readers of the completion queue, and keeps the vector
+    /// they copy completions into between reaps.
+    reaped: Mutex<Vec<Reaped>>,
 }
+
+/// A completion copied out of the queue: user data, result, flags.
+type Reaped = (u64, i32, u32);
 
 impl Uring {
     /// Sets up a ring that signals `completions_posted` whenever it posts
@@ -79,7 +83,7 @@ impl Uring {
         Ok(Uring {
             ring,
             submit_lock: Mutex::new(()),
-            reap_lock: Mutex::new(()),
+            reaped: Mutex::new(Vec::new()),
         })
     }
 
@@ -155,17 +159,20 @@ impl Uring {
 
     /// Completes every operation the kernel has posted a completion for.
     pub(crate) fn drain(&self, owner: &Arc<Ring>) -> usize {
-        let batch: Vec<(u64, i32, u32)> = {
-            let _guard = self.reap_lock.lock().unwrap_or_else(|p| p.into_inner());
-            // SAFETY: `reap_lock` makes this thread the only reader of the
-            // completion queue. The batch is copied out so the queue's slots
-            // are released before the completions are handled.
-            unsafe { self.ring.completion_shared() }
-                .map(|cqe| (cqe.user_data(), cqe.result(), cqe.flags()))
-                .collect()
+        let mut batch = {
+            let mut kept = self.reaped.lock().unwrap_or_else(|p| p.into_inner());
+            let mut batch = std::mem::take(&mut *kept);
+            // SAFETY: the `reaped` lock makes this thread the only reader of
+            // the completion queue. The batch is copied out so the queue's
+            // slots are released before the completions are handled.
+            batch.extend(
+                unsafe { self.ring.completion_shared() }
+                    .map(|cqe| (cqe.user_data(), cqe.result(), cqe.flags())),
+            );
+            batch
         };
         let reaped = batch.len();
-        for (user_data, result, flags) in batch {
+        for (user_data, result, flags) in batch.drain(..) {
             let arrival = cqueue::buffer_select(flags).filter(|_| result > 0);
             if cqueue::more(flags) {
                 // SAFETY: the kernel will post more completions for this
@@ -188,6 +195,11 @@ impl Uring {
                 super::arrived(&op, Lease::new(owner.clone(), bid, result as usize));
             }
             super::complete(op, result);
+        }
+        // Kept for the next reap, unless another reaper's vector is there.
+        let mut kept = self.reaped.lock().unwrap_or_else(|p| p.into_inner());
+        if kept.capacity() < batch.capacity() {
+            *kept = batch;
         }
         reaped
     }

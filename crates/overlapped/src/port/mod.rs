@@ -39,7 +39,7 @@ use std::thread::{self, ThreadId};
 use std::time::{Duration, Instant};
 
 use crate::driver::buf_ring::Lease;
-use crate::driver::op::{self, IoParts, Notify, Op, Outcome, Payload, Sink};
+use crate::driver::op::{self, Finished, IoParts, Notify, Outcome, Payload, Sink};
 use crate::driver::ring::Ring;
 use crate::error;
 use crate::event::Event;
@@ -66,7 +66,7 @@ enum Memory {
     /// A posted packet: no data.
     None,
     /// A completed operation, holding the buffers or accepted connection.
-    Op(Arc<Op>),
+    Op(Finished),
     /// One arrival of a multishot receive.
     Lease(Lease),
 }

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 use super::recv_buffer::RecvBuffer;
 use super::service::{now_millis, Io, Service, ServiceCore};
@@ -54,6 +54,9 @@ struct SendQueue {
     /// The vector of the last finished send, kept to queue the next batch
     /// in without allocating.
     spare: Vec<Bytes>,
+    /// Where [`Session::send_copy`] copies to: each copy is split off as its
+    /// own `Bytes`, and the memory is reused once the copies are sent.
+    copies: BytesMut,
     /// The receive buffer, parked while the queue is too full to read more
     /// (backpressure); posted again once the queue drains.
     parked_recv: Option<RecvBuffer>,
@@ -91,6 +94,11 @@ impl Reading {
         matches!(self, Reading::Stopping | Reading::Resuming)
     }
 }
+
+/// Bytes a session sets aside at a time for [`Session::send_copy`]: room
+/// for many small replies, little for an idle session (none until its
+/// first copy).
+const COPY_CHUNK: usize = 1024;
 
 /// Most buffers in one gathered send: the kernel refuses more iovecs than
 /// this in one call (`UIO_MAXIOV`) with `EMSGSIZE`.
@@ -307,6 +315,24 @@ impl Session {
             self.post_send(batch);
         }
         true
+    }
+
+    /// Queues a copy of `data`, as [`Session::send`] does with its own
+    /// bytes. The copy goes into memory the session keeps and reuses once
+    /// earlier copies have been sent, so a reply built from a slice (an
+    /// echo, a small packet) costs no allocation per message.
+    pub fn send_copy(self: &Arc<Self>, data: &[u8]) -> bool {
+        let copy = {
+            let mut queue = lock(&self.send);
+            let copies = &mut queue.copies;
+            if copies.capacity() < data.len() {
+                // Takes the memory back if every earlier copy is gone.
+                copies.reserve(data.len().max(COPY_CHUNK));
+            }
+            copies.extend_from_slice(data);
+            copies.split().freeze()
+        };
+        self.send(copy)
     }
 
     /// Cancels the multishot receive for backpressure; its end comes back

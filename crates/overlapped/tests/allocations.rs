@@ -1,0 +1,109 @@
+//! The hot path allocates nothing per message: once warmed up, an echo
+//! session answers thousands of messages over real loopback sockets with
+//! next to no heap allocation — operation records, packets, the kernel's
+//! completions and the reply's bytes all reuse memory.
+//!
+//! The binary's allocator counts the allocations of every thread, the
+//! service's worker included, so the tests take turns: two at once would
+//! count each other's.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use overlapped::session::{Service, ServiceConfig, Session, SessionHandler};
+use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
+
+#[global_allocator]
+static GLOBAL: &StatsAlloc<std::alloc::System> = &INSTRUMENTED_SYSTEM;
+
+/// One test at a time: the allocation count is process-wide.
+static ALONE: Mutex<()> = Mutex::new(());
+
+const CLIENTS: usize = 4;
+const WARM_UP_ROUNDS: usize = 500;
+const COUNTED_ROUNDS: usize = 2_500;
+const MESSAGE: usize = 64;
+
+/// Sends every received byte back, copied into the session's reused memory.
+struct Echo;
+
+impl SessionHandler for Echo {
+    fn on_recv(&self, session: &Arc<Session>, data: &[u8]) -> Result<usize, String> {
+        session.send_copy(data);
+        Ok(data.len())
+    }
+}
+
+fn echo_service(multishot: bool) -> (Service, SocketAddr) {
+    let config = ServiceConfig {
+        workers: 1,
+        multishot,
+        ..ServiceConfig::default()
+    };
+    let service = Service::server("127.0.0.1:0", config, Arc::new(|| Arc::new(Echo)))
+        .expect("the echo service starts");
+    let addr = service.local_addr().expect("a listening service");
+    (service, addr)
+}
+
+/// One message per client and its echo, checked; allocates nothing itself.
+fn round(clients: &mut [TcpStream], n: usize) {
+    let mut message = [0u8; MESSAGE];
+    let mut echo = [0u8; MESSAGE];
+    message[..8].copy_from_slice(&(n as u64).to_le_bytes());
+    for client in clients.iter_mut() {
+        client.write_all(&message).expect("the message goes out");
+        client.read_exact(&mut echo).expect("the echo comes back");
+        assert!(echo == message, "the echo matches the message");
+    }
+}
+
+/// Allocations (and reallocations) while `COUNTED_ROUNDS` rounds of
+/// ping-pong run on warmed-up sessions, and the messages they carried.
+fn allocations_per_echo(multishot: bool) -> (usize, usize) {
+    let _alone = ALONE.lock().unwrap_or_else(|p| p.into_inner());
+    let (service, addr) = echo_service(multishot);
+    let mut clients: Vec<TcpStream> = (0..CLIENTS)
+        .map(|_| TcpStream::connect(addr).expect("the client connects"))
+        .collect();
+    for client in &clients {
+        client.set_nodelay(true).unwrap();
+        client
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+    }
+    for n in 0..WARM_UP_ROUNDS {
+        round(&mut clients, n);
+    }
+    let region = Region::new(GLOBAL);
+    for n in 0..COUNTED_ROUNDS {
+        round(&mut clients, n);
+    }
+    let change = region.change();
+    drop(clients);
+    service.shutdown(Duration::from_secs(5));
+    (
+        change.allocations + change.reallocations,
+        COUNTED_ROUNDS * CLIENTS,
+    )
+}
+
+#[test]
+fn an_echo_over_a_multishot_receive_allocates_nothing_per_message() {
+    let (allocations, messages) = allocations_per_echo(true);
+    assert!(
+        allocations * 100 <= messages,
+        "{allocations} allocations for {messages} echoed messages"
+    );
+}
+
+#[test]
+fn an_echo_over_single_receives_allocates_nothing_per_message() {
+    let (allocations, messages) = allocations_per_echo(false);
+    assert!(
+        allocations * 100 <= messages,
+        "{allocations} allocations for {messages} echoed messages"
+    );
+}
