@@ -94,6 +94,7 @@ impl Epoll {
     /// Takes `op` over: completes it at once where that needs no waiting,
     /// otherwise queues it on its socket and arms the socket.
     pub(crate) fn submit(&self, ring: &Ring, op: &Arc<Op>) -> io::Result<()> {
+        op.mark_submitted();
         if let OpKind::Cancel(target) = &op.kind {
             let mut state = self.state();
             let result = cancel(&mut state, target);

@@ -66,7 +66,6 @@ pub(crate) fn start(op: &Arc<Op>) -> io::Result<Option<Outcome>> {
         ));
     }
     if op.kind.is_unordered() {
-        op.mark_submitted();
         ring.submit(op).inspect_err(|_| op.mark_queued())?;
         lanes.unordered += 1;
         if let OpKind::RecvMulti = op.kind {
@@ -90,7 +89,6 @@ pub(crate) fn start(op: &Arc<Op>) -> io::Result<Option<Outcome>> {
             return Ok(Some(outcome));
         }
     }
-    op.mark_submitted();
     if let Err(e) = ring.submit(op) {
         op.mark_queued();
         return Err(e);
@@ -180,7 +178,18 @@ fn recv_outcome(kind: &OpKind, parts: &op::IoParts, n: usize) -> Outcome {
 
 /// Called by the backend with each completion the kernel posted.
 pub(crate) fn complete(op: Arc<Op>, result: i32) {
-    let outcome = match op.kind {
+    op.finish_with(|parts| outcome_of(&op.kind, parts, result));
+    let Some(socket) = &op.socket else { return };
+    if let Some(direction) = op.kind.direction() {
+        submit_next(socket, direction);
+    } else if op.kind.is_unordered() {
+        socket.lanes().unordered -= 1;
+    }
+}
+
+/// What the kernel's `result` means for an operation of `kind`.
+fn outcome_of(kind: &OpKind, parts: Option<&mut op::IoParts>, result: i32) -> Outcome {
+    match kind {
         OpKind::Cancel(_) | OpKind::CancelAll => {
             if result < 0 {
                 Outcome::failed(-result)
@@ -189,41 +198,35 @@ pub(crate) fn complete(op: Arc<Op>, result: i32) {
             }
         }
         _ if result < 0 => Outcome::failed(-result),
-        OpKind::Recv | OpKind::RecvFrom => op
-            .with_parts(|parts| recv_outcome(&op.kind, parts, result as usize))
-            .unwrap_or_else(|| sent_outcome(result as usize)),
+        OpKind::Recv | OpKind::RecvFrom => match parts {
+            Some(parts) => recv_outcome(kind, parts, result as usize),
+            None => sent_outcome(result as usize),
+        },
         OpKind::Send | OpKind::SendTo => {
-            let early = op.with_parts(|parts| parts.sent_early).unwrap_or(0);
-            sent_outcome(early + result as usize)
+            sent_outcome(parts.map_or(0, |p| p.sent_early) + result as usize)
         }
-        OpKind::Accept => op
-            .with_parts(|parts| {
-                // SAFETY: a successful accept's result is a new descriptor
-                // that nothing else owns.
-                parts.accepted = Some(unsafe { OwnedFd::from_raw_fd(result) });
-                Outcome {
-                    source: parts.source(),
-                    ..sent_outcome(0)
+        OpKind::Accept => {
+            // SAFETY: a successful accept's result is a new descriptor that
+            // nothing else owns.
+            let accepted = unsafe { OwnedFd::from_raw_fd(result) };
+            match parts {
+                Some(parts) => {
+                    parts.accepted = Some(accepted);
+                    Outcome {
+                        source: parts.source(),
+                        ..sent_outcome(0)
+                    }
                 }
-            })
-            // No memory to hold it: close the connection rather than leak it.
-            // SAFETY: as above; dropping it closes it.
-            .unwrap_or_else(|| {
-                drop(unsafe { OwnedFd::from_raw_fd(result) });
-                Outcome::aborted()
-            }),
+                // No memory to hold it: dropping it closes the connection
+                // rather than leaking it.
+                None => Outcome::aborted(),
+            }
+        }
         OpKind::Connect | OpKind::Shutdown(_) => sent_outcome(0),
         // The data, if any, went out as an arrival; a receive that ends with
         // data in hand stopped on its own and may be started again.
         OpKind::RecvMulti if result > 0 => Outcome::failed(libc::ENOBUFS),
         OpKind::RecvMulti => sent_outcome(0),
-    };
-    op.finish(outcome);
-    let Some(socket) = &op.socket else { return };
-    if let Some(direction) = op.kind.direction() {
-        submit_next(socket, direction);
-    } else if op.kind.is_unordered() {
-        socket.lanes().unordered -= 1;
     }
 }
 
@@ -245,7 +248,6 @@ fn submit_next(socket: &Socket, direction: Direction) {
             next.finish(Outcome::aborted());
             continue;
         }
-        next.mark_submitted();
         match ring.submit(&next) {
             Ok(()) => return,
             Err(e) => {

@@ -512,6 +512,14 @@ impl Op {
         self.lock().phase = Phase::Submitted;
     }
 
+    /// [`Op::mark_submitted`], and `f` run on the operation's memory (to
+    /// build the kernel's request from it) under the same lock.
+    pub(crate) fn submit_with<R>(&self, f: impl FnOnce(Option<&mut IoParts>) -> R) -> R {
+        let mut inner = self.lock();
+        inner.phase = Phase::Submitted;
+        f(inner.parts.as_mut())
+    }
+
     pub(crate) fn mark_queued(&self) {
         self.lock().phase = Phase::Queued;
     }
@@ -572,8 +580,15 @@ impl Op {
 
     /// Records the outcome and tells the program: the operation is over.
     pub(crate) fn finish(self: &Arc<Self>, outcome: Outcome) {
-        let (wake, delivery) = {
+        self.finish_with(|_| outcome);
+    }
+
+    /// [`Op::finish`] with the outcome `f` reads off the operation's memory,
+    /// under the same lock.
+    pub(crate) fn finish_with(self: &Arc<Self>, f: impl FnOnce(Option<&mut IoParts>) -> Outcome) {
+        let (outcome, wake, delivery) = {
             let mut inner = self.lock();
+            let outcome = f(inner.parts.as_mut());
             inner.phase = Phase::Done(outcome);
             let delivery = match (&self.deliver, mem::take(&mut inner.delivery_due)) {
                 (Some(deliver), true) => {
@@ -581,7 +596,7 @@ impl Op {
                 }
                 _ => None,
             };
-            (inner.waiters > 0, delivery)
+            (outcome, inner.waiters > 0, delivery)
         };
         if wake {
             self.completed.notify_all();

@@ -160,8 +160,8 @@ impl Ring {
         }
     }
 
-    /// Hands `op` to the backend, which keeps a reference to it until its
-    /// completion has been reaped.
+    /// Hands `op` to the backend, which marks it submitted and keeps a
+    /// reference to it until its completion has been reaped.
     pub(crate) fn submit(&self, op: &Arc<Op>) -> io::Result<()> {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         let submitted = match &self.engine {

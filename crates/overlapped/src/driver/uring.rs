@@ -205,28 +205,30 @@ impl Uring {
     }
 }
 
-/// Builds the submission entry. Its pointers stay valid until the
-/// completion, because the op owns the memory and the ring owns the op.
+/// Builds the submission entry and marks the op submitted. Its pointers
+/// stay valid until the completion, because the op owns the memory and the
+/// ring owns the op.
 fn entry_for(op: &Arc<Op>) -> io::Result<squeue::Entry> {
     let fd = op
         .socket
         .as_ref()
         .map(|s| types::Fd(s.sock.as_raw_fd()))
         .ok_or_else(|| io::Error::from_raw_os_error(libc::EBADF));
-    let entry = match &op.kind {
-        OpKind::Cancel(target) => {
-            return Ok(opcode::AsyncCancel::new(Arc::as_ptr(target) as u64).build());
-        }
-        OpKind::CancelAll => opcode::AsyncCancel2::new(types::CancelBuilder::fd(fd?).all()).build(),
-        OpKind::Shutdown(how) => opcode::Shutdown::new(fd?, *how).build(),
-        OpKind::RecvMulti => opcode::RecvMulti::new(fd?, POOL_GROUP).build(),
-        kind => {
-            let fd = fd?;
-            op.with_parts(|parts| data_entry(kind, fd, parts))
-                .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?
-        }
-    };
-    Ok(entry)
+    op.submit_with(|parts| {
+        let entry = match (&op.kind, parts) {
+            (OpKind::Cancel(target), _) => {
+                opcode::AsyncCancel::new(Arc::as_ptr(target) as u64).build()
+            }
+            (OpKind::CancelAll, _) => {
+                opcode::AsyncCancel2::new(types::CancelBuilder::fd(fd?).all()).build()
+            }
+            (OpKind::Shutdown(how), _) => opcode::Shutdown::new(fd?, *how).build(),
+            (OpKind::RecvMulti, _) => opcode::RecvMulti::new(fd?, POOL_GROUP).build(),
+            (kind, Some(parts)) => data_entry(kind, fd?, parts),
+            (_, None) => return Err(io::Error::from_raw_os_error(libc::EINVAL)),
+        };
+        Ok(entry)
+    })
 }
 
 /// The entry of an operation that uses the op's memory.

@@ -35,7 +35,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::thread::{self, ThreadId};
+
 use std::time::{Duration, Instant};
 
 use crate::driver::buf_ring::Lease;
@@ -124,13 +124,29 @@ impl<T> fmt::Debug for Completion<T> {
     }
 }
 
+/// Tells threads apart as `ThreadId` does, without its cost: asking for the
+/// current `ThreadId` clones and drops a reference-counted handle, and a
+/// port asks once per packet. A token is the address of a thread-local,
+/// unique among the threads alive, and the reaper is alive while it reaps.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct ThreadToken(usize);
+
+impl ThreadToken {
+    fn current() -> ThreadToken {
+        thread_local! {
+            static MARK: u8 = const { 0 };
+        }
+        ThreadToken(MARK.with(|mark| mark as *const u8 as usize))
+    }
+}
+
 struct Queue<T> {
     packets: VecDeque<Completion<T>>,
     closed: bool,
     /// Workers blocked in a dequeue, other than the reaper.
     waiting: usize,
     /// The worker reaping the ring, if any.
-    reaper: Option<ThreadId>,
+    reaper: Option<ThreadToken>,
 }
 
 pub(crate) struct Shared<T> {
@@ -160,7 +176,7 @@ impl<T> Shared<T> {
             }
             queue.packets.push_back(packet);
             // The reaper itself queues the packets it reaps: no need to wake it.
-            let asleep_elsewhere = queue.reaper.is_some_and(|id| id != thread::current().id());
+            let asleep_elsewhere = queue.reaper.is_some_and(|id| id != ThreadToken::current());
             (queue.waiting > 0, asleep_elsewhere)
         };
         if wake_waiter {
@@ -344,7 +360,7 @@ impl<T: Send + 'static> CompletionPort<T> {
             }
             let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
             if queue.reaper.is_none() {
-                queue.reaper = Some(thread::current().id());
+                queue.reaper = Some(ThreadToken::current());
                 // Reset under the lock: a post or close after this point
                 // takes the lock first, then sets it again. Only when it was
                 // set, which saves a system call per wait.

@@ -105,6 +105,16 @@ const COPY_CHUNK: usize = 1024;
 const MAX_GATHER: usize = 1024;
 
 impl SendQueue {
+    /// A copy of `data` in the queue's reused memory.
+    fn copy(&mut self, data: &[u8]) -> Bytes {
+        if self.copies.capacity() < data.len() {
+            // Takes the memory back if every earlier copy is gone.
+            self.copies.reserve(data.len().max(COPY_CHUNK));
+        }
+        self.copies.extend_from_slice(data);
+        self.copies.split().freeze()
+    }
+
     /// The next gathered send: everything pending, or its first
     /// [`MAX_GATHER`] buffers, in the spare vector when there is one.
     fn take_batch(&mut self) -> Vec<Bytes> {
@@ -282,11 +292,25 @@ impl Session {
     /// more than [`super::ServiceConfig::max_send_queue`] bytes, the session
     /// is disconnected instead (its `on_disconnected` runs inside this call).
     pub fn send(self: &Arc<Self>, data: Bytes) -> bool {
+        self.queue_send(|_| data)
+    }
+
+    /// Queues a copy of `data`, as [`Session::send`] does with its own
+    /// bytes. The copy goes into memory the session keeps and reuses once
+    /// earlier copies have been sent, so a reply built from a slice (an
+    /// echo, a small packet) costs no allocation per message.
+    pub fn send_copy(self: &Arc<Self>, data: &[u8]) -> bool {
+        self.queue_send(|queue| queue.copy(data))
+    }
+
+    /// Queues the bytes `make` returns, made under the queue's lock.
+    fn queue_send(self: &Arc<Self>, make: impl FnOnce(&mut SendQueue) -> Bytes) -> bool {
         if !self.is_connected() || self.draining.load(Ordering::Acquire) {
             return false;
         }
         let batch = {
             let mut queue = lock(&self.send);
+            let data = make(&mut queue);
             if queue.queued + data.len() > self.max_send_queue && !queue.multishot.is_stopping() {
                 let held = queue.queued;
                 drop(queue);
@@ -315,24 +339,6 @@ impl Session {
             self.post_send(batch);
         }
         true
-    }
-
-    /// Queues a copy of `data`, as [`Session::send`] does with its own
-    /// bytes. The copy goes into memory the session keeps and reuses once
-    /// earlier copies have been sent, so a reply built from a slice (an
-    /// echo, a small packet) costs no allocation per message.
-    pub fn send_copy(self: &Arc<Self>, data: &[u8]) -> bool {
-        let copy = {
-            let mut queue = lock(&self.send);
-            let copies = &mut queue.copies;
-            if copies.capacity() < data.len() {
-                // Takes the memory back if every earlier copy is gone.
-                copies.reserve(data.len().max(COPY_CHUNK));
-            }
-            copies.extend_from_slice(data);
-            copies.split().freeze()
-        };
-        self.send(copy)
     }
 
     /// Cancels the multishot receive for backpressure; its end comes back
