@@ -59,14 +59,13 @@ pub(crate) fn start(op: &Arc<Op>) -> io::Result<Option<Outcome>> {
     if lanes.closing {
         return Err(error::aborted());
     }
-    let ring = lanes.ring.clone();
-    if ring.is_retired() {
+    if lanes.ring.is_retired() {
         return Err(error::invalid_handle(
             "the socket's completion port is closed",
         ));
     }
     if op.kind.is_unordered() {
-        ring.submit(op).inspect_err(|_| op.mark_queued())?;
+        lanes.ring.submit(op).inspect_err(|_| op.mark_queued())?;
         lanes.unordered += 1;
         if let OpKind::RecvMulti = op.kind {
             lanes.multishot = Arc::downgrade(op);
@@ -76,7 +75,7 @@ pub(crate) fn start(op: &Arc<Op>) -> io::Result<Option<Outcome>> {
     let Some(direction) = op.kind.direction() else {
         return Err(error::invalid_parameter("not a socket data operation"));
     };
-    let lane = lanes.lane(direction);
+    let (ring, lane) = lanes.ring_and_lane(direction);
     if lane.busy {
         lane.waiting.push_back(op.clone());
         return Ok(None);
@@ -241,8 +240,7 @@ pub(crate) fn arrived(op: &Op, lease: buf_ring::Lease) {
 fn submit_next(socket: &Socket, direction: Direction) {
     let mut lanes = socket.lanes();
     let closing = lanes.closing;
-    let ring = lanes.ring.clone();
-    let lane = lanes.lane(direction);
+    let (ring, lane) = lanes.ring_and_lane(direction);
     while let Some(next) = lane.waiting.pop_front() {
         if closing {
             next.finish(Outcome::aborted());

@@ -38,9 +38,15 @@ pub(crate) struct Lanes {
 
 impl Lanes {
     pub(crate) fn lane(&mut self, direction: Direction) -> &mut Lane {
+        self.ring_and_lane(direction).1
+    }
+
+    /// The ring and the lane of `direction` at once, so the ring is used
+    /// without taking a reference of its own.
+    pub(crate) fn ring_and_lane(&mut self, direction: Direction) -> (&Arc<Ring>, &mut Lane) {
         match direction {
-            Direction::Recv => &mut self.recv,
-            Direction::Send => &mut self.send,
+            Direction::Recv => (&self.ring, &mut self.recv),
+            Direction::Send => (&self.ring, &mut self.send),
         }
     }
 
