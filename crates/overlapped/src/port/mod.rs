@@ -48,6 +48,13 @@ use crate::overlapped::Transfer;
 use std::os::fd::AsRawFd;
 
 /// One completion packet: what `GetQueuedCompletionStatus` returns.
+///
+/// The packet of a finished receive, send or accept holds the operation's
+/// memory — its buffers, the accepted connection — until it is taken
+/// ([`Completion::take_buffers`], [`Completion::take_accepted`]) or the
+/// packet is dropped; a multishot arrival holds its pooled buffer the same
+/// way. Handle packets promptly: a packet kept also keeps its socket's
+/// descriptor open.
 pub struct Completion<T> {
     /// The completion key of the socket, or of a posted packet.
     pub key: u64,
