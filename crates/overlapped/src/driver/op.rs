@@ -689,3 +689,67 @@ fn take_spare() -> Option<Arc<Op>> {
         .ok()
         .flatten()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Keeps what it is handed, so a test decides when it is dropped.
+    #[derive(Default)]
+    struct Keeping {
+        payloads: Mutex<Vec<Payload>>,
+    }
+
+    impl Sink for Keeping {
+        fn deliver(&self, _: u64, _: Outcome, payload: Payload) {
+            self.payloads.lock().unwrap().push(payload);
+        }
+    }
+
+    fn receive_into(sink: &Arc<Keeping>) -> Arc<Op> {
+        let parts = IoParts::for_recv(vec![vec![0u8; 8]]).with_record(5u32);
+        let sink: Arc<dyn Sink> = sink.clone();
+        Op::new(OpKind::Recv, None, Notify::Deliver((sink, 7)), Some(parts))
+    }
+
+    #[test]
+    fn a_finished_operation_is_reused_without_its_sink_buffers_or_record() {
+        let sink = Arc::new(Keeping::default());
+        let first = receive_into(&sink);
+        let address = Arc::as_ptr(&first);
+        first.finish(Outcome::aborted());
+        drop(first);
+        // The packet goes last: its operation is now kept for reuse.
+        sink.payloads.lock().unwrap().clear();
+        assert_eq!(
+            Arc::strong_count(&sink),
+            1,
+            "the kept operation let go of its sink"
+        );
+
+        let second = Op::new(OpKind::Send, None, Notify::Silent, None);
+        assert_eq!(Arc::as_ptr(&second), address, "the allocation was reused");
+        assert!(second.is_queued());
+        assert!(
+            second.with_parts(|_| ()).is_none(),
+            "no buffers of the last use"
+        );
+        second.finish(Outcome::aborted());
+        assert!(
+            sink.payloads.lock().unwrap().is_empty(),
+            "nothing went to the old sink"
+        );
+    }
+
+    #[test]
+    fn an_operation_still_referenced_is_not_reused() {
+        let sink = Arc::new(Keeping::default());
+        let first = receive_into(&sink);
+        first.finish(Outcome::aborted());
+        // The packet goes while the program still holds the operation.
+        sink.payloads.lock().unwrap().clear();
+        let second = Op::new(OpKind::Send, None, Notify::Silent, None);
+        assert!(!Arc::ptr_eq(&first, &second));
+        assert!(first.is_done(), "the first keeps its outcome");
+    }
+}
