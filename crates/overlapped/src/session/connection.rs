@@ -97,7 +97,7 @@ impl Reading {
 
 /// Bytes a session sets aside at a time for [`Session::send_copy`]: room
 /// for many small replies, little for an idle session (none until its
-/// first copy).
+/// first copy). A larger copy is allocated on its own.
 const COPY_CHUNK: usize = 1024;
 
 /// Most buffers in one gathered send: the kernel refuses more iovecs than
@@ -105,8 +105,12 @@ const COPY_CHUNK: usize = 1024;
 const MAX_GATHER: usize = 1024;
 
 impl SendQueue {
-    /// A copy of `data` in the queue's reused memory.
+    /// A copy of `data` in the queue's reused memory; a large one gets memory
+    /// of its own, so the session does not keep that much for good.
     fn copy(&mut self, data: &[u8]) -> Bytes {
+        if data.len() > COPY_CHUNK {
+            return Bytes::copy_from_slice(data);
+        }
         if self.copies.capacity() < data.len() {
             // Takes the memory back if every earlier copy is gone.
             self.copies.reserve(data.len().max(COPY_CHUNK));
@@ -296,9 +300,10 @@ impl Session {
     }
 
     /// Queues a copy of `data`, as [`Session::send`] does with its own
-    /// bytes. The copy goes into memory the session keeps and reuses once
-    /// earlier copies have been sent, so a reply built from a slice (an
-    /// echo, a small packet) costs no allocation per message.
+    /// bytes. A copy of up to 1 KiB goes into memory the session keeps and
+    /// reuses once earlier copies have been sent, so a reply built from a
+    /// slice (an echo, a game packet) costs no allocation per message; a
+    /// larger one is allocated on its own.
     pub fn send_copy(self: &Arc<Self>, data: &[u8]) -> bool {
         self.queue_send(|queue| queue.copy(data))
     }
@@ -759,5 +764,43 @@ mod backpressure {
         assert_eq!((first.len(), queue.pending.len()), (1024, 476));
         assert_eq!(&first[1023][..], &1023u16.to_le_bytes());
         assert_eq!(&queue.pending[0][..], &1024u16.to_le_bytes());
+    }
+}
+
+#[cfg(test)]
+mod copies {
+    use super::{SendQueue, COPY_CHUNK};
+
+    #[test]
+    fn small_copies_reuse_the_same_memory_once_sent() {
+        let mut queue = SendQueue::default();
+        let first = queue.copy(&[1; 64]);
+        let start = first.as_ptr();
+        drop(first);
+        // Fill the chunk, each copy sent (dropped) before the next.
+        for _ in 1..COPY_CHUNK / 64 {
+            drop(queue.copy(&[2; 64]));
+        }
+        let again = queue.copy(&[3; 64]);
+        assert_eq!(again.as_ptr(), start, "the chunk was taken back");
+        assert_eq!(&again[..], &[3; 64]);
+    }
+
+    #[test]
+    fn a_copy_still_queued_is_not_overwritten() {
+        let mut queue = SendQueue::default();
+        let held = queue.copy(&[7; 64]);
+        for _ in 0..COPY_CHUNK {
+            drop(queue.copy(&[9; 64]));
+        }
+        assert_eq!(&held[..], &[7; 64]);
+    }
+
+    #[test]
+    fn a_copy_larger_than_the_chunk_is_not_kept_by_the_session() {
+        let mut queue = SendQueue::default();
+        let large = queue.copy(&[5; COPY_CHUNK + 1]);
+        assert_eq!(large.len(), COPY_CHUNK + 1);
+        assert_eq!(queue.copies.capacity(), 0);
     }
 }
