@@ -4,6 +4,7 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread;
 
@@ -50,6 +51,9 @@ pub(crate) struct Uring {
     ring: IoUring,
     /// Serializes writers of the submission queue.
     submit_lock: Mutex<()>,
+    /// Entries were held back for a flush (set under `submit_lock`), so a
+    /// flush with nothing to do — every reap starts with one — takes no lock.
+    held_back: AtomicBool,
     /// Serializes readers of the completion queue, and keeps the vector
     /// they copy completions into between reaps.
     reaped: Mutex<Vec<Reaped>>,
@@ -83,6 +87,7 @@ impl Uring {
         Ok(Uring {
             ring,
             submit_lock: Mutex::new(()),
+            held_back: AtomicBool::new(false),
             reaped: Mutex::new(Vec::new()),
         })
     }
@@ -99,7 +104,13 @@ impl Uring {
 
     /// Hands held-back submissions to the kernel.
     pub(crate) fn flush(&self) -> io::Result<()> {
+        // Entries held back after this load are flushed by the batch that
+        // held them back, which flushes as it ends.
+        if !self.held_back.load(Ordering::Acquire) {
+            return Ok(());
+        }
         let _guard = self.submit_lock.lock().unwrap_or_else(|p| p.into_inner());
+        self.held_back.store(false, Ordering::Relaxed);
         // SAFETY: `submit_lock` makes this thread the only user of the
         // submission queue.
         if unsafe { self.ring.submission_shared() }.is_empty() {
@@ -137,6 +148,7 @@ impl Uring {
         }
         if batching {
             // Handed over with the rest of the batch, or by the next reap.
+            self.held_back.store(true, Ordering::Release);
             return Ok(());
         }
         self.enter_submit()
@@ -161,14 +173,15 @@ impl Uring {
     pub(crate) fn drain(&self, owner: &Arc<Ring>) -> usize {
         let mut batch = {
             let mut kept = self.reaped.lock().unwrap_or_else(|p| p.into_inner());
-            let mut batch = std::mem::take(&mut *kept);
             // SAFETY: the `reaped` lock makes this thread the only reader of
             // the completion queue. The batch is copied out so the queue's
             // slots are released before the completions are handled.
-            batch.extend(
-                unsafe { self.ring.completion_shared() }
-                    .map(|cqe| (cqe.user_data(), cqe.result(), cqe.flags())),
-            );
+            let completions = unsafe { self.ring.completion_shared() };
+            if completions.is_empty() {
+                return 0;
+            }
+            let mut batch = std::mem::take(&mut *kept);
+            batch.extend(completions.map(|cqe| (cqe.user_data(), cqe.result(), cqe.flags())));
             batch
         };
         let reaped = batch.len();
