@@ -10,11 +10,17 @@
 //!   program with no hand-off between threads. Operations started inside
 //!   [`Ring::batch`] are handed to the kernel together, in one system call.
 //!
-//! Waiting threads sleep in `poll` on an eventfd that is signaled whenever
-//! completions are ready (by the kernel itself for io_uring, through
-//! `IORING_REGISTER_EVENTFD`), and on the backend's own descriptor if it has
-//! one (the epoll instance). An idle program therefore uses no CPU, and no
-//! thread ever blocks in `io_uring_enter`, which valgrind cannot follow.
+//! A thread with nothing to reap sleeps, so an idle program uses no CPU. On
+//! io_uring it sleeps in the ring itself (`io_uring_enter` waiting for a
+//! completion; the owner's wake-up descriptor is watched by a multishot poll
+//! in the same ring), which costs one system call per wake-up. With
+//! `OVERLAPPED_WAIT=poll`, on kernels before 5.13, and on the epoll backend,
+//! it sleeps in `poll` on an eventfd that is signaled whenever completions
+//! are ready (by the kernel itself for io_uring, through
+//! `IORING_REGISTER_EVENTFD`), on the backend's own descriptor if it has one
+//! (the epoll instance), and on the owner's wake-up descriptor. valgrind
+//! cannot follow a thread blocked in `io_uring_enter` (the other threads stop
+//! running), so the memcheck runs use `OVERLAPPED_WAIT=poll`.
 
 use std::cell::Cell;
 use std::io;
@@ -30,6 +36,25 @@ use super::op::Op;
 use super::sys;
 use super::uring::Uring;
 use crate::backend::{self, Backend};
+
+/// The environment variable that makes threads with nothing to reap sleep
+/// in `poll` instead of in the ring: `poll`, or `ring` (the default).
+pub const WAIT_VAR: &str = "OVERLAPPED_WAIT";
+
+/// Whether reapers should sleep in the ring (see the module docs).
+fn sleep_in_ring() -> bool {
+    static IN_RING: OnceLock<bool> = OnceLock::new();
+    *IN_RING.get_or_init(|| match std::env::var(WAIT_VAR).as_deref() {
+        Ok("poll") => false,
+        Ok("ring") | Ok("") | Err(_) => true,
+        Ok(other) => {
+            tracing::warn!(
+                "{WAIT_VAR}={other:?} is neither `ring` nor `poll`; sleeping in the ring"
+            );
+            true
+        }
+    })
+}
 
 /// How often a retired ring's reaper checks whether it is still needed.
 const RETIRED_POLL: Duration = Duration::from_secs(1);
@@ -47,7 +72,8 @@ enum Engine {
 
 pub(crate) struct Ring {
     engine: Engine,
-    /// Signaled whenever completions are ready, and by [`Ring::wake`].
+    /// Where reapers sleep in `poll`: signaled whenever completions are
+    /// ready, and by [`Ring::wake`]. Unused when they sleep in the ring.
     completions_posted: OwnedFd,
     /// Operations handed to the backend whose completion was not reaped yet.
     in_flight: AtomicUsize,
@@ -93,7 +119,11 @@ impl Ring {
     pub(crate) fn new(cooperative: bool) -> io::Result<Arc<Ring>> {
         let completions_posted = sys::eventfd()?;
         let engine = match backend::chosen()? {
-            Backend::IoUring => Engine::Uring(Uring::new(cooperative, &completions_posted)?),
+            Backend::IoUring => Engine::Uring(Uring::new(
+                cooperative,
+                sleep_in_ring(),
+                &completions_posted,
+            )?),
             Backend::Epoll => Engine::Epoll(Epoll::new()?),
         };
         Ok(Arc::new(Ring {
@@ -147,7 +177,11 @@ impl Ring {
 
     /// Wakes a thread sleeping in [`Ring::reap`].
     pub(crate) fn wake(&self) {
-        if let Err(e) = sys::eventfd_signal(self.completions_posted.as_raw_fd()) {
+        let woken = match &self.engine {
+            Engine::Uring(uring) if uring.sleeps_in_ring() => uring.wake_sleeper(),
+            _ => sys::eventfd_signal(self.completions_posted.as_raw_fd()),
+        };
+        if let Err(e) = woken {
             tracing::error!("cannot wake a reaper: {e}");
         }
     }
@@ -195,14 +229,20 @@ impl Ring {
         timeout: Option<Duration>,
         also: Option<RawFd>,
     ) -> io::Result<usize> {
-        let fd = self.completions_posted.as_raw_fd();
         self.flush()?;
         let reaped = self.drain();
         if reaped > 0 || timeout == Some(Duration::ZERO) {
-            // Under load there is nearly always something to reap: the
-            // eventfd is left as it is, saving a system call per batch.
+            // Under load there is nearly always something to reap: no sleep,
+            // and no eventfd to clear.
             return Ok(reaped);
         }
+        if let Engine::Uring(uring) = &self.engine {
+            if uring.sleeps_in_ring() {
+                uring.sleep(timeout, also)?;
+                return Ok(self.drain());
+            }
+        }
+        let fd = self.completions_posted.as_raw_fd();
         // About to sleep: clear, then look once more. Whatever is posted
         // after the clear signals the eventfd again, so no completion is
         // slept through.

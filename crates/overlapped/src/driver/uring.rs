@@ -3,10 +3,11 @@
 //! reaper drains.
 
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread;
+use std::time::Duration;
 
 use io_uring::{cqueue, opcode, squeue, types, IoUring, Probe};
 
@@ -47,8 +48,19 @@ pub(crate) fn probe() -> io::Result<()> {
     }
 }
 
+/// `user_data` of the multishot poll on the owner's wake-up descriptor.
+/// An operation's `user_data` is the address of its `Op`, never this small.
+const WAKE_POLL: u64 = 1;
+/// `user_data` of a no-op submitted to wake a thread sleeping in the ring.
+const WAKE_NOP: u64 = 2;
+
 pub(crate) struct Uring {
     ring: IoUring,
+    /// Threads with nothing to reap sleep in `io_uring_enter` rather than in
+    /// `poll` on the eventfd (see [`Uring::sleep`]).
+    sleeps_in_ring: bool,
+    /// The descriptor the multishot wake-up poll watches, while it runs.
+    wake_poll: Mutex<Option<RawFd>>,
     /// Serializes writers of the submission queue.
     submit_lock: Mutex<()>,
     /// Entries were held back for a flush (set under `submit_lock`), so a
@@ -63,9 +75,16 @@ pub(crate) struct Uring {
 type Reaped = (u64, i32, u32);
 
 impl Uring {
-    /// Sets up a ring that signals `completions_posted` whenever it posts
-    /// completions. See [`Ring::new`] for `cooperative`.
-    pub(crate) fn new(cooperative: bool, completions_posted: &OwnedFd) -> io::Result<Uring> {
+    /// Sets up a ring. A thread with nothing to reap sleeps in the ring
+    /// itself if `sleep_in_ring` is asked for and the kernel can bound that
+    /// wait with a timeout (`IORING_FEAT_EXT_ARG`, 5.11); otherwise it sleeps
+    /// in `poll` on `completions_posted`, which the ring then signals
+    /// whenever it posts completions. See [`Ring::new`] for `cooperative`.
+    pub(crate) fn new(
+        cooperative: bool,
+        sleep_in_ring: bool,
+        completions_posted: &OwnedFd,
+    ) -> io::Result<Uring> {
         let mut builder = IoUring::builder();
         builder
             .setup_cqsize(CQ_ENTRIES)
@@ -78,14 +97,24 @@ impl Uring {
         let ring = match builder.build(SQ_ENTRIES) {
             // Kernels before 5.19 do not know the flag: do without it.
             Err(e) if cooperative && e.raw_os_error() == Some(libc::EINVAL) => {
-                return Uring::new(false, completions_posted);
+                return Uring::new(false, sleep_in_ring, completions_posted);
             }
             other => other?,
         };
-        ring.submitter()
-            .register_eventfd(completions_posted.as_raw_fd())?;
+        // A wait with a timeout needs IORING_FEAT_EXT_ARG (5.11), the
+        // multishot wake-up poll 5.13, the kernel that brought
+        // IORING_FEAT_RSRC_TAGS, which stands for it here.
+        let params = ring.params();
+        let sleeps_in_ring =
+            sleep_in_ring && params.is_feature_ext_arg() && params.is_feature_resource_tagging();
+        if !sleeps_in_ring {
+            ring.submitter()
+                .register_eventfd(completions_posted.as_raw_fd())?;
+        }
         Ok(Uring {
             ring,
+            sleeps_in_ring,
+            wake_poll: Mutex::new(None),
             submit_lock: Mutex::new(()),
             held_back: AtomicBool::new(false),
             reaped: Mutex::new(Vec::new()),
@@ -169,6 +198,69 @@ impl Uring {
         }
     }
 
+    /// Whether threads with nothing to reap sleep in the ring.
+    pub(crate) fn sleeps_in_ring(&self) -> bool {
+        self.sleeps_in_ring
+    }
+
+    /// Sleeps in `io_uring_enter` until a completion is posted, `also`
+    /// becomes readable (a multishot poll on it, kept in the ring, posts a
+    /// completion for every wake-up), or `timeout` passes. One system call
+    /// both hands the kernel whatever is held back and waits, and the
+    /// kernel's deferred work for this thread runs inside the wait instead
+    /// of interrupting a `poll`.
+    pub(crate) fn sleep(&self, timeout: Option<Duration>, also: Option<RawFd>) -> io::Result<()> {
+        if let Some(fd) = also {
+            self.watch_wake_fd(fd)?;
+        }
+        // Not under `submit_lock`, which would stop every other thread from
+        // submitting while this one sleeps: the kernel takes only the
+        // entries whose tail a pusher has published.
+        let submitter = self.ring.submitter();
+        let waited = match timeout {
+            None => submitter.submit_and_wait(1),
+            Some(timeout) => {
+                let timespec = types::Timespec::from(timeout);
+                submitter.submit_with_args(1, &types::SubmitArgs::new().timespec(&timespec))
+            }
+        };
+        match waited {
+            Ok(_) => Ok(()),
+            // The timeout passed, a signal came, or the completion queue is
+            // overflowing: the caller drains and looks again either way.
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::ETIME | libc::EINTR | libc::EBUSY)
+                ) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Keeps a multishot poll on `fd` in the ring, unless one runs already.
+    fn watch_wake_fd(&self, fd: RawFd) -> io::Result<()> {
+        let mut watched = self.wake_poll.lock().unwrap_or_else(|p| p.into_inner());
+        if *watched == Some(fd) {
+            return Ok(());
+        }
+        let poll = opcode::PollAdd::new(types::Fd(fd), libc::POLLIN as u32)
+            .multi(true)
+            .build()
+            .user_data(WAKE_POLL);
+        // Handed over by the wait that follows.
+        self.push(poll, true)?;
+        *watched = Some(fd);
+        Ok(())
+    }
+
+    /// Wakes a thread sleeping in the ring: a no-op's completion ends its wait.
+    pub(crate) fn wake_sleeper(&self) -> io::Result<()> {
+        self.push(opcode::Nop::new().build().user_data(WAKE_NOP), false)
+    }
+
     /// Completes every operation the kernel has posted a completion for.
     pub(crate) fn drain(&self, owner: &Arc<Ring>) -> usize {
         let mut batch = {
@@ -186,6 +278,15 @@ impl Uring {
         };
         let reaped = batch.len();
         for (user_data, result, flags) in batch.drain(..) {
+            if user_data == WAKE_POLL || user_data == WAKE_NOP {
+                // A wake-up only ends a wait. A poll that ended (the kernel
+                // stops a multishot poll on overflow) is posted again by the
+                // next sleep.
+                if user_data == WAKE_POLL && !cqueue::more(flags) {
+                    *self.wake_poll.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                }
+                continue;
+            }
             let arrival = cqueue::buffer_select(flags).filter(|_| result > 0);
             if cqueue::more(flags) {
                 // SAFETY: the kernel will post more completions for this
