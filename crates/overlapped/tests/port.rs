@@ -6,7 +6,7 @@ mod common;
 use std::io::{Read, Write};
 use std::net::TcpListener as StdListener;
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::{pair, SOON};
 use overlapped::error::{
@@ -94,6 +94,29 @@ fn batch_dequeue_with_nothing_queued_times_out_with_zero() {
         .get_queued_completion_status_ex(&mut batch, 8, Some(Duration::from_millis(30)))
         .unwrap();
     assert_eq!(n, 0);
+}
+
+#[test]
+fn a_packet_posted_from_another_thread_wakes_a_sleeping_worker() {
+    // A worker that missed the wake-up would still find the packet when its
+    // own timeout ends; that it returns long before shows it was woken.
+    const WAIT: Duration = Duration::from_secs(30);
+    let port = port();
+    let worker = {
+        let port = port.clone();
+        thread::spawn(move || port.get_queued_completion_status(Some(WAIT)))
+    };
+    // Long enough for the worker to be asleep reaping the port's ring.
+    thread::sleep(Duration::from_millis(100));
+    let posted = Instant::now();
+    port.post(3, 9, Some(Record::Mine(3))).unwrap();
+    let packet = worker.join().unwrap().unwrap().expect("the posted packet");
+    assert!(
+        posted.elapsed() < WAIT / 2,
+        "the worker slept through the post until its timeout"
+    );
+    assert_eq!(packet.key, 3);
+    assert_eq!(packet.record, Some(Record::Mine(3)));
 }
 
 #[test]
