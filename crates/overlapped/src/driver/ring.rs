@@ -39,7 +39,7 @@ use crate::backend::{self, Backend};
 
 /// The environment variable that makes threads with nothing to reap sleep
 /// in `poll` instead of in the ring: `poll`, or `ring` (the default).
-pub const WAIT_VAR: &str = "OVERLAPPED_WAIT";
+const WAIT_VAR: &str = "OVERLAPPED_WAIT";
 
 /// Whether reapers should sleep in the ring (see the module docs).
 fn sleep_in_ring() -> bool {
@@ -255,7 +255,7 @@ impl Ring {
             Engine::Uring(_) => -1,
             Engine::Epoll(epoll) => epoll.as_raw_fd(),
         };
-        sys::poll_readable_array([fd, readiness, also.unwrap_or(-1)], timeout)?;
+        sys::wait_readable([fd, readiness, also.unwrap_or(-1)], timeout)?;
         Ok(self.drain())
     }
 

@@ -127,16 +127,15 @@ pub(crate) fn poll_readable(fds: &[RawFd], timeout: Option<Duration>) -> io::Res
     Ok(pollfds.iter().map(is_readable).collect())
 }
 
-/// [`poll_readable`] for a fixed handful of descriptors, on the stack: a
-/// reaper about to sleep calls it, so it must not allocate. A negative
-/// descriptor is skipped (poll(2) ignores it) and reads as not readable.
-pub(crate) fn poll_readable_array<const N: usize>(
+/// Sleeps until one of a fixed handful of descriptors is readable or
+/// `timeout` passes, with the poll set on the stack: a reaper about to sleep
+/// calls it, so it must not allocate. A negative descriptor is skipped
+/// (poll(2) ignores it).
+pub(crate) fn wait_readable<const N: usize>(
     fds: [RawFd; N],
     timeout: Option<Duration>,
-) -> io::Result<[bool; N]> {
-    let mut pollfds = fds.map(pollfd);
-    poll(&mut pollfds, timeout)?;
-    Ok(pollfds.each_ref().map(is_readable))
+) -> io::Result<()> {
+    poll(&mut fds.map(pollfd), timeout)
 }
 
 fn pollfd(fd: RawFd) -> libc::pollfd {

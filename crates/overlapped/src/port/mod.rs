@@ -93,6 +93,14 @@ impl<T> Completion<T> {
         }
     }
 
+    /// The completed operation's memory, if not taken yet.
+    fn take_parts(&self) -> Option<IoParts> {
+        match &self.memory {
+            Memory::Op(op) => op.take_parts(),
+            Memory::None | Memory::Lease(_) => None,
+        }
+    }
+
     /// The buffers of a receive or send, if they are of type `B`.
     pub fn take_buffers<B: 'static>(&mut self) -> Option<Vec<B>> {
         self.take_parts()?.try_into_buffers()
@@ -105,19 +113,6 @@ impl<T> Completion<T> {
         let peer = self.result.as_ref().ok()?.source?;
         let ring = crate::driver::backend().ok()?.clone();
         Some((TcpStream::from_accepted(fd, ring), peer))
-    }
-}
-
-impl<T> Completion<T> {
-    /// The completed operation's memory; the packet lets go of the operation.
-    fn take_parts(&mut self) -> Option<IoParts> {
-        match std::mem::replace(&mut self.memory, Memory::None) {
-            Memory::Op(op) => op.take_parts(),
-            other => {
-                self.memory = other;
-                None
-            }
-        }
     }
 }
 
