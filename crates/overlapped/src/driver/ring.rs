@@ -70,11 +70,18 @@ enum Engine {
     Epoll(Epoll),
 }
 
+/// Where a thread with nothing to reap sleeps.
+enum Sleep {
+    /// In `io_uring_enter` (see `Uring::sleep`); io_uring only.
+    InRing,
+    /// In `poll` on this eventfd, signaled whenever completions are ready
+    /// and by [`Ring::wake`].
+    Poll(OwnedFd),
+}
+
 pub(crate) struct Ring {
     engine: Engine,
-    /// Where reapers sleep in `poll`: signaled whenever completions are
-    /// ready, and by [`Ring::wake`]. Unused when they sleep in the ring.
-    completions_posted: OwnedFd,
+    sleep: Sleep,
     /// Operations handed to the backend whose completion was not reaped yet.
     in_flight: AtomicUsize,
     /// Its port was closed: nothing new may start on it.
@@ -117,18 +124,22 @@ impl Ring {
     /// not the event model, whose threads may compute for a long time
     /// between system calls while their events must be signaled.
     pub(crate) fn new(cooperative: bool) -> io::Result<Arc<Ring>> {
-        let completions_posted = sys::eventfd()?;
         let engine = match backend::chosen()? {
-            Backend::IoUring => Engine::Uring(Uring::new(
-                cooperative,
-                sleep_in_ring(),
-                &completions_posted,
-            )?),
+            Backend::IoUring => Engine::Uring(Uring::new(cooperative, sleep_in_ring())?),
             Backend::Epoll => Engine::Epoll(Epoll::new()?),
+        };
+        let sleep = match &engine {
+            Engine::Uring(uring) if uring.sleeps_in_ring() => Sleep::InRing,
+            Engine::Uring(uring) => {
+                let posted = sys::eventfd()?;
+                uring.signal_completions_to(&posted)?;
+                Sleep::Poll(posted)
+            }
+            Engine::Epoll(_) => Sleep::Poll(sys::eventfd()?),
         };
         Ok(Arc::new(Ring {
             engine,
-            completions_posted,
+            sleep,
             in_flight: AtomicUsize::new(0),
             retired: AtomicBool::new(false),
             pool: OnceLock::new(),
@@ -177,9 +188,10 @@ impl Ring {
 
     /// Wakes a thread sleeping in [`Ring::reap`].
     pub(crate) fn wake(&self) {
-        let woken = match &self.engine {
-            Engine::Uring(uring) if uring.sleeps_in_ring() => uring.wake_sleeper(),
-            _ => sys::eventfd_signal(self.completions_posted.as_raw_fd()),
+        let woken = match (&self.sleep, &self.engine) {
+            (Sleep::Poll(posted), _) => sys::eventfd_signal(posted.as_raw_fd()),
+            (Sleep::InRing, Engine::Uring(uring)) => uring.wake_sleeper(),
+            (Sleep::InRing, Engine::Epoll(_)) => Ok(()),
         };
         if let Err(e) = woken {
             tracing::error!("cannot wake a reaper: {e}");
@@ -236,13 +248,15 @@ impl Ring {
             // and no eventfd to clear.
             return Ok(reaped);
         }
-        if let Engine::Uring(uring) = &self.engine {
-            if uring.sleeps_in_ring() {
-                uring.sleep(timeout, also)?;
+        let fd = match (&self.sleep, &self.engine) {
+            (Sleep::Poll(posted), _) => posted.as_raw_fd(),
+            (Sleep::InRing, engine) => {
+                if let Engine::Uring(uring) = engine {
+                    uring.sleep(timeout, also)?;
+                }
                 return Ok(self.drain());
             }
-        }
-        let fd = self.completions_posted.as_raw_fd();
+        };
         // About to sleep: clear, then look once more. Whatever is posted
         // after the clear signals the eventfd again, so no completion is
         // slept through.

@@ -78,13 +78,9 @@ impl Uring {
     /// Sets up a ring. A thread with nothing to reap sleeps in the ring
     /// itself if `sleep_in_ring` is asked for and the kernel can bound that
     /// wait with a timeout (`IORING_FEAT_EXT_ARG`, 5.11); otherwise it sleeps
-    /// in `poll` on `completions_posted`, which the ring then signals
-    /// whenever it posts completions. See [`Ring::new`] for `cooperative`.
-    pub(crate) fn new(
-        cooperative: bool,
-        sleep_in_ring: bool,
-        completions_posted: &OwnedFd,
-    ) -> io::Result<Uring> {
+    /// in `poll` on an eventfd given to [`Uring::signal_completions_to`].
+    /// See [`Ring::new`] for `cooperative`.
+    pub(crate) fn new(cooperative: bool, sleep_in_ring: bool) -> io::Result<Uring> {
         let mut builder = IoUring::builder();
         builder
             .setup_cqsize(CQ_ENTRIES)
@@ -97,7 +93,7 @@ impl Uring {
         let ring = match builder.build(SQ_ENTRIES) {
             // Kernels before 5.19 do not know the flag: do without it.
             Err(e) if cooperative && e.raw_os_error() == Some(libc::EINVAL) => {
-                return Uring::new(false, sleep_in_ring, completions_posted);
+                return Uring::new(false, sleep_in_ring);
             }
             other => other?,
         };
@@ -107,10 +103,6 @@ impl Uring {
         let params = ring.params();
         let sleeps_in_ring =
             sleep_in_ring && params.is_feature_ext_arg() && params.is_feature_resource_tagging();
-        if !sleeps_in_ring {
-            ring.submitter()
-                .register_eventfd(completions_posted.as_raw_fd())?;
-        }
         Ok(Uring {
             ring,
             sleeps_in_ring,
@@ -119,6 +111,12 @@ impl Uring {
             held_back: AtomicBool::new(false),
             reaped: Mutex::new(Vec::new()),
         })
+    }
+
+    /// Has the kernel signal `eventfd` whenever it posts completions
+    /// (`IORING_REGISTER_EVENTFD`), for threads that sleep in `poll`.
+    pub(crate) fn signal_completions_to(&self, eventfd: &OwnedFd) -> io::Result<()> {
+        self.ring.submitter().register_eventfd(eventfd.as_raw_fd())
     }
 
     /// Registers the buffer pool into `slot` unless it already is.
