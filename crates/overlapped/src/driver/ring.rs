@@ -191,6 +191,7 @@ impl Ring {
         let woken = match (&self.sleep, &self.engine) {
             (Sleep::Poll(posted), _) => sys::eventfd_signal(posted.as_raw_fd()),
             (Sleep::InRing, Engine::Uring(uring)) => uring.wake_sleeper(),
+            // Never made: an epoll ring's reapers sleep in `poll`.
             (Sleep::InRing, Engine::Epoll(_)) => Ok(()),
         };
         if let Err(e) = woken {
@@ -251,6 +252,7 @@ impl Ring {
         let fd = match (&self.sleep, &self.engine) {
             (Sleep::Poll(posted), _) => posted.as_raw_fd(),
             (Sleep::InRing, engine) => {
+                // Always io_uring: an epoll ring's reapers sleep in `poll`.
                 if let Engine::Uring(uring) = engine {
                     uring.sleep(timeout, also)?;
                 }
