@@ -140,6 +140,6 @@ pub fn sleep_ex(timeout: Option<Duration>, alertable: bool) -> io::Result<WaitRe
         if left == Some(Duration::ZERO) {
             return Ok(WaitResult::Timeout);
         }
-        crate::driver::sys::poll_readable(&[std::os::fd::AsRawFd::as_raw_fd(&queue.wake)], left)?;
+        crate::driver::sys::wait_readable([std::os::fd::AsRawFd::as_raw_fd(&queue.wake)], left)?;
     }
 }
