@@ -247,3 +247,28 @@ fn stopping_the_service_disconnects_its_sessions() {
     let mut rest = Vec::new();
     assert_eq!(client.read_to_end(&mut rest).unwrap_or(0), 0);
 }
+
+#[test]
+fn stop_returns_while_the_program_still_holds_a_session() {
+    // The worker of a one-worker service stays after `stop` to reap what its
+    // sessions still have in flight; `stop` must not wait for that.
+    let (service, log) = server(0);
+    let _client = connect(&service);
+    log.wait_until(|_| service.session_count() == 1);
+    let held = service.sessions();
+    let (stopped, returned) = std::sync::mpsc::channel();
+    let stopper = {
+        let service = service.clone();
+        thread::spawn(move || {
+            service.stop();
+            stopped.send(()).unwrap();
+        })
+    };
+    let waited = returned.recv_timeout(Duration::from_secs(30));
+    assert!(
+        waited.is_ok(),
+        "stop waited for a session the program holds"
+    );
+    stopper.join().unwrap();
+    drop(held);
+}

@@ -65,6 +65,9 @@ thread_local! {
 }
 
 /// The backend that carries a ring's operations out.
+// One per ring, inside its `Arc`: boxing the larger variant would only add a
+// pointer to follow on every submission.
+#[allow(clippy::large_enum_variant)]
 enum Engine {
     Uring(Uring),
     Epoll(Epoll),
@@ -124,8 +127,26 @@ impl Ring {
     /// not the event model, whose threads may compute for a long time
     /// between system calls while their events must be signaled.
     pub(crate) fn new(cooperative: bool) -> io::Result<Arc<Ring>> {
+        Ring::build(cooperative, false)
+    }
+
+    /// A ring that only one thread reaps: the first that does. On io_uring
+    /// (Linux 6.1 and later, threads sleeping in the ring) that thread is
+    /// the only one that enters the kernel for it (`SINGLE_ISSUER`), and the
+    /// kernel finishes its requests when that thread asks, not by
+    /// interrupting it (`DEFER_TASKRUN`); other threads still start
+    /// operations on it, handing them over. Elsewhere it is an ordinary ring
+    /// reaped by one thread.
+    ///
+    /// The reaping thread must stay while the ring is used: once the ring
+    /// is retired it calls [`Ring::reap_while_used`].
+    pub(crate) fn confined() -> io::Result<Arc<Ring>> {
+        Ring::build(false, true)
+    }
+
+    fn build(cooperative: bool, confined: bool) -> io::Result<Arc<Ring>> {
         let engine = match backend::chosen()? {
-            Backend::IoUring => Engine::Uring(Uring::new(cooperative, sleep_in_ring())?),
+            Backend::IoUring => Engine::Uring(Uring::new(cooperative, sleep_in_ring(), confined)?),
             Backend::Epoll => Engine::Epoll(Epoll::new()?),
         };
         let sleep = match &engine {
@@ -162,6 +183,20 @@ impl Ring {
             Engine::Epoll(_) => BufRing::in_memory()?,
         };
         Ok(self.pool.get_or_init(|| pool))
+    }
+
+    /// Whether the ring is confined to this thread (it claimed it).
+    pub(crate) fn is_confined_to_this_thread(&self) -> bool {
+        matches!(&self.engine, Engine::Uring(uring) if uring.is_issuer())
+    }
+
+    /// Whether this thread may reap the ring: any thread, unless a confined
+    /// ring was claimed by another.
+    pub(crate) fn may_reap(&self) -> bool {
+        match &self.engine {
+            Engine::Uring(uring) => uring.may_reap(),
+            Engine::Epoll(_) => true,
+        }
     }
 
     /// Whether the ring's port was closed.
@@ -242,6 +277,10 @@ impl Ring {
         timeout: Option<Duration>,
         also: Option<RawFd>,
     ) -> io::Result<usize> {
+        if let Engine::Uring(uring) = &self.engine {
+            // The first reaper of a confined ring becomes its issuer.
+            uring.claim()?;
+        }
         self.flush()?;
         let reaped = self.drain();
         if reaped > 0 || timeout == Some(Duration::ZERO) {
@@ -284,27 +323,35 @@ impl Ring {
 
     /// Retires the ring of a closed port: nothing new starts on it, and a
     /// thread reaps what is still in flight (cancellations of its sockets)
-    /// until no socket uses the ring any more.
+    /// until no socket uses the ring any more — a thread of its own, or the
+    /// issuer of a confined ring, which alone can.
     pub(crate) fn retire(self: &Arc<Self>) {
         if self.retired.swap(true, Ordering::AcqRel) {
             return;
         }
         self.wake();
+        if matches!(&self.engine, Engine::Uring(uring) if uring.has_issuer()) {
+            return;
+        }
         let ring = self.clone();
         let spawned = thread::Builder::new()
             .name("overlapped-retired-ring".into())
-            .spawn(move || {
-                // The sockets and operations that still use the ring hold the
-                // other references.
-                while Arc::strong_count(&ring) > 1 || ring.in_flight.load(Ordering::Acquire) > 0 {
-                    if let Err(e) = ring.reap(Some(RETIRED_POLL), None) {
-                        tracing::error!("reaping a retired ring failed: {e}");
-                        thread::sleep(RETIRED_POLL);
-                    }
-                }
-            });
+            .spawn(move || ring.reap_while_used());
         if let Err(e) = spawned {
             tracing::error!("cannot start the reaper of a closed port: {e}");
+        }
+    }
+
+    /// Reaps a retired ring until no socket or operation uses it any more
+    /// and nothing is in flight; the caller's reference is the last.
+    pub(crate) fn reap_while_used(self: &Arc<Self>) {
+        // The sockets and operations that still use the ring hold the other
+        // references.
+        while Arc::strong_count(self) > 1 || self.in_flight.load(Ordering::Acquire) > 0 {
+            if let Err(e) = self.reap(Some(RETIRED_POLL), None) {
+                tracing::error!("reaping a retired ring failed: {e}");
+                thread::sleep(RETIRED_POLL);
+            }
         }
     }
 

@@ -1,12 +1,15 @@
 //! The io_uring backend: one `IoUring` per [`super::ring::Ring`], taking
 //! submissions from any thread and posting completions that the ring's
 //! reaper drains.
+//!
+//! A ring may be *confined* to one thread (see [`Confinement`]): then only
+//! that thread enters the kernel for it, and others hand their entries over.
 
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
-use std::thread;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::thread::{self, ThreadId};
 use std::time::Duration;
 
 use io_uring::{cqueue, opcode, squeue, types, IoUring, Probe};
@@ -14,6 +17,7 @@ use io_uring::{cqueue, opcode, squeue, types, IoUring, Probe};
 use super::buf_ring::{BufRing, Lease, POOL_GROUP};
 use super::op::{IoParts, Op, OpKind};
 use super::ring::Ring;
+use super::sys;
 
 /// Submission queue size. Requests waiting on sockets do not occupy it, only
 /// requests not yet handed to the kernel, so this bounds a burst, not the
@@ -53,9 +57,13 @@ pub(crate) fn probe() -> io::Result<()> {
 const WAKE_POLL: u64 = 1;
 /// `user_data` of a no-op submitted to wake a thread sleeping in the ring.
 const WAKE_NOP: u64 = 2;
+/// `user_data` of the multishot poll on a confined ring's doorbell.
+const DOORBELL_POLL: u64 = 3;
 
 pub(crate) struct Uring {
     ring: IoUring,
+    /// Set when only one thread may enter the ring.
+    confinement: Option<Confinement>,
     /// Threads with nothing to reap sleep in `io_uring_enter` rather than in
     /// `poll` on the eventfd (see [`Uring::sleep`]).
     sleeps_in_ring: bool,
@@ -74,13 +82,93 @@ pub(crate) struct Uring {
 /// A completion copied out of the queue: user data, result, flags.
 type Reaped = (u64, i32, u32);
 
+/// What a ring confined to one thread needs: a ring set up with
+/// `IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN` (Linux 6.1),
+/// which the kernel lets only one thread enter, and which finishes requests
+/// only when that thread asks for completions — in its own time, instead of
+/// interrupting it. That thread, the *issuer*, is the one that enables the
+/// ring (it is made disabled, `IORING_SETUP_R_DISABLED`) and from then on the
+/// only one that writes the submission queue, so it takes no lock to do so.
+/// Any other thread hands its entries over and rings the doorbell, an
+/// eventfd that the issuer keeps a multishot poll on.
+///
+/// The issuer must outlive the ring's requests: once it has exited, the
+/// kernel refuses every other thread, and what is still in flight stays
+/// there (its memory is kept, never freed under the kernel).
+struct Confinement {
+    /// The thread that enabled the ring; unset while it is disabled.
+    issuer: OnceLock<ThreadId>,
+    /// Entries from other threads, in the order they came.
+    handed_over: Mutex<Vec<squeue::Entry>>,
+    /// `handed_over` may hold entries: spares the issuer a lock per flush.
+    pending: AtomicBool,
+    /// Rung by other threads to wake the issuer.
+    doorbell: OwnedFd,
+    /// The multishot poll on the doorbell runs.
+    doorbell_watched: AtomicBool,
+}
+
+/// The current thread's id. `thread::current()` clones a reference-counted
+/// handle; a ring asks once per submission.
+fn current_thread() -> ThreadId {
+    thread_local! {
+        static ID: ThreadId = thread::current().id();
+    }
+    ID.with(|id| *id)
+}
+
+impl Confinement {
+    fn new() -> io::Result<Confinement> {
+        Ok(Confinement {
+            issuer: OnceLock::new(),
+            handed_over: Mutex::new(Vec::new()),
+            pending: AtomicBool::new(false),
+            doorbell: sys::eventfd()?,
+            doorbell_watched: AtomicBool::new(false),
+        })
+    }
+
+    fn on_issuer(&self) -> bool {
+        self.issuer.get() == Some(&current_thread())
+    }
+
+    fn handed_over(&self) -> MutexGuard<'_, Vec<squeue::Entry>> {
+        // Updates are single pushes and drains.
+        self.handed_over.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues an entry from another thread for the issuer.
+    fn hand_over(&self, entry: squeue::Entry, batching: bool) -> io::Result<()> {
+        self.handed_over().push(entry);
+        self.pending.store(true, Ordering::Release);
+        if batching {
+            // The doorbell rings when the batch ends.
+            return Ok(());
+        }
+        self.ring_doorbell()
+    }
+
+    fn ring_doorbell(&self) -> io::Result<()> {
+        sys::eventfd_signal(self.doorbell.as_raw_fd())
+    }
+}
+
 impl Uring {
     /// Sets up a ring. A thread with nothing to reap sleeps in the ring
     /// itself if `sleep_in_ring` is asked for and the kernel can bound that
     /// wait with a timeout (`IORING_FEAT_EXT_ARG`, 5.11); otherwise it sleeps
     /// in `poll` on an eventfd given to [`Uring::signal_completions_to`].
-    /// See [`Ring::new`] for `cooperative`.
-    pub(crate) fn new(cooperative: bool, sleep_in_ring: bool) -> io::Result<Uring> {
+    /// See [`Ring::new`] for `cooperative`. A `confined` ring (see
+    /// [`Confinement`]) is made where the kernel can (6.1) and the thread
+    /// sleeps in the ring; otherwise the ring is an ordinary one.
+    pub(crate) fn new(cooperative: bool, sleep_in_ring: bool, confined: bool) -> io::Result<Uring> {
+        if confined && sleep_in_ring {
+            match Uring::confined() {
+                Ok(Some(uring)) => return Ok(uring),
+                Ok(None) => {}
+                Err(e) => return Err(e),
+            }
+        }
         let mut builder = IoUring::builder();
         builder
             .setup_cqsize(CQ_ENTRIES)
@@ -93,7 +181,7 @@ impl Uring {
         let ring = match builder.build(SQ_ENTRIES) {
             // Kernels before 5.19 do not know the flag: do without it.
             Err(e) if cooperative && e.raw_os_error() == Some(libc::EINVAL) => {
-                return Uring::new(false, sleep_in_ring);
+                return Uring::new(false, sleep_in_ring, false);
             }
             other => other?,
         };
@@ -103,14 +191,87 @@ impl Uring {
         let params = ring.params();
         let sleeps_in_ring =
             sleep_in_ring && params.is_feature_ext_arg() && params.is_feature_resource_tagging();
-        Ok(Uring {
+        Ok(Uring::with(ring, sleeps_in_ring, None))
+    }
+
+    /// A confined ring, or `None` where the kernel cannot make one.
+    fn confined() -> io::Result<Option<Uring>> {
+        let built = IoUring::builder()
+            .setup_cqsize(CQ_ENTRIES)
+            .setup_submit_all()
+            .setup_single_issuer()
+            .setup_defer_taskrun()
+            .setup_r_disabled()
+            .build(SQ_ENTRIES);
+        let ring = match built {
+            // Kernels before 6.1 do not know the flags.
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => return Ok(None),
+            other => other?,
+        };
+        let params = ring.params();
+        if !(params.is_feature_ext_arg() && params.is_feature_resource_tagging()) {
+            return Ok(None);
+        }
+        Ok(Some(Uring::with(ring, true, Some(Confinement::new()?))))
+    }
+
+    fn with(ring: IoUring, sleeps_in_ring: bool, confinement: Option<Confinement>) -> Uring {
+        Uring {
             ring,
+            confinement,
             sleeps_in_ring,
             wake_poll: Mutex::new(None),
             submit_lock: Mutex::new(()),
             held_back: AtomicBool::new(false),
             reaped: Mutex::new(Vec::new()),
-        })
+        }
+    }
+
+    /// Whether the ring is confined to this thread.
+    pub(crate) fn is_issuer(&self) -> bool {
+        self.confinement.as_ref().is_some_and(|c| c.on_issuer())
+    }
+
+    /// Whether this thread may reap the ring: any thread, unless it is
+    /// confined to another.
+    pub(crate) fn may_reap(&self) -> bool {
+        match &self.confinement {
+            None => true,
+            Some(confinement) => match confinement.issuer.get() {
+                None => true,
+                Some(issuer) => *issuer == current_thread(),
+            },
+        }
+    }
+
+    /// Whether a thread confined this ring (and so must stay to reap it).
+    pub(crate) fn has_issuer(&self) -> bool {
+        self.confinement
+            .as_ref()
+            .is_some_and(|c| c.issuer.get().is_some())
+    }
+
+    /// Makes this thread the issuer of a confined ring that has none yet:
+    /// enables the ring and starts watching the doorbell. Nothing to do on
+    /// an ordinary ring, or for the issuer.
+    pub(crate) fn claim(&self) -> io::Result<()> {
+        let Some(confinement) = &self.confinement else {
+            return Ok(());
+        };
+        let me = current_thread();
+        match confinement.issuer.get() {
+            Some(issuer) if *issuer == me => return Ok(()),
+            Some(_) => return Err(confined_elsewhere()),
+            None => {}
+        }
+        if confinement.issuer.set(me).is_err() {
+            // Another thread claimed it first.
+            return Err(confined_elsewhere());
+        }
+        self.ring.submitter().register_enable_rings()?;
+        // What other threads handed over meanwhile goes out with the next flush.
+        self.held_back.store(true, Ordering::Release);
+        Ok(())
     }
 
     /// Has the kernel signal `eventfd` whenever it posts completions
@@ -120,7 +281,17 @@ impl Uring {
     }
 
     /// Registers the buffer pool into `slot` unless it already is.
+    /// A confined ring takes registrations only while it is disabled or
+    /// from its issuer.
     pub(crate) fn register_pool<'a>(&self, slot: &'a OnceLock<BufRing>) -> io::Result<&'a BufRing> {
+        if let Some(confinement) = &self.confinement {
+            if confinement.issuer.get().is_some() && !confinement.on_issuer() {
+                if let Some(pool) = slot.get() {
+                    return Ok(pool);
+                }
+                return Err(confined_elsewhere());
+            }
+        }
         let _guard = self.submit_lock.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(pool) = slot.get() {
             return Ok(pool);
@@ -129,8 +300,13 @@ impl Uring {
         Ok(slot.get_or_init(|| pool))
     }
 
-    /// Hands held-back submissions to the kernel.
+    /// Hands held-back submissions to the kernel. On a confined ring, the
+    /// issuer also takes what other threads handed over, and another thread
+    /// rings the doorbell for what it handed over.
     pub(crate) fn flush(&self) -> io::Result<()> {
+        if let Some(confinement) = &self.confinement {
+            return self.flush_confined(confinement);
+        }
         // Entries held back after this load are flushed by the batch that
         // held them back, which flushes as it ends.
         if !self.held_back.load(Ordering::Acquire) {
@@ -160,19 +336,45 @@ impl Uring {
         result
     }
 
-    fn push(&self, entry: squeue::Entry, batching: bool) -> io::Result<()> {
-        let _guard = self.submit_lock.lock().unwrap_or_else(|p| p.into_inner());
-        loop {
-            // SAFETY: `submit_lock` makes this thread the only user of the
-            // submission queue; the entry's pointers stay valid until its
-            // completion (see `entry_for`).
-            let pushed = unsafe { self.ring.submission_shared().push(&entry) };
-            if pushed.is_ok() {
-                break;
+    fn flush_confined(&self, confinement: &Confinement) -> io::Result<()> {
+        if !confinement.on_issuer() {
+            if confinement.pending.load(Ordering::Acquire) {
+                return confinement.ring_doorbell();
             }
-            // The queue is full of entries not yet handed over: hand them over.
-            self.enter_submit()?;
+            return Ok(());
         }
+        if confinement.pending.swap(false, Ordering::AcqRel) {
+            let handed_over = std::mem::take(&mut *confinement.handed_over());
+            for entry in handed_over {
+                // SAFETY: on a confined ring only the issuer, this thread,
+                // writes the submission queue.
+                unsafe { self.push_entry(&entry)? };
+            }
+            self.held_back.store(true, Ordering::Relaxed);
+        }
+        if !self.held_back.swap(false, Ordering::AcqRel) {
+            return Ok(());
+        }
+        // SAFETY: this thread, the issuer, is the queue's only user.
+        if unsafe { self.ring.submission_shared() }.is_empty() {
+            // A sleep handed the entries over already.
+            return Ok(());
+        }
+        self.enter_submit()
+    }
+
+    fn push(&self, entry: squeue::Entry, batching: bool) -> io::Result<()> {
+        let _guard = match &self.confinement {
+            Some(confinement) if !confinement.on_issuer() => {
+                return confinement.hand_over(entry, batching);
+            }
+            // The issuer is the only writer of the queue: no lock.
+            Some(_) => None,
+            None => Some(self.submit_lock.lock().unwrap_or_else(|p| p.into_inner())),
+        };
+        // SAFETY: this thread is the only user of the submission queue: it
+        // holds `submit_lock`, or it is the issuer of a confined ring.
+        unsafe { self.push_entry(&entry)? };
         if batching {
             // Handed over with the rest of the batch, or by the next reap.
             self.held_back.store(true, Ordering::Release);
@@ -181,9 +383,49 @@ impl Uring {
         self.enter_submit()
     }
 
+    /// Writes `entry` into the submission queue, handing the queue to the
+    /// kernel first if it is full.
+    ///
+    /// # Safety
+    /// The caller must be the only thread using the submission queue, and
+    /// the entry's pointers must stay valid until its completion (see
+    /// `entry_for`).
+    unsafe fn push_entry(&self, entry: &squeue::Entry) -> io::Result<()> {
+        loop {
+            // SAFETY: the caller makes this thread the queue's only user and
+            // vouches for the entry's pointers.
+            let pushed = unsafe { self.ring.submission_shared().push(entry) };
+            if pushed.is_ok() {
+                return Ok(());
+            }
+            // The queue is full of entries not yet handed over: hand them over.
+            self.enter_submit()?;
+        }
+    }
+
+    /// Hands the submission queue to the kernel. On a confined ring it also
+    /// asks for completions (`IORING_ENTER_GETEVENTS`), which is when the
+    /// kernel finishes the work it deferred for this thread.
     fn enter_submit(&self) -> io::Result<()> {
         loop {
-            match self.ring.submit() {
+            let entered = match &self.confinement {
+                None => self.ring.submit(),
+                Some(_) => {
+                    // SAFETY: only the issuer enters a confined ring, and it
+                    // is the only writer of the queue whose length is read.
+                    let queued = unsafe { self.ring.submission_shared() }.len() as u32;
+                    // SAFETY: no argument is passed, so no pointer is read.
+                    unsafe {
+                        self.ring.submitter().enter::<libc::sigset_t>(
+                            queued,
+                            0,
+                            io_uring::EnterFlags::GETEVENTS.bits(),
+                            None,
+                        )
+                    }
+                }
+            };
+            match entered {
                 Ok(_) => return Ok(()),
                 Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
                 // The completion queue is overflowing; the completion thread
@@ -210,6 +452,9 @@ impl Uring {
     pub(crate) fn sleep(&self, timeout: Option<Duration>, also: Option<RawFd>) -> io::Result<()> {
         if let Some(fd) = also {
             self.watch_wake_fd(fd)?;
+        }
+        if let Some(confinement) = &self.confinement {
+            self.watch_doorbell(confinement)?;
         }
         // Not under `submit_lock`, which would stop every other thread from
         // submitting while this one sleeps: the kernel takes only the
@@ -254,9 +499,43 @@ impl Uring {
         Ok(())
     }
 
-    /// Wakes a thread sleeping in the ring: a no-op's completion ends its wait.
+    /// Keeps a multishot poll on a confined ring's doorbell, unless one
+    /// runs already. Only the issuer calls this.
+    fn watch_doorbell(&self, confinement: &Confinement) -> io::Result<()> {
+        if confinement.doorbell_watched.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let fd = types::Fd(confinement.doorbell.as_raw_fd());
+        let poll = opcode::PollAdd::new(fd, libc::POLLIN as u32)
+            .multi(true)
+            .build()
+            .user_data(DOORBELL_POLL);
+        // Handed over by the wait that follows. The doorbell is never read:
+        // the poll posts a completion for every ring, not while it is
+        // readable.
+        self.push(poll, true)?;
+        confinement.doorbell_watched.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// Wakes a thread sleeping in the ring: a no-op's completion ends its
+    /// wait, or, from outside a confined ring, the doorbell.
     pub(crate) fn wake_sleeper(&self) -> io::Result<()> {
-        self.push(opcode::Nop::new().build().user_data(WAKE_NOP), false)
+        match &self.confinement {
+            Some(confinement) if !confinement.on_issuer() => confinement.ring_doorbell(),
+            _ => self.push(opcode::Nop::new().build().user_data(WAKE_NOP), false),
+        }
+    }
+
+    /// Notes that a wake-up poll ended, so that the next sleep posts it again.
+    fn poll_ended(&self, user_data: u64) {
+        match (user_data, &self.confinement) {
+            (WAKE_POLL, _) => *self.wake_poll.lock().unwrap_or_else(|p| p.into_inner()) = None,
+            (DOORBELL_POLL, Some(confinement)) => {
+                confinement.doorbell_watched.store(false, Ordering::Release);
+            }
+            _ => {}
+        }
     }
 
     /// Completes every operation the kernel has posted a completion for.
@@ -276,12 +555,12 @@ impl Uring {
         };
         let reaped = batch.len();
         for (user_data, result, flags) in batch.drain(..) {
-            if user_data == WAKE_POLL || user_data == WAKE_NOP {
+            if user_data <= DOORBELL_POLL {
                 // A wake-up only ends a wait. A poll that ended (the kernel
                 // stops a multishot poll on overflow) is posted again by the
                 // next sleep.
-                if user_data == WAKE_POLL && !cqueue::more(flags) {
-                    *self.wake_poll.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                if !cqueue::more(flags) {
+                    self.poll_ended(user_data);
                 }
                 continue;
             }
@@ -315,6 +594,14 @@ impl Uring {
         }
         reaped
     }
+}
+
+/// The error of a thread that uses a ring confined to another.
+fn confined_elsewhere() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::PermissionDenied,
+        "this ring is confined to another thread (IORING_SETUP_SINGLE_ISSUER)",
+    )
 }
 
 /// Builds the submission entry and marks the op submitted. Its pointers

@@ -254,6 +254,23 @@ impl<T: Send + 'static> CompletionPort<T> {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
         };
+        CompletionPort::with_ring(concurrency, Ring::new(true)?)
+    }
+
+    /// A port for exactly one worker thread, whose ring is confined to it
+    /// ([`Ring::confined`]): the first thread that dequeues is the only one
+    /// that ever reaps, so it takes no lock to submit, and on Linux 6.1 and
+    /// later the kernel runs the ring as `SINGLE_ISSUER | DEFER_TASKRUN`.
+    /// Other threads may still start operations and post packets.
+    ///
+    /// That thread must stay until the ring is no longer used: after the
+    /// port closes it calls `port.ring().reap_while_used()`.
+    pub(crate) fn for_one_worker() -> io::Result<CompletionPort<T>> {
+        crate::driver::backend()?;
+        CompletionPort::with_ring(1, Ring::confined()?)
+    }
+
+    fn with_ring(concurrency: usize, ring: Arc<Ring>) -> io::Result<CompletionPort<T>> {
         let shared = Arc::new(Shared {
             queue: Mutex::new(Queue {
                 packets: VecDeque::new(),
@@ -263,7 +280,7 @@ impl<T: Send + 'static> CompletionPort<T> {
             }),
             ready: Condvar::new(),
             concurrency,
-            ring: Ring::new(true)?,
+            ring,
             wake: Event::new()?,
             wake_pending: AtomicBool::new(false),
         });
@@ -277,6 +294,20 @@ impl<T: Send + 'static> CompletionPort<T> {
 
     pub(crate) fn ring(&self) -> &Arc<Ring> {
         &self.shared.ring
+    }
+
+    /// What the one worker of a port made by [`CompletionPort::for_one_worker`]
+    /// must still do after the port closed, before its thread ends: reap the
+    /// ring, which only it can, until no socket uses it. `None` for other
+    /// threads and ports, whose rings are reaped by a thread of their own.
+    pub(crate) fn leftover_reaping(self) -> Option<impl FnOnce() + Send> {
+        let ring = self.shared.ring.clone();
+        if !ring.is_confined_to_this_thread() {
+            return None;
+        }
+        // Only the ring is kept: the port's own references go now.
+        drop(self);
+        Some(move || ring.reap_while_used())
     }
 
     /// Runs `f`, holding back the operations it starts on this port's
@@ -361,7 +392,9 @@ impl<T: Send + 'static> CompletionPort<T> {
                 return Ok(queue);
             }
             let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-            if queue.reaper.is_none() {
+            // A confined ring is reaped by its own thread only; others
+            // wait for the packets it queues.
+            if queue.reaper.is_none() && self.shared.ring.may_reap() {
                 queue.reaper = Some(ThreadToken::current());
                 // Reset under the lock: a post or close after this point
                 // takes the lock first, then sets it again. Only when it was

@@ -5,7 +5,7 @@ use std::fmt;
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -108,6 +108,45 @@ pub struct ShutdownReport {
     pub bytes_sent: u64,
 }
 
+/// A thread of the service.
+struct Worker {
+    thread: JoinHandle<()>,
+    /// Disconnected when the thread has stopped running the service's code.
+    /// The worker of a confined port stays after that, reaping its ring.
+    stopped: mpsc::Receiver<bool>,
+}
+
+impl Worker {
+    /// Starts a thread that runs `body`, then whatever `body` leaves it to
+    /// do after the service (the reaping of a confined ring).
+    fn spawn<F, A>(name: String, body: F) -> io::Result<Worker>
+    where
+        F: FnOnce() -> Option<A> + Send + 'static,
+        A: FnOnce(),
+    {
+        let (stopping, stopped) = mpsc::channel::<bool>();
+        let thread = thread::Builder::new().name(name).spawn(move || {
+            let afterwards = body();
+            // The receiver may be gone with a service that was never stopped.
+            let _ = stopping.send(afterwards.is_some());
+            drop(stopping);
+            if let Some(afterwards) = afterwards {
+                afterwards();
+            }
+        })?;
+        Ok(Worker { thread, stopped })
+    }
+
+    /// Waits until the thread has stopped running the service's code, then
+    /// for it to end, unless it stays to reap a confined ring.
+    fn wait(self) {
+        // An error means the thread ended without saying (a panic).
+        if self.stopped.recv() != Ok(true) {
+            let _ = self.thread.join();
+        }
+    }
+}
+
 /// Work for the service's timer thread.
 #[derive(Default)]
 struct Timers {
@@ -123,7 +162,7 @@ pub(crate) struct ServiceCore {
     sessions: Mutex<FxHashMap<u64, Arc<Session>>>,
     next_id: AtomicU64,
     listener: Mutex<Option<Arc<Listener>>>,
-    workers: Mutex<Vec<JoinHandle<()>>>,
+    workers: Mutex<Vec<Worker>>,
     /// Bytes the sessions' sends delivered; each session holds a handle.
     bytes_sent: Arc<AtomicU64>,
     timers: Mutex<Timers>,
@@ -310,6 +349,7 @@ impl ServiceCore {
         }
     }
 
+    /// A worker thread: dispatches packets until the port closes.
     fn work(self: Arc<Self>) {
         let mut batch = Vec::with_capacity(64);
         // The port returns an error only once it is closed.
@@ -343,8 +383,14 @@ impl Service {
     }
 
     fn start(config: ServiceConfig, factory: SessionFactory) -> io::Result<Service> {
+        // One worker reaps its own ring, which the kernel can then run for
+        // that thread alone (see `CompletionPort::for_one_worker`).
+        let port = match config.workers {
+            0 | 1 => CompletionPort::for_one_worker()?,
+            n => CompletionPort::new(n)?,
+        };
         let core = Arc::new(ServiceCore {
-            port: CompletionPort::new(config.workers)?,
+            port,
             factory,
             config,
             sessions: Mutex::new(FxHashMap::default()),
@@ -355,22 +401,32 @@ impl Service {
             timers: Mutex::new(Timers::default()),
             timers_changed: Condvar::new(),
         });
+        if core.multishot() {
+            // A confined ring takes registrations only from its worker once
+            // that has started: register the sessions' buffer pool now. On
+            // failure the first multishot receive reports the error.
+            if let Err(e) = core.port.ring().ensure_pool() {
+                tracing::warn!("cannot register the receive buffer pool: {e}");
+            }
+        }
         let mut workers = Vec::new();
         {
             let core = core.clone();
-            workers.push(
-                thread::Builder::new()
-                    .name("service-timer".into())
-                    .spawn(move || core.keep_time())?,
-            );
+            workers.push(Worker::spawn("service-timer".into(), move || {
+                core.keep_time();
+                None::<fn()>
+            })?);
         }
         for index in 0..core.config.workers.max(1) {
             let core = core.clone();
-            workers.push(
-                thread::Builder::new()
-                    .name(format!("service-worker-{index}"))
-                    .spawn(move || core.work())?,
-            );
+            workers.push(Worker::spawn(
+                format!("service-worker-{index}"),
+                move || {
+                    let port = core.port.clone();
+                    core.work();
+                    port.leftover_reaping()
+                },
+            )?);
         }
         *core.workers.lock().unwrap_or_else(|p| p.into_inner()) = workers;
         Ok(Service { core })
@@ -509,8 +565,8 @@ impl Service {
             std::mem::take(&mut *self.core.workers.lock().unwrap_or_else(|p| p.into_inner()));
         let me = thread::current().id();
         for worker in workers {
-            if worker.thread().id() != me {
-                let _ = worker.join();
+            if worker.thread.thread().id() != me {
+                worker.wait();
             }
         }
     }
