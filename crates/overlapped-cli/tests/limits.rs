@@ -90,30 +90,30 @@ fn accept_backs_off_when_descriptors_run_out_and_recovers_when_they_are_freed() 
 
 #[test]
 fn a_client_that_sends_faster_than_it_reads_is_slowed_not_dropped() {
-    // Two workers: each session posts one receive at a time.
-    sends_faster_than_it_reads("2");
+    // Each session posts one receive at a time, and none while held back.
+    sends_faster_than_it_reads(&["--threads", "2", "--single-recv"]);
 }
 
 #[test]
 fn a_client_that_sends_faster_than_it_reads_is_slowed_not_dropped_with_multishot_receives() {
-    // One worker: each session keeps one multishot receive, which is
-    // cancelled to stop reading and posted again to resume.
-    sends_faster_than_it_reads("1");
+    // Each session keeps one multishot receive, which is cancelled to stop
+    // reading and posted again to resume.
+    sends_faster_than_it_reads(&["--threads", "2"]);
 }
 
 /// A client that writes 16 MiB flat out but reads slowly, against a 64 KiB
 /// send queue cap: it must get every echoed byte back, intact.
-fn sends_faster_than_it_reads(threads: &str) {
-    let server = Server::start_with(&[
+fn sends_faster_than_it_reads(receives: &[&str]) {
+    let mut args = vec![
         "--model",
         "port",
         "--mode",
         "echo",
-        "--threads",
-        threads,
         "--max-send-queue",
         "65536",
-    ]);
+    ];
+    args.extend_from_slice(receives);
+    let server = Server::start_with(&args);
     let client = TcpStream::connect(server.addr).unwrap();
     client
         .set_read_timeout(Some(Duration::from_secs(20)))

@@ -1,6 +1,8 @@
 //! The session layer over real loopback sockets: behaviour 15 and the
 //! service's broadcast.
 
+mod common;
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -109,11 +111,7 @@ fn server(burst: usize) -> (Service, Arc<Log>) {
 }
 
 fn connect(service: &Service) -> TcpStream {
-    let client = TcpStream::connect(service.local_addr().unwrap()).unwrap();
-    client
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    client
+    common::connect_to(service)
 }
 
 #[test]

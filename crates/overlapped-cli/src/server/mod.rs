@@ -66,6 +66,10 @@ pub struct ServerArgs {
     /// it is dropped (port model; default 4 MiB, at least 65536).
     #[arg(long, value_parser = clap::value_parser!(u64).range(65536..))]
     pub max_send_queue: Option<u64>,
+    /// Post one receive at a time into each client's own buffer instead of
+    /// keeping a multishot receive that takes pooled buffers (port model).
+    #[arg(long)]
+    pub single_recv: bool,
     /// On SIGINT/SIGTERM, how long to flush queued sends and wait for
     /// clients to close before dropping them and exiting.
     #[arg(long, default_value_t = 5000)]
@@ -73,11 +77,12 @@ pub struct ServerArgs {
 }
 
 impl ServerArgs {
-    /// Whether a session-layer limit was given.
-    fn has_session_limits(&self) -> bool {
+    /// Whether an option of the session layer was given.
+    fn has_session_options(&self) -> bool {
         self.max_sessions.is_some()
             || self.idle_timeout_ms.is_some()
             || self.max_send_queue.is_some()
+            || self.single_recv
     }
 }
 
@@ -88,11 +93,11 @@ pub fn run(args: ServerArgs) -> io::Result<()> {
             "--mode chat runs on the session layer: use it with --model port",
         ));
     }
-    if args.has_session_limits() && args.model != Model::Port {
+    if args.has_session_options() && args.model != Model::Port {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
-            "--max-sessions, --idle-timeout-ms and --max-send-queue are limits of the \
-             session layer: use them with --model port",
+            "--max-sessions, --idle-timeout-ms, --max-send-queue and --single-recv are \
+             options of the session layer: use them with --model port",
         ));
     }
     // Chosen once per process; an invalid OVERLAPPED_BACKEND stops here.

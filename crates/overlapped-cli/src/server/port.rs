@@ -71,6 +71,7 @@ fn apply_limits(args: &ServerArgs, config: &mut ServiceConfig) -> io::Result<()>
     if let Some(bytes) = args.max_send_queue {
         config.max_send_queue = usize::try_from(bytes).map_err(|_| too_big("--max-send-queue"))?;
     }
+    config.multishot = !args.single_recv;
     Ok(())
 }
 

@@ -1,5 +1,13 @@
-//! `Service`: a completion port, its worker threads, and the sessions they
-//! serve, on the server side (with a [`super::Listener`]) or the client side.
+//! `Service`: worker threads, a completion port for each, and the sessions
+//! they serve, on the server side (with a [`super::Listener`]) or the client
+//! side.
+//!
+//! Each worker has a port of its own, whose ring only that worker reaps
+//! (`CompletionPort::for_one_worker`: on Linux 6.1 and later the kernel runs
+//! it as `SINGLE_ISSUER | DEFER_TASKRUN`), and each session belongs to one
+//! worker, chosen by its id: its completions are handled on that thread, one
+//! after another, in order. Any thread may still start operations on any
+//! session (a broadcast, a timer); they are handed over to its worker.
 
 use std::fmt;
 use std::io;
@@ -36,7 +44,8 @@ pub(crate) enum Io {
 /// Tunables of a [`Service`].
 #[derive(Clone, Debug)]
 pub struct ServiceConfig {
-    /// Worker threads dequeuing from the port.
+    /// Worker threads, each with a completion port of its own; sessions are
+    /// spread over them.
     pub workers: usize,
     /// Accepts kept posted by the listener.
     pub accepts: usize,
@@ -48,12 +57,10 @@ pub struct ServiceConfig {
     /// Set `TCP_NODELAY` on every session, as game servers do: a small
     /// packet goes out at once instead of waiting for an acknowledgement.
     pub nodelay: bool,
-    /// With one worker, keep one multishot receive per session that takes
-    /// buffers from the port's pool as data arrives, instead of posting a
-    /// receive into the session's own buffer after each one: fewer requests
-    /// per message, and an idle session pins no receive buffer. (With more
-    /// workers the arrivals of a session could be handled out of order, so
-    /// sessions post one receive at a time.)
+    /// Keep one multishot receive per session that takes buffers from its
+    /// worker's pool as data arrives, instead of posting a receive into the
+    /// session's own buffer after each one: fewer requests per message, and
+    /// an idle session pins no receive buffer.
     pub multishot: bool,
     /// Most sessions at once; a connection beyond it is closed as soon as
     /// it is accepted, with a log line.
@@ -156,7 +163,8 @@ struct Timers {
 }
 
 pub(crate) struct ServiceCore {
-    port: CompletionPort<Io>,
+    /// One port per worker, reaped by that worker alone.
+    ports: Vec<CompletionPort<Io>>,
     factory: SessionFactory,
     config: ServiceConfig,
     sessions: Mutex<FxHashMap<u64, Arc<Session>>>,
@@ -183,7 +191,7 @@ impl ServiceCore {
     pub(crate) fn adopt(self: &Arc<Self>, stream: TcpStream, peer: SocketAddr) -> Arc<Session> {
         self.configure(&stream);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
-        let stream = self.port.associate(stream, id);
+        let stream = self.port_of(id).associate(stream, id);
         let limits = SessionLimits {
             recv_buffer: self.recv_buffer(),
             multishot: self.multishot(),
@@ -303,8 +311,14 @@ impl ServiceCore {
         self.timers_changed.notify_all();
     }
 
+    /// The port of the first worker, which the listener reports to.
     pub(crate) fn port(&self) -> &CompletionPort<Io> {
-        &self.port
+        &self.ports[0]
+    }
+
+    /// The port of the worker that session `id` belongs to.
+    fn port_of(&self, id: u64) -> &CompletionPort<Io> {
+        &self.ports[(id % self.ports.len() as u64) as usize]
     }
 
     pub(crate) fn config(&self) -> &ServiceConfig {
@@ -313,7 +327,7 @@ impl ServiceCore {
 
     /// Whether sessions keep a multishot receive.
     pub(crate) fn multishot(&self) -> bool {
-        self.config.multishot && self.config.workers <= 1
+        self.config.multishot
     }
 
     fn recv_buffer(&self) -> RecvBuffer {
@@ -349,17 +363,17 @@ impl ServiceCore {
         }
     }
 
-    /// A worker thread: dispatches packets until the port closes.
-    fn work(self: Arc<Self>) {
+    /// A worker thread: dispatches the packets of its port until the port
+    /// closes.
+    fn work(self: Arc<Self>, port: &CompletionPort<Io>) {
         let mut batch = Vec::with_capacity(64);
         // The port returns an error only once it is closed.
-        while self
-            .port
+        while port
             .get_queued_completion_status_ex(&mut batch, 64, INFINITE)
             .is_ok()
         {
             // What the handlers start goes to the kernel in one submission.
-            self.port.submit_batch(|| {
+            port.submit_batch(|| {
                 for packet in batch.drain(..) {
                     self.dispatch(packet);
                 }
@@ -368,8 +382,9 @@ impl ServiceCore {
     }
 }
 
-/// A server or client: a completion port, worker threads that dispatch its
-/// packets, and the sessions it tracks (the classic IOCP `Service`).
+/// A server or client: worker threads, each dispatching the packets of its
+/// own completion port, and the sessions it tracks (the classic IOCP
+/// `Service`, with a port per worker).
 ///
 /// Cloning gives another handle to the same service.
 #[derive(Clone)]
@@ -383,14 +398,11 @@ impl Service {
     }
 
     fn start(config: ServiceConfig, factory: SessionFactory) -> io::Result<Service> {
-        // One worker reaps its own ring, which the kernel can then run for
-        // that thread alone (see `CompletionPort::for_one_worker`).
-        let port = match config.workers {
-            0 | 1 => CompletionPort::for_one_worker()?,
-            n => CompletionPort::new(n)?,
-        };
+        let ports = (0..config.workers.max(1))
+            .map(|_| CompletionPort::for_one_worker())
+            .collect::<io::Result<Vec<_>>>()?;
         let core = Arc::new(ServiceCore {
-            port,
+            ports,
             factory,
             config,
             sessions: Mutex::new(FxHashMap::default()),
@@ -403,10 +415,12 @@ impl Service {
         });
         if core.multishot() {
             // A confined ring takes registrations only from its worker once
-            // that has started: register the sessions' buffer pool now. On
+            // that has started: register the sessions' buffer pools now. On
             // failure the first multishot receive reports the error.
-            if let Err(e) = core.port.ring().ensure_pool() {
-                tracing::warn!("cannot register the receive buffer pool: {e}");
+            for port in &core.ports {
+                if let Err(e) = port.ring().ensure_pool() {
+                    tracing::warn!("cannot register a receive buffer pool: {e}");
+                }
             }
         }
         let mut workers = Vec::new();
@@ -417,13 +431,13 @@ impl Service {
                 None::<fn()>
             })?);
         }
-        for index in 0..core.config.workers.max(1) {
+        for (index, port) in core.ports.iter().enumerate() {
             let core = core.clone();
+            let port = port.clone();
             workers.push(Worker::spawn(
                 format!("service-worker-{index}"),
                 move || {
-                    let port = core.port.clone();
-                    core.work();
+                    core.work(&port);
                     port.leftover_reaping()
                 },
             )?);
@@ -560,7 +574,9 @@ impl Service {
             session.disconnect("service stopped");
         }
         self.core.stop_timers();
-        self.core.port.close();
+        for port in &self.core.ports {
+            port.close();
+        }
         let workers =
             std::mem::take(&mut *self.core.workers.lock().unwrap_or_else(|p| p.into_inner()));
         let me = thread::current().id();

@@ -33,3 +33,12 @@ pub fn read_exactly(peer: &mut StdStream, n: usize) -> Vec<u8> {
 
 /// A generous bound for things that must happen "soon" on a loaded machine.
 pub const SOON: Option<Duration> = Some(Duration::from_secs(10));
+
+/// A plain client connected to a service's listener, reading with a timeout.
+pub fn connect_to(service: &overlapped::session::Service) -> StdStream {
+    let client = StdStream::connect(service.local_addr().unwrap()).unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    client
+}

@@ -1,0 +1,98 @@
+//! A service with several workers: each worker reaps a port of its own and
+//! each session belongs to one of them, over real loopback sockets.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use overlapped::session::{Service, ServiceConfig, Session, SessionHandler};
+use overlapped::Bytes;
+
+/// Echoes what it receives.
+struct Echo;
+
+impl SessionHandler for Echo {
+    fn on_recv(&self, session: &Arc<Session>, data: &[u8]) -> Result<usize, String> {
+        session.send_copy(data);
+        Ok(data.len())
+    }
+}
+
+/// Sends whatever one session receives to every session, from the worker
+/// that handles the sender.
+struct Relay;
+
+impl SessionHandler for Relay {
+    fn on_recv(&self, session: &Arc<Session>, data: &[u8]) -> Result<usize, String> {
+        if let Some(service) = session.service() {
+            service.broadcast(&Bytes::copy_from_slice(data));
+        }
+        Ok(data.len())
+    }
+}
+
+fn two_workers(handler: fn() -> Arc<dyn SessionHandler>) -> Service {
+    let config = ServiceConfig {
+        workers: 2,
+        ..ServiceConfig::default()
+    };
+    Service::server("127.0.0.1:0", config, Arc::new(handler)).unwrap()
+}
+
+fn connect(service: &Service) -> TcpStream {
+    common::connect_to(service)
+}
+
+fn wait_for_sessions(service: &Service, count: usize) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while service.session_count() < count {
+        assert!(Instant::now() < deadline, "the sessions did not connect");
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn every_session_of_a_two_worker_service_gets_its_stream_back_in_order() {
+    let service = two_workers(|| Arc::new(Echo));
+    let clients: Vec<_> = (0..8u8)
+        .map(|client| {
+            let mut stream = connect(&service);
+            thread::spawn(move || {
+                let pattern = |i: usize| (i % 251) as u8 ^ client;
+                let total = 256 * 1024;
+                let data: Vec<u8> = (0..total).map(pattern).collect();
+                let mut writer = stream.try_clone().unwrap();
+                let writing = thread::spawn(move || writer.write_all(&data).unwrap());
+                let mut echoed = vec![0; total];
+                stream.read_exact(&mut echoed).unwrap();
+                writing.join().unwrap();
+                let first_wrong = (0..total).find(|&i| echoed[i] != pattern(i));
+                assert_eq!(first_wrong, None, "client {client}");
+            })
+        })
+        .collect();
+    for client in clients {
+        client.join().unwrap();
+    }
+    service.stop();
+}
+
+#[test]
+fn a_broadcast_from_one_worker_reaches_the_sessions_of_the_other() {
+    let service = two_workers(|| Arc::new(Relay));
+    // Sessions alternate between the two workers, so four clients put two
+    // on each.
+    let mut clients: Vec<TcpStream> = (0..4).map(|_| connect(&service)).collect();
+    wait_for_sessions(&service, 4);
+    clients[0].write_all(b"to all").unwrap();
+    for (i, client) in clients.iter_mut().enumerate() {
+        let mut got = [0; 6];
+        client.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"to all", "client {i}");
+    }
+    service.stop();
+}
