@@ -24,6 +24,11 @@
 //! Several packets of one socket may be processed by different workers at
 //! once; the session layer keeps at most one receive and one send in flight
 //! per session so that this never reorders a stream.
+//!
+//! The session layer's `Service` gives each of its workers a port of its
+//! own instead, whose ring only that worker reaps and enters: on Linux 6.1
+//! and later the kernel then runs it as `SINGLE_ISSUER | DEFER_TASKRUN`, and
+//! operations other threads start are handed over to the worker.
 
 mod socket;
 
