@@ -269,7 +269,7 @@ impl<T: Send + 'static> CompletionPort<T> {
     /// Other threads may still start operations and post packets.
     ///
     /// That thread must stay until the ring is no longer used: after the
-    /// port closes it calls `port.ring().reap_while_used()`.
+    /// port closes it runs what [`CompletionPort::leftover_reaping`] gives it.
     pub(crate) fn for_one_worker() -> io::Result<CompletionPort<T>> {
         crate::driver::backend()?;
         CompletionPort::with_ring(1, Ring::confined()?)

@@ -118,8 +118,9 @@ pub struct ShutdownReport {
 /// A thread of the service.
 struct Worker {
     thread: JoinHandle<()>,
-    /// Disconnected when the thread has stopped running the service's code.
-    /// The worker of a confined port stays after that, reaping its ring.
+    /// Says, once the thread has stopped running the service's code,
+    /// whether it stays to reap its confined ring (then it is not waited
+    /// for); disconnected if the thread ended without saying (a panic).
     stopped: mpsc::Receiver<bool>,
 }
 
@@ -567,7 +568,10 @@ impl Service {
     }
 
     /// Stops the service: stops listening, disconnects every session,
-    /// closes the port and waits for the workers to finish.
+    /// closes the ports and waits until no worker runs the service's code
+    /// any more. A worker then stays on its own until the kernel has
+    /// finished the requests left on its ring (the cancellations of
+    /// sessions the program still holds), which only it can reap.
     pub fn stop(&self) {
         self.stop_listening();
         for session in self.sessions() {
