@@ -1,5 +1,6 @@
-//! A service with several workers: each worker reaps a port of its own and
-//! each session belongs to one of them, over real loopback sockets.
+//! A service's workers, over real loopback sockets: each worker reaps a
+//! port of its own, each session belongs to one of them, and a worker
+//! outlives a handler that panics.
 
 mod common;
 
@@ -35,12 +36,28 @@ impl SessionHandler for Relay {
     }
 }
 
-fn two_workers(handler: fn() -> Arc<dyn SessionHandler>) -> Service {
+/// Echoes what it receives, but panics on `boom`: a bug that one client's
+/// input triggers.
+struct Fragile;
+
+impl SessionHandler for Fragile {
+    fn on_recv(&self, session: &Arc<Session>, data: &[u8]) -> Result<usize, String> {
+        assert!(data != b"boom", "a handler bug");
+        session.send_copy(data);
+        Ok(data.len())
+    }
+}
+
+fn with_workers(workers: usize, handler: fn() -> Arc<dyn SessionHandler>) -> Service {
     let config = ServiceConfig {
-        workers: 2,
+        workers,
         ..ServiceConfig::default()
     };
     Service::server("127.0.0.1:0", config, Arc::new(handler)).unwrap()
+}
+
+fn two_workers(handler: fn() -> Arc<dyn SessionHandler>) -> Service {
+    with_workers(2, handler)
 }
 
 fn connect(service: &Service) -> TcpStream {
@@ -94,5 +111,23 @@ fn a_broadcast_from_one_worker_reaches_the_sessions_of_the_other() {
         client.read_exact(&mut got).unwrap();
         assert_eq!(&got, b"to all", "client {i}");
     }
+    service.stop();
+}
+
+#[test]
+fn a_handler_that_panics_disconnects_only_its_own_session() {
+    // One worker serves both clients: it must survive the first one's bug.
+    let service = with_workers(1, || Arc::new(Fragile));
+    let mut culprit = connect(&service);
+    let mut bystander = connect(&service);
+    wait_for_sessions(&service, 2);
+    culprit.write_all(b"boom").unwrap();
+    let mut rest = Vec::new();
+    assert_eq!(culprit.read_to_end(&mut rest).unwrap_or(0), 0);
+    bystander.write_all(b"ping").unwrap();
+    let mut echoed = [0; 4];
+    bystander.read_exact(&mut echoed).unwrap();
+    assert_eq!(&echoed, b"ping");
+    assert_eq!(service.session_count(), 1);
     service.stop();
 }

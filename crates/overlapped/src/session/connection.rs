@@ -19,9 +19,9 @@ use crate::port::PortStream;
 
 /// What a service's sessions do: the hooks of the classic IOCP session.
 ///
-/// Hooks run on the service's worker threads. For one session, receives
-/// are handled one at a time, in order; a send completion may run on
-/// another worker at the same time.
+/// Hooks run on the worker thread the session belongs to, one at a time,
+/// in order. A hook that panics disconnects its own session, with the panic
+/// as the reason; the worker goes on serving the others.
 pub trait SessionHandler: Send + Sync + 'static {
     /// The session is connected and its first receive is about to be posted.
     fn on_connected(&self, session: &Arc<Session>) {

@@ -9,9 +9,11 @@
 //! after another, in order. Any thread may still start operations on any
 //! session (a broadcast, a timer); they are handed over to its worker.
 
+use std::any::Any;
 use std::fmt;
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
@@ -335,6 +337,32 @@ impl ServiceCore {
         RecvBuffer::new(self.config.recv_buffer, self.config.recv_low_water)
     }
 
+    /// Dispatches a packet. A handler that panics disconnects its own
+    /// session, with the panic as the logged reason, instead of ending the
+    /// worker and stalling every other session of that worker.
+    fn dispatch_guarded(self: &Arc<Self>, packet: Completion<Io>) {
+        let key = packet.key;
+        // The session's state is behind locks that survive a panic, and the
+        // session is disconnected at once.
+        let Err(panic) = panic::catch_unwind(AssertUnwindSafe(|| self.dispatch(packet))) else {
+            return;
+        };
+        let what = panic_message(panic.as_ref());
+        // Session ids start at 1; the listener's packets carry key 0.
+        let session = self.sessions().get(&key).cloned();
+        let Some(session) = session else {
+            tracing::error!("a handler panicked: {what}");
+            return;
+        };
+        let reason = format!("its handler panicked: {what}");
+        tracing::error!("session {key} disconnected: {reason}");
+        let disconnected = panic::catch_unwind(AssertUnwindSafe(|| session.disconnect(&reason)));
+        if let Err(again) = disconnected {
+            let what = panic_message(again.as_ref());
+            tracing::error!("session {key}: on_disconnected panicked too: {what}");
+        }
+    }
+
     fn dispatch(self: &Arc<Self>, mut packet: Completion<Io>) {
         let Some(io) = packet.record.take() else {
             // An arrival of a multishot receive: the key names the session.
@@ -376,10 +404,21 @@ impl ServiceCore {
             // What the handlers start goes to the kernel in one submission.
             port.submit_batch(|| {
                 for packet in batch.drain(..) {
-                    self.dispatch(packet);
+                    self.dispatch_guarded(packet);
                 }
             });
         }
+    }
+}
+
+/// The message a panic was raised with, when it is text.
+fn panic_message(panic: &(dyn Any + Send)) -> &str {
+    if let Some(text) = panic.downcast_ref::<&str>() {
+        text
+    } else if let Some(text) = panic.downcast_ref::<String>() {
+        text
+    } else {
+        "(not a text message)"
     }
 }
 
