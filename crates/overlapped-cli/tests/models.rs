@@ -4,6 +4,7 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::process::Stdio;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -128,4 +129,39 @@ fn chat_mode_outside_the_port_model_is_refused() {
         .unwrap();
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("--model port"));
+}
+
+#[test]
+fn session_layer_options_outside_the_port_model_are_refused() {
+    for option in [&["--single-recv"][..], &["--max-sessions", "5"][..]] {
+        let mut child = common::binary()
+            .args(["server", "--addr", "127.0.0.1:0", "--model", "event"])
+            .args(option)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // A refused option ends the program at once; one that was taken
+        // leaves a server running.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() > deadline {
+                child.kill().unwrap();
+                panic!("{option:?} was accepted: the server runs");
+            }
+            thread::sleep(Duration::from_millis(20));
+        };
+        assert!(!status.success());
+        let mut stderr = String::new();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut stderr)
+            .unwrap();
+        assert!(stderr.contains("--model port"), "{option:?}: {stderr}");
+    }
 }
