@@ -108,13 +108,7 @@ fn lost_server_is_a_one_line_error_and_nonzero_exit() {
     drop(peer);
     drop(listener);
     let status = child.wait().unwrap();
-    let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
+    let stderr = common::stderr_of(&mut child);
     assert!(!status.success());
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(stderr.contains("WSASend Error"), "{stderr}");

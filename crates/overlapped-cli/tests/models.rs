@@ -155,13 +155,7 @@ fn session_layer_options_outside_the_port_model_are_refused() {
             thread::sleep(Duration::from_millis(20));
         };
         assert!(!status.success());
-        let mut stderr = String::new();
-        child
-            .stderr
-            .take()
-            .unwrap()
-            .read_to_string(&mut stderr)
-            .unwrap();
+        let stderr = common::stderr_of(&mut child);
         assert!(stderr.contains("--model port"), "{option:?}: {stderr}");
     }
 }
