@@ -14,22 +14,28 @@ use io_uring::IoUring;
 use super::ring::Ring;
 use super::sys;
 
-/// Buffers in a ring's pool (a power of two, at most 32768). Every
-/// connection with data on its way holds one until its arrival is handled,
-/// so the pool must outnumber the busy connections: with 4096, a server of
-/// 10,000 ping-pong connections ran dry constantly (more `ENOBUFS` restarts
-/// of multishot receives than messages); with 16384, never.
+/// Buffers in a ring's pool unless its owner asks for fewer (a power of
+/// two, at most 32768). Every connection with data on its way holds one
+/// until its arrival is handled, so the pool must outnumber the busy
+/// connections of its ring: with 4096, a server of 10,000 ping-pong
+/// connections ran dry constantly (more `ENOBUFS` restarts of multishot
+/// receives than messages); with 16384, never.
 pub(crate) const POOL_BUFFERS: u16 = 16384;
+/// The fewest buffers a pool is made with.
+pub(crate) const MIN_POOL_BUFFERS: u16 = 1024;
 /// Bytes per pooled buffer: a game packet fits in one (larger arrivals are
-/// split across buffers). The pool is 32 MiB of address space, resident only
-/// once the kernel has written into it.
+/// split across buffers). A full pool is 32 MiB of address space, resident
+/// only once the kernel has written into it — which, as the kernel takes the
+/// buffers in turn, under steady traffic is all of it.
 pub(crate) const POOL_BUFFER_SIZE: usize = 2048;
 /// The buffer group id the pool is registered under.
 pub(crate) const POOL_GROUP: u16 = 0;
 
 pub(crate) struct BufRing {
-    /// `POOL_BUFFERS` buffers of `POOL_BUFFER_SIZE` bytes.
+    /// `buffers` buffers of `POOL_BUFFER_SIZE` bytes.
     data: NonNull<u8>,
+    /// How many: a power of two.
+    buffers: u16,
     /// Who picks the next free buffer.
     picker: Picker,
 }
@@ -54,27 +60,29 @@ unsafe impl Send for BufRing {}
 unsafe impl Sync for BufRing {}
 
 impl BufRing {
-    /// Maps the pool and registers it with `ring`.
+    /// Maps a pool of `buffers` buffers (rounded to a power of two between
+    /// `MIN_POOL_BUFFERS` and `POOL_BUFFERS`) and registers it with `ring`.
     ///
     /// The memory is never unmapped: the kernel may still write into it while
     /// it tears a ring down, after the last handle is gone. There is one
     /// pool per completion port.
-    pub(crate) fn register(ring: &IoUring) -> io::Result<BufRing> {
-        let entries = sys::map_anonymous(ENTRIES_BYTES)?;
-        let data = match sys::map_anonymous(DATA_BYTES) {
+    pub(crate) fn register(ring: &IoUring, buffers: u16) -> io::Result<BufRing> {
+        let buffers = pool_size(buffers);
+        let entries = sys::map_anonymous(entries_bytes(buffers))?;
+        let data = match sys::map_anonymous(data_bytes(buffers)) {
             Ok(data) => data,
             Err(e) => {
                 // SAFETY: the mapping was made just above and nothing uses it.
-                unsafe { sys::unmap(entries, ENTRIES_BYTES) };
+                unsafe { sys::unmap(entries, entries_bytes(buffers)) };
                 return Err(e);
             }
         };
-        // SAFETY: `entries` is a page-aligned, zeroed array of POOL_BUFFERS
+        // SAFETY: `entries` is a page-aligned, zeroed array of `buffers`
         // entries that lives for the rest of the process once registered.
         let registered = unsafe {
             ring.submitter().register_buf_ring_with_flags(
                 entries.as_ptr() as u64,
-                POOL_BUFFERS,
+                buffers,
                 POOL_GROUP,
                 0,
             )
@@ -83,35 +91,48 @@ impl BufRing {
             // SAFETY: the kernel refused the ring, so it holds neither
             // address; nothing else uses the mappings.
             unsafe {
-                sys::unmap(entries, ENTRIES_BYTES);
-                sys::unmap(data, DATA_BYTES);
+                sys::unmap(entries, entries_bytes(buffers));
+                sys::unmap(data, data_bytes(buffers));
             }
             return Err(e);
         }
         let entries = entries.cast::<BufRingEntry>();
         let pool = BufRing {
             data,
+            buffers,
             picker: Picker::Kernel {
                 entries,
                 tail: Mutex::new(0),
             },
         };
-        for bid in 0..POOL_BUFFERS {
+        for bid in 0..buffers {
             pool.recycle(bid);
         }
         Ok(pool)
     }
 
-    /// A pool the epoll backend picks from itself. Its memory is freed with
-    /// it: no kernel ever holds its address.
-    pub(crate) fn in_memory() -> io::Result<BufRing> {
-        let data = sys::map_anonymous(DATA_BYTES)?;
+    /// A pool the epoll backend picks from itself, sized as in
+    /// [`BufRing::register`]. Its memory is freed with it: no kernel ever
+    /// holds its address.
+    pub(crate) fn in_memory(buffers: u16) -> io::Result<BufRing> {
+        let buffers = pool_size(buffers);
+        let data = sys::map_anonymous(data_bytes(buffers))?;
         Ok(BufRing {
             data,
+            buffers,
             picker: Picker::User {
-                free: Mutex::new((0..POOL_BUFFERS).rev().collect()),
+                free: Mutex::new((0..buffers).rev().collect()),
             },
         })
+    }
+
+    /// The address of buffer `bid`.
+    fn buffer(&self, bid: u16) -> *mut u8 {
+        // Kernel-reported ids are below `buffers`; masking keeps any other
+        // inside the mapping all the same.
+        let bid = usize::from(bid & (self.buffers - 1));
+        // SAFETY: `bid` < `buffers`, so the buffer lies inside `data`.
+        unsafe { self.data.as_ptr().add(bid * POOL_BUFFER_SIZE) }
     }
 
     /// Takes a free buffer for a receive, in a user-space pool; `None` when
@@ -122,9 +143,7 @@ impl BufRing {
             return None;
         };
         let bid = free.lock().unwrap_or_else(|p| p.into_inner()).pop()?;
-        // SAFETY: `bid` < POOL_BUFFERS, so the buffer lies inside `data`.
-        let ptr = unsafe { self.data.as_ptr().add(usize::from(bid) * POOL_BUFFER_SIZE) };
-        Some((bid, ptr))
+        Some((bid, self.buffer(bid)))
     }
 
     /// Gives buffer `bid` back to whoever picks the buffers.
@@ -137,15 +156,12 @@ impl BufRing {
             }
         };
         let mut tail = tail.lock().unwrap_or_else(|p| p.into_inner());
-        let slot = usize::from(*tail & (POOL_BUFFERS - 1));
+        let slot = usize::from(*tail & (self.buffers - 1));
         // SAFETY: `slot` is inside the entries array; the lock makes this the
         // only writer, and the kernel reads the slot only after the tail
         // below is published.
         let entry = unsafe { &mut *entries.as_ptr().add(slot) };
-        // SAFETY: `bid` < POOL_BUFFERS, so the buffer lies inside `data`.
-        entry.set_addr(
-            unsafe { self.data.as_ptr().add(usize::from(bid) * POOL_BUFFER_SIZE) } as u64,
-        );
+        entry.set_addr(self.buffer(bid) as u64);
         entry.set_len(POOL_BUFFER_SIZE as u32);
         entry.set_bid(bid);
         *tail = tail.wrapping_add(1);
@@ -164,12 +180,7 @@ impl BufRing {
         let len = len.min(POOL_BUFFER_SIZE);
         // SAFETY: per the contract, these bytes were written by the kernel
         // and nobody writes them until the buffer is recycled.
-        unsafe {
-            std::slice::from_raw_parts(
-                self.data.as_ptr().add(usize::from(bid) * POOL_BUFFER_SIZE),
-                len,
-            )
-        }
+        unsafe { std::slice::from_raw_parts(self.buffer(bid), len) }
     }
 }
 
@@ -177,21 +188,34 @@ impl Drop for BufRing {
     fn drop(&mut self) {
         // A kernel pool is never freed (see `register`).
         if let Picker::User { .. } = self.picker {
-            // SAFETY: `data` is the mapping of DATA_BYTES made in `in_memory`,
-            // and no lease outlives the pool (each holds its ring).
-            unsafe { sys::unmap(self.data, DATA_BYTES) };
+            // SAFETY: `data` is the mapping made in `in_memory`, and no
+            // lease outlives the pool (each holds its ring).
+            unsafe { sys::unmap(self.data, data_bytes(self.buffers)) };
         }
     }
 }
 
-/// Bytes of the pool's buffers. The pool (and the kernel's ring of entries)
+/// A pool size that the kernel takes: a power of two, within bounds.
+fn pool_size(asked: u16) -> u16 {
+    asked
+        .clamp(MIN_POOL_BUFFERS, POOL_BUFFERS)
+        .checked_next_power_of_two()
+        .unwrap_or(POOL_BUFFERS)
+}
+
+/// Bytes of a pool's buffers. The pool (and the kernel's ring of entries)
 /// is a mapping of its own rather than heap memory: the allocator may back
 /// its heap with transparent huge pages, and then one write into an idle
 /// pool would make 2 MiB resident; here a page is resident only once a
 /// buffer in it was used.
-const DATA_BYTES: usize = POOL_BUFFERS as usize * POOL_BUFFER_SIZE;
+fn data_bytes(buffers: u16) -> usize {
+    usize::from(buffers) * POOL_BUFFER_SIZE
+}
+
 /// Bytes of the ring of entries the kernel reads the free buffers from.
-const ENTRIES_BYTES: usize = POOL_BUFFERS as usize * std::mem::size_of::<BufRingEntry>();
+fn entries_bytes(buffers: u16) -> usize {
+    usize::from(buffers) * std::mem::size_of::<BufRingEntry>()
+}
 
 /// One filled buffer of the pool, handed to the program; dropping it gives
 /// the buffer back to the kernel.
@@ -228,5 +252,30 @@ impl Drop for Lease {
 impl std::fmt::Debug for Lease {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Lease").field("len", &self.len).finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pool_size_is_a_power_of_two_within_bounds() {
+        assert_eq!(pool_size(POOL_BUFFERS), POOL_BUFFERS);
+        assert_eq!(pool_size(POOL_BUFFERS / 2), POOL_BUFFERS / 2);
+        assert_eq!(pool_size(POOL_BUFFERS / 3), POOL_BUFFERS / 2);
+        assert_eq!(pool_size(1), MIN_POOL_BUFFERS);
+        assert_eq!(pool_size(u16::MAX), POOL_BUFFERS);
+    }
+
+    #[test]
+    fn a_smaller_pool_hands_out_only_its_own_buffers() {
+        let pool = BufRing::in_memory(MIN_POOL_BUFFERS).unwrap();
+        let mut taken = Vec::new();
+        while let Some((bid, _)) = pool.pick() {
+            taken.push(bid);
+        }
+        assert_eq!(taken.len(), usize::from(MIN_POOL_BUFFERS));
+        assert!(taken.iter().all(|&bid| bid < MIN_POOL_BUFFERS));
     }
 }

@@ -30,7 +30,7 @@ use std::sync::{Arc, OnceLock};
 use std::thread;
 use std::time::Duration;
 
-use super::buf_ring::BufRing;
+use super::buf_ring::{BufRing, POOL_BUFFERS};
 use super::epoll::Epoll;
 use super::op::Op;
 use super::sys;
@@ -173,14 +173,20 @@ impl Ring {
     }
 
     /// Makes the buffer pool (and registers it with io_uring) unless it
-    /// already exists.
+    /// already exists, with the most buffers a pool has.
     pub(crate) fn ensure_pool(&self) -> io::Result<&BufRing> {
+        self.ensure_pool_of(POOL_BUFFERS)
+    }
+
+    /// Makes the buffer pool with about `buffers` buffers (see
+    /// `BufRing::register`) unless it already exists, whatever its size.
+    pub(crate) fn ensure_pool_of(&self, buffers: u16) -> io::Result<&BufRing> {
         if let Some(pool) = self.pool.get() {
             return Ok(pool);
         }
         let pool = match &self.engine {
-            Engine::Uring(uring) => return uring.register_pool(&self.pool),
-            Engine::Epoll(_) => BufRing::in_memory()?,
+            Engine::Uring(uring) => return uring.register_pool(&self.pool, buffers),
+            Engine::Epoll(_) => BufRing::in_memory(buffers)?,
         };
         Ok(self.pool.get_or_init(|| pool))
     }

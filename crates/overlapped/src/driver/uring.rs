@@ -280,10 +280,14 @@ impl Uring {
         self.ring.submitter().register_eventfd(eventfd.as_raw_fd())
     }
 
-    /// Registers the buffer pool into `slot` unless it already is.
+    /// Registers a pool of `buffers` buffers into `slot` unless one already is.
     /// A confined ring takes registrations only while it is disabled or
     /// from its issuer.
-    pub(crate) fn register_pool<'a>(&self, slot: &'a OnceLock<BufRing>) -> io::Result<&'a BufRing> {
+    pub(crate) fn register_pool<'a>(
+        &self,
+        slot: &'a OnceLock<BufRing>,
+        buffers: u16,
+    ) -> io::Result<&'a BufRing> {
         if let Some(confinement) = &self.confinement {
             if confinement.issuer.get().is_some() && !confinement.on_issuer() {
                 if let Some(pool) = slot.get() {
@@ -296,7 +300,7 @@ impl Uring {
         if let Some(pool) = slot.get() {
             return Ok(pool);
         }
-        let pool = BufRing::register(&self.ring)?;
+        let pool = BufRing::register(&self.ring, buffers)?;
         Ok(slot.get_or_init(|| pool))
     }
 

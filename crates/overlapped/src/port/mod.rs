@@ -43,7 +43,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use std::time::{Duration, Instant};
 
-use crate::driver::buf_ring::Lease;
+use crate::driver::buf_ring::{Lease, POOL_BUFFERS};
 use crate::driver::op::{self, Finished, IoParts, Notify, Outcome, Payload, Sink};
 use crate::driver::ring::Ring;
 use crate::error;
@@ -299,6 +299,17 @@ impl<T: Send + 'static> CompletionPort<T> {
 
     pub(crate) fn ring(&self) -> &Arc<Ring> {
         &self.shared.ring
+    }
+
+    /// Makes the pool of buffers that multishot receives take from now,
+    /// for a port that is one of `ports` sharing out a service's sessions:
+    /// they share out what one port's pool would hold, since under steady
+    /// traffic the kernel takes every buffer of a pool in turn and all of
+    /// it becomes resident.
+    pub(crate) fn make_receive_pool(&self, ports: usize) -> io::Result<()> {
+        let ports = u16::try_from(ports.max(1)).unwrap_or(u16::MAX);
+        self.shared.ring.ensure_pool_of(POOL_BUFFERS / ports)?;
+        Ok(())
     }
 
     /// What the one worker of a port made by [`CompletionPort::for_one_worker`]

@@ -458,7 +458,7 @@ impl Service {
             // that has started: register the sessions' buffer pools now. On
             // failure the first multishot receive reports the error.
             for port in &core.ports {
-                if let Err(e) = port.ring().ensure_pool() {
+                if let Err(e) = port.make_receive_pool(core.ports.len()) {
                     tracing::warn!("cannot register a receive buffer pool: {e}");
                 }
             }
