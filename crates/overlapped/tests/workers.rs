@@ -131,3 +131,30 @@ fn a_handler_that_panics_disconnects_only_its_own_session() {
     assert_eq!(service.session_count(), 1);
     service.stop();
 }
+
+/// Panics as each session connects.
+struct Unwelcoming;
+
+impl SessionHandler for Unwelcoming {
+    fn on_connected(&self, _: &Arc<Session>) {
+        panic!("a bug in on_connected");
+    }
+    fn on_recv(&self, _: &Arc<Session>, data: &[u8]) -> Result<usize, String> {
+        Ok(data.len())
+    }
+}
+
+#[test]
+fn a_panic_in_on_connected_disconnects_the_new_session() {
+    let service = with_workers(1, || Arc::new(Unwelcoming));
+    let mut client = connect(&service);
+    let mut rest = Vec::new();
+    // The end of the stream, not the read timeout.
+    assert_eq!(client.read_to_end(&mut rest).ok(), Some(0));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while service.session_count() > 0 {
+        assert!(Instant::now() < deadline, "the session was not forgotten");
+        thread::sleep(Duration::from_millis(5));
+    }
+    service.stop();
+}

@@ -89,7 +89,10 @@ impl Listener {
                 drop(stream);
                 return;
             }
-            core.adopt(stream, peer).start();
+            let session = core.adopt(stream, peer);
+            // The accept's packet names the listener, not the session: a
+            // panicking `on_connected` must still disconnect this session.
+            core.run_guarded(session.id(), || session.start());
         }
     }
 

@@ -337,29 +337,35 @@ impl ServiceCore {
         RecvBuffer::new(self.config.recv_buffer, self.config.recv_low_water)
     }
 
-    /// Dispatches a packet. A handler that panics disconnects its own
-    /// session, with the panic as the logged reason, instead of ending the
-    /// worker and stalling every other session of that worker.
+    /// Dispatches a packet, guarded (see [`ServiceCore::run_guarded`]).
     fn dispatch_guarded(self: &Arc<Self>, packet: Completion<Io>) {
+        // A session's packets carry its id; the listener's carry 0, which
+        // names no session (ids start at 1).
         let key = packet.key;
-        // The session's state is behind locks that survive a panic, and the
-        // session is disconnected at once.
-        let Err(panic) = panic::catch_unwind(AssertUnwindSafe(|| self.dispatch(packet))) else {
+        self.run_guarded(key, || self.dispatch(packet));
+    }
+
+    /// Runs `work` for session `id`. A handler that panics inside it
+    /// disconnects that session, with the panic as the logged reason,
+    /// instead of ending the worker and stalling every other session of
+    /// that worker. The session's state is behind locks that survive a
+    /// panic, and the session is disconnected at once.
+    pub(crate) fn run_guarded(&self, id: u64, work: impl FnOnce()) {
+        let Err(panic) = panic::catch_unwind(AssertUnwindSafe(work)) else {
             return;
         };
         let what = panic_message(panic.as_ref());
-        // Session ids start at 1; the listener's packets carry key 0.
-        let session = self.sessions().get(&key).cloned();
+        let session = self.sessions().get(&id).cloned();
         let Some(session) = session else {
             tracing::error!("a handler panicked: {what}");
             return;
         };
         let reason = format!("its handler panicked: {what}");
-        tracing::error!("session {key} disconnected: {reason}");
+        tracing::error!("session {id} disconnected: {reason}");
         let disconnected = panic::catch_unwind(AssertUnwindSafe(|| session.disconnect(&reason)));
         if let Err(again) = disconnected {
             let what = panic_message(again.as_ref());
-            tracing::error!("session {key}: on_disconnected panicked too: {what}");
+            tracing::error!("session {id}: on_disconnected panicked too: {what}");
         }
     }
 
