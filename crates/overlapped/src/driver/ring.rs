@@ -352,8 +352,11 @@ impl Ring {
     /// and nothing is in flight; the caller's reference is the last.
     pub(crate) fn reap_while_used(self: &Arc<Self>) {
         // The sockets and operations that still use the ring hold the other
-        // references.
-        while Arc::strong_count(self) > 1 || self.in_flight.load(Ordering::Acquire) > 0 {
+        // references. A confined ring claimed by another thread is that
+        // thread's to reap: the port's worker reached it first.
+        while self.may_reap()
+            && (Arc::strong_count(self) > 1 || self.in_flight.load(Ordering::Acquire) > 0)
+        {
             if let Err(e) = self.reap(Some(RETIRED_POLL), None) {
                 tracing::error!("reaping a retired ring failed: {e}");
                 thread::sleep(RETIRED_POLL);

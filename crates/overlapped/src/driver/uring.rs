@@ -132,6 +132,13 @@ impl Confinement {
         self.issuer.get() == Some(&current_thread())
     }
 
+    /// Whether another thread has claimed the ring.
+    fn claimed_elsewhere(&self) -> bool {
+        self.issuer
+            .get()
+            .is_some_and(|issuer| *issuer != current_thread())
+    }
+
     fn handed_over(&self) -> MutexGuard<'_, Vec<squeue::Entry>> {
         // Updates are single pushes and drains.
         self.handed_over.lock().unwrap_or_else(|p| p.into_inner())
@@ -163,10 +170,8 @@ impl Uring {
     /// sleeps in the ring; otherwise the ring is an ordinary one.
     pub(crate) fn new(cooperative: bool, sleep_in_ring: bool, confined: bool) -> io::Result<Uring> {
         if confined && sleep_in_ring {
-            match Uring::confined() {
-                Ok(Some(uring)) => return Ok(uring),
-                Ok(None) => {}
-                Err(e) => return Err(e),
+            if let Some(uring) = Uring::confined()? {
+                return Ok(uring);
             }
         }
         let mut builder = IoUring::builder();
@@ -235,13 +240,10 @@ impl Uring {
     /// Whether this thread may reap the ring: any thread, unless it is
     /// confined to another.
     pub(crate) fn may_reap(&self) -> bool {
-        match &self.confinement {
-            None => true,
-            Some(confinement) => match confinement.issuer.get() {
-                None => true,
-                Some(issuer) => *issuer == current_thread(),
-            },
-        }
+        !self
+            .confinement
+            .as_ref()
+            .is_some_and(|c| c.claimed_elsewhere())
     }
 
     /// Whether a thread confined this ring (and so must stay to reap it).
@@ -258,13 +260,10 @@ impl Uring {
         let Some(confinement) = &self.confinement else {
             return Ok(());
         };
-        let me = current_thread();
-        match confinement.issuer.get() {
-            Some(issuer) if *issuer == me => return Ok(()),
-            Some(_) => return Err(confined_elsewhere()),
-            None => {}
+        if confinement.on_issuer() {
+            return Ok(());
         }
-        if confinement.issuer.set(me).is_err() {
+        if confinement.issuer.set(current_thread()).is_err() {
             // Another thread claimed it first.
             return Err(confined_elsewhere());
         }
@@ -288,13 +287,8 @@ impl Uring {
         slot: &'a OnceLock<BufRing>,
         buffers: u16,
     ) -> io::Result<&'a BufRing> {
-        if let Some(confinement) = &self.confinement {
-            if confinement.issuer.get().is_some() && !confinement.on_issuer() {
-                if let Some(pool) = slot.get() {
-                    return Ok(pool);
-                }
-                return Err(confined_elsewhere());
-            }
+        if !self.may_reap() {
+            return slot.get().ok_or_else(confined_elsewhere);
         }
         let _guard = self.submit_lock.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(pool) = slot.get() {
