@@ -270,3 +270,48 @@ fn stop_returns_while_the_program_still_holds_a_session() {
     stopper.join().unwrap();
     drop(held);
 }
+
+/// Echoes, and keeps a weak handle to its session.
+struct Watched(Arc<Mutex<Option<std::sync::Weak<Session>>>>);
+
+impl SessionHandler for Watched {
+    fn on_connected(&self, session: &Arc<Session>) {
+        *self.0.lock().unwrap() = Some(Arc::downgrade(session));
+    }
+    fn on_recv(&self, session: &Arc<Session>, data: &[u8]) -> Result<usize, String> {
+        session.send_copy(data);
+        Ok(data.len())
+    }
+}
+
+#[test]
+fn a_session_that_received_is_released_once_disconnected_while_the_service_runs() {
+    let watched = Arc::new(Mutex::new(None));
+    let shared = watched.clone();
+    let config = ServiceConfig {
+        workers: 1,
+        ..ServiceConfig::default()
+    };
+    let factory = Arc::new(move || Arc::new(Watched(shared.clone())) as Arc<dyn SessionHandler>);
+    let service = Service::server("127.0.0.1:0", config, factory).unwrap();
+    let mut client = connect(&service);
+    client.write_all(b"ping").unwrap();
+    let mut echo = [0u8; 4];
+    client.read_exact(&mut echo).unwrap();
+    assert_eq!(&echo, b"ping");
+    let session = watched
+        .lock()
+        .unwrap()
+        .clone()
+        .expect("the session connected");
+    drop(client);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while session.upgrade().is_some() {
+        assert!(
+            Instant::now() < deadline,
+            "the disconnected session is still held by the running service"
+        );
+        thread::sleep(Duration::from_millis(5));
+    }
+    service.stop();
+}

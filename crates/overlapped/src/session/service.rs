@@ -10,6 +10,7 @@
 //! session (a broadcast, a timer); they are handed over to its worker.
 
 use std::any::Any;
+use std::collections::hash_map::Entry;
 use std::fmt;
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -338,11 +339,11 @@ impl ServiceCore {
     }
 
     /// Dispatches a packet, guarded (see [`ServiceCore::run_guarded`]).
-    fn dispatch_guarded(self: &Arc<Self>, packet: Completion<Io>) {
+    fn dispatch_guarded(self: &Arc<Self>, packet: Completion<Io>, receiving: &mut Receiving) {
         // A session's packets carry its id; the listener's carry 0, which
         // names no session (ids start at 1).
         let key = packet.key;
-        self.run_guarded(key, || self.dispatch(packet));
+        self.run_guarded(key, || self.dispatch(packet, receiving));
     }
 
     /// Runs `work` for session `id`. A handler that panics inside it
@@ -369,12 +370,11 @@ impl ServiceCore {
         }
     }
 
-    fn dispatch(self: &Arc<Self>, mut packet: Completion<Io>) {
+    fn dispatch(self: &Arc<Self>, mut packet: Completion<Io>, receiving: &mut Receiving) {
         let Some(io) = packet.record.take() else {
             // An arrival of a multishot receive: the key names the session.
             if let Some(bytes) = packet.received() {
-                let session = self.sessions().get(&packet.key).cloned();
-                if let Some(session) = session {
+                if let Some(session) = receiving.session(packet.key, self) {
                     session.on_arrival(bytes);
                 }
             }
@@ -390,7 +390,10 @@ impl ServiceCore {
                 let tails = packet.take_buffers();
                 session.on_recv_complete(packet.result, tails)
             }
-            Io::RecvEnd(session) => session.on_multishot_end(packet.result),
+            Io::RecvEnd(session) => {
+                receiving.ended(session.id());
+                session.on_multishot_end(packet.result)
+            }
             Io::Send(session) => {
                 let sent = packet.take_buffers();
                 session.on_send_complete(packet.result, sent)
@@ -402,6 +405,7 @@ impl ServiceCore {
     /// closes.
     fn work(self: Arc<Self>, port: &CompletionPort<Io>) {
         let mut batch = Vec::with_capacity(64);
+        let mut receiving = Receiving::default();
         // The port returns an error only once it is closed.
         while port
             .get_queued_completion_status_ex(&mut batch, 64, INFINITE)
@@ -410,10 +414,36 @@ impl ServiceCore {
             // What the handlers start goes to the kernel in one submission.
             port.submit_batch(|| {
                 for packet in batch.drain(..) {
-                    self.dispatch_guarded(packet);
+                    self.dispatch_guarded(packet, &mut receiving);
                 }
             });
         }
+    }
+}
+
+/// A worker's own table of the sessions whose multishot receive it is
+/// handling arrivals for, so that an arrival, which names its session only
+/// by id, is matched without the service's shared table and its lock. An
+/// entry is made at a session's first arrival and dropped with the end of
+/// its multishot receive, which comes after every arrival of it: it keeps
+/// no session alive that the receive itself does not.
+#[derive(Default)]
+struct Receiving {
+    sessions: FxHashMap<u64, Arc<Session>>,
+}
+
+impl Receiving {
+    /// The session an arrival under `id` is for, if it is still tracked.
+    fn session(&mut self, id: u64, core: &ServiceCore) -> Option<&Arc<Session>> {
+        match self.sessions.entry(id) {
+            Entry::Occupied(tracked) => Some(tracked.into_mut()),
+            Entry::Vacant(untracked) => Some(untracked.insert(core.sessions().get(&id).cloned()?)),
+        }
+    }
+
+    /// Session `id`'s multishot receive ended: no arrival of it follows.
+    fn ended(&mut self, id: u64) {
+        self.sessions.remove(&id);
     }
 }
 
