@@ -20,6 +20,7 @@
 
 pub(crate) mod buf;
 pub(crate) mod buf_ring;
+pub(crate) mod confined;
 pub(crate) mod epoll;
 pub(crate) mod op;
 pub(crate) mod ring;

@@ -15,6 +15,7 @@ use std::time::Duration;
 use io_uring::{cqueue, opcode, squeue, types, IoUring, Probe};
 
 use super::buf_ring::{BufRing, Lease, POOL_GROUP};
+use super::confined::current_thread;
 use super::op::{IoParts, Op, OpKind};
 use super::ring::Ring;
 use super::sys;
@@ -106,15 +107,6 @@ struct Confinement {
     doorbell: OwnedFd,
     /// The multishot poll on the doorbell runs.
     doorbell_watched: AtomicBool,
-}
-
-/// The current thread's id. `thread::current()` clones a reference-counted
-/// handle; a ring asks once per submission.
-fn current_thread() -> ThreadId {
-    thread_local! {
-        static ID: ThreadId = thread::current().id();
-    }
-    ID.with(|id| *id)
 }
 
 impl Confinement {

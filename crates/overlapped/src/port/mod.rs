@@ -38,12 +38,14 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-
+use std::thread::ThreadId;
 use std::time::{Duration, Instant};
 
 use crate::driver::buf_ring::{Lease, POOL_BUFFERS};
+use crate::driver::confined::{current_thread, Confined};
 use crate::driver::op::{self, Finished, IoParts, Notify, Outcome, Payload, Sink};
 use crate::driver::ring::Ring;
 use crate::error;
@@ -131,33 +133,25 @@ impl<T> fmt::Debug for Completion<T> {
     }
 }
 
-/// Tells threads apart as `ThreadId` does, without its cost: asking for the
-/// current `ThreadId` clones and drops a reference-counted handle, and a
-/// port asks once per packet. A token is the address of a thread-local,
-/// unique among the threads alive, and the reaper is alive while it reaps.
-#[derive(Clone, Copy, PartialEq, Eq)]
-struct ThreadToken(usize);
-
-impl ThreadToken {
-    fn current() -> ThreadToken {
-        thread_local! {
-            static MARK: u8 = const { 0 };
-        }
-        ThreadToken(MARK.with(|mark| mark as *const u8 as usize))
-    }
-}
-
 struct Queue<T> {
     packets: VecDeque<Completion<T>>,
     closed: bool,
     /// Workers blocked in a dequeue, other than the reaper.
     waiting: usize,
     /// The worker reaping the ring, if any.
-    reaper: Option<ThreadToken>,
+    reaper: Option<ThreadId>,
 }
 
 pub(crate) struct Shared<T> {
     queue: Mutex<Queue<T>>,
+    /// `queue.packets.len()`, readable without the lock.
+    queued: AtomicUsize,
+    /// `queue.closed`, readable without the lock.
+    closed: AtomicBool,
+    /// The packets the worker of a confined ring delivers to itself — all
+    /// of the ring's completions — queued without a lock. Claimed by that
+    /// worker once the ring is confined to it; unclaimed on other ports.
+    local: Confined<VecDeque<Completion<T>>>,
     ready: Condvar,
     concurrency: usize,
     ring: Arc<Ring>,
@@ -176,14 +170,22 @@ impl<T> Shared<T> {
 
     /// Appends a packet; dropped if the port is closed.
     fn enqueue(&self, packet: Completion<T>) {
+        if self.closed.load(Ordering::Acquire) {
+            return;
+        }
+        // The worker itself: it is awake, and it alone takes from `local`.
+        let mut packet = Some(packet);
+        self.local.with(|local| local.extend(packet.take()));
+        let Some(packet) = packet else { return };
         let (wake_waiter, wake_reaper) = {
             let mut queue = self.lock();
             if queue.closed {
                 return;
             }
             queue.packets.push_back(packet);
+            self.queued.store(queue.packets.len(), Ordering::Release);
             // The reaper itself queues the packets it reaps: no need to wake it.
-            let asleep_elsewhere = queue.reaper.is_some_and(|id| id != ThreadToken::current());
+            let asleep_elsewhere = queue.reaper.is_some_and(|id| id != current_thread());
             (queue.waiting > 0, asleep_elsewhere)
         };
         if wake_waiter {
@@ -208,6 +210,8 @@ impl<T> Shared<T> {
         let dropped = {
             let mut queue = self.lock();
             queue.closed = true;
+            self.closed.store(true, Ordering::Release);
+            self.queued.store(0, Ordering::Release);
             std::mem::take(&mut queue.packets)
         };
         self.ready.notify_all();
@@ -283,6 +287,9 @@ impl<T: Send + 'static> CompletionPort<T> {
                 waiting: 0,
                 reaper: None,
             }),
+            queued: AtomicUsize::new(0),
+            closed: AtomicBool::new(false),
+            local: Confined::new(VecDeque::new()),
             ready: Condvar::new(),
             concurrency,
             ring,
@@ -376,8 +383,9 @@ impl<T: Send + 'static> CompletionPort<T> {
         &self,
         timeout: Option<Duration>,
     ) -> io::Result<Option<Completion<T>>> {
-        let mut queue = self.wait_for_packets(timeout)?;
-        Ok(queue.packets.pop_front())
+        let mut packet = None;
+        self.dequeue(timeout, 1, &mut |p| packet = Some(p))?;
+        Ok(packet)
     }
 
     /// Dequeues up to `max` packets into `into` (`GetQueuedCompletionStatusEx`),
@@ -389,66 +397,81 @@ impl<T: Send + 'static> CompletionPort<T> {
         max: usize,
         timeout: Option<Duration>,
     ) -> io::Result<usize> {
-        let mut queue = self.wait_for_packets(timeout)?;
-        let n = queue.packets.len().min(max);
-        into.extend(queue.packets.drain(..n));
-        Ok(n)
+        self.dequeue(timeout, max, &mut |p| into.push(p))
     }
 
-    /// Blocks until a packet is queued, the timeout passes or the port
-    /// closes; reaps the ring meanwhile unless another worker does.
-    fn wait_for_packets(&self, timeout: Option<Duration>) -> io::Result<MutexGuard<'_, Queue<T>>> {
+    /// Hands up to `max` packets to `put`, waiting up to `timeout` for the
+    /// first; reaps the ring meanwhile unless another worker does. The
+    /// packets a confined ring's worker delivered to itself come first, and
+    /// reach it without a lock while no other thread has posted any.
+    fn dequeue(
+        &self,
+        timeout: Option<Duration>,
+        max: usize,
+        put: &mut dyn FnMut(Completion<T>),
+    ) -> io::Result<usize> {
+        let shared = &*self.shared;
         let deadline = timeout.map(|t| Instant::now() + t);
-        let mut queue = self.shared.lock();
+        let mut last_look = false;
         loop {
-            if queue.closed {
+            if shared.closed.load(Ordering::Acquire) {
+                // Packets hold their operations, which hold the port.
+                shared.local.with(VecDeque::clear);
                 return Err(error::abandoned());
             }
-            if !queue.packets.is_empty() {
-                return Ok(queue);
+            let mut taken = shared
+                .local
+                .with(|local| hand_out(local, max, put))
+                .unwrap_or(0);
+            if taken == max || (taken > 0 && shared.queued.load(Ordering::Acquire) == 0) {
+                return Ok(taken);
+            }
+            let mut queue = shared.lock();
+            if queue.closed {
+                continue;
+            }
+            if taken > 0 || !queue.packets.is_empty() || last_look {
+                taken += hand_out(&mut queue.packets, max - taken, put);
+                shared.queued.store(queue.packets.len(), Ordering::Release);
+                return Ok(taken);
             }
             let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
             // A confined ring is reaped by its own thread only; others
             // wait for the packets it queues.
-            if queue.reaper.is_none() && self.shared.ring.may_reap() {
-                queue.reaper = Some(ThreadToken::current());
+            if queue.reaper.is_none() && shared.ring.may_reap() {
+                queue.reaper = Some(current_thread());
                 // Reset under the lock: a post or close after this point
                 // takes the lock first, then sets it again. Only when it was
                 // set, which saves a system call per wait.
-                if self.shared.wake_pending.swap(false, Ordering::AcqRel) {
-                    self.shared.wake.reset()?;
+                if shared.wake_pending.swap(false, Ordering::AcqRel) {
+                    shared.wake.reset()?;
                 }
                 drop(queue);
-                let reaped = self
-                    .shared
-                    .ring
-                    .reap(left, Some(self.shared.wake.as_raw_fd()));
-                queue = self.shared.lock();
+                let reaped = shared.ring.reap(left, Some(shared.wake.as_raw_fd()));
+                if shared.ring.is_confined_to_this_thread() {
+                    // From now on this thread delivers every completion.
+                    shared.local.claim();
+                }
+                let mut queue = shared.lock();
                 queue.reaper = None;
                 if queue.waiting > 0 {
                     // Someone must reap while this worker handles its packets.
-                    self.shared.ready.notify_one();
+                    shared.ready.notify_one();
                 }
                 reaped?;
-                if queue.packets.is_empty() && left == Some(Duration::ZERO) {
-                    return Ok(queue);
-                }
+                last_look = left == Some(Duration::ZERO);
                 continue;
             }
             if left == Some(Duration::ZERO) {
-                return Ok(queue);
+                return Ok(0);
             }
             queue.waiting += 1;
             queue = match left {
                 Some(left) => {
-                    let waited = self.shared.ready.wait_timeout(queue, left);
+                    let waited = shared.ready.wait_timeout(queue, left);
                     waited.unwrap_or_else(|p| p.into_inner()).0
                 }
-                None => self
-                    .shared
-                    .ready
-                    .wait(queue)
-                    .unwrap_or_else(|p| p.into_inner()),
+                None => shared.ready.wait(queue).unwrap_or_else(|p| p.into_inner()),
             };
             queue.waiting -= 1;
         }
@@ -508,10 +531,82 @@ impl<T: Send + 'static> Sink for Shared<T> {
     }
 }
 
+/// Moves up to `max` packets from the front of `from` to `put`.
+fn hand_out<T>(
+    from: &mut VecDeque<Completion<T>>,
+    max: usize,
+    put: &mut dyn FnMut(Completion<T>),
+) -> usize {
+    let n = from.len().min(max);
+    from.drain(..n).for_each(put);
+    n
+}
+
 impl<T> fmt::Debug for CompletionPort<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CompletionPort")
             .field("concurrency", &self.shared.concurrency)
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ErrorExt;
+
+    fn posted(port: &CompletionPort<u32>, key: u64) {
+        port.post(key, 0, None).expect("the port is open");
+    }
+
+    /// A confined port whose ring this thread reaped once, which claims it.
+    fn claimed_port() -> CompletionPort<u32> {
+        let port = CompletionPort::<u32>::for_one_worker().unwrap();
+        let nothing = port.get_queued_completion_status(Some(Duration::ZERO));
+        assert!(nothing.unwrap().is_none());
+        port
+    }
+
+    fn next_key(port: &CompletionPort<u32>) -> Option<u64> {
+        let timeout = Some(Duration::from_secs(5));
+        let packet = port.get_queued_completion_status(timeout).expect("open");
+        packet.map(|p| p.key)
+    }
+
+    #[test]
+    fn the_worker_of_a_confined_port_queues_its_own_packets_without_the_lock() {
+        let port = claimed_port();
+        let confined = port.ring().is_confined_to_this_thread();
+        assert_eq!(port.shared.local.is_owned_here(), confined);
+
+        posted(&port, 2);
+        let in_shared_queue = port.shared.queued.load(Ordering::Acquire);
+        assert_eq!(in_shared_queue, if confined { 0 } else { 1 });
+        assert_eq!(next_key(&port), Some(2));
+    }
+
+    #[test]
+    fn packets_from_another_thread_reach_the_worker_of_a_confined_port() {
+        let port = claimed_port();
+        posted(&port, 2);
+        let other = port.clone();
+        std::thread::spawn(move || posted(&other, 3))
+            .join()
+            .unwrap();
+        let mut keys = vec![next_key(&port), next_key(&port)];
+        keys.sort();
+        assert_eq!(keys, vec![Some(2), Some(3)]);
+    }
+
+    #[test]
+    fn closing_a_confined_port_drops_the_packets_its_worker_queued() {
+        let port = claimed_port();
+        posted(&port, 2);
+        let other = port.clone();
+        std::thread::spawn(move || other.close()).join().unwrap();
+        let after_close = port.get_queued_completion_status(Some(Duration::ZERO));
+        let code = after_close.unwrap_err().winsock_code();
+        assert_eq!(code, Some(crate::error::ERROR_ABANDONED_WAIT_0));
+        assert!(port.shared.local.with(|local| local.is_empty()) != Some(false));
     }
 }

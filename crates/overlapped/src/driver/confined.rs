@@ -1,0 +1,122 @@
+//! A value that one thread, once it claims it, reaches without a lock.
+//!
+//! A ring confined to its worker (`IORING_SETUP_SINGLE_ISSUER`) makes that
+//! worker the only thread that reaps it, so most of what a message touches
+//! — the packets the worker delivers to itself, the pool buffers it gives
+//! back — is touched by that one thread. [`Confined`] lets it do so without
+//! a lock; any other thread is turned away and takes the locked way.
+
+use std::cell::{Cell, UnsafeCell};
+use std::sync::OnceLock;
+use std::thread::{self, ThreadId};
+
+/// The current thread's id. `thread::current()` clones a reference-counted
+/// handle; the driver asks once per submission.
+pub(crate) fn current_thread() -> ThreadId {
+    thread_local! {
+        static ID: ThreadId = thread::current().id();
+    }
+    ID.with(|id| *id)
+}
+
+/// A value only its owner thread uses, with no lock.
+pub(crate) struct Confined<T> {
+    /// The thread that claimed it; unset, nobody may use it.
+    owner: OnceLock<ThreadId>,
+    /// The owner is inside [`Confined::with`]: a nested call is turned away
+    /// instead of making a second `&mut` to the value.
+    in_use: Cell<bool>,
+    value: UnsafeCell<T>,
+}
+
+// SAFETY: `value` and `in_use` are only reached through `with`, which lets
+// only the owner thread in, one call at a time; `owner` is a `OnceLock`,
+// safe to share. Every other thread touches neither, so sharing the cell is
+// like sending the value to the owner once: `T: Send` suffices.
+unsafe impl<T: Send> Sync for Confined<T> {}
+
+impl<T> Confined<T> {
+    pub(crate) fn new(value: T) -> Confined<T> {
+        Confined {
+            owner: OnceLock::new(),
+            in_use: Cell::new(false),
+            value: UnsafeCell::new(value),
+        }
+    }
+
+    /// Makes the current thread the owner, unless there is one already.
+    /// Returns whether the current thread is the owner.
+    pub(crate) fn claim(&self) -> bool {
+        *self.owner.get_or_init(current_thread) == current_thread()
+    }
+
+    /// Whether the current thread is the owner.
+    pub(crate) fn is_owned_here(&self) -> bool {
+        self.owner.get() == Some(&current_thread())
+    }
+
+    /// Runs `f` on the value if the current thread owns it and is not
+    /// already inside `with`; `None` otherwise.
+    pub(crate) fn with<R>(&self, f: impl FnOnce(&mut T) -> R) -> Option<R> {
+        if !self.is_owned_here() || self.in_use.replace(true) {
+            return None;
+        }
+        /// Lets the owner in again when `f` returns or unwinds.
+        struct Leave<'a>(&'a Cell<bool>);
+        impl Drop for Leave<'_> {
+            fn drop(&mut self) {
+                self.0.set(false);
+            }
+        }
+        let _leave = Leave(&self.in_use);
+        // SAFETY: only the owner thread gets here (checked above, and the
+        // owner never changes once set), and `in_use` keeps it from getting
+        // here twice at once, so this is the only reference to the value.
+        Some(f(unsafe { &mut *self.value.get() }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unclaimed_cell_lets_nobody_in() {
+        let cell = Confined::new(1);
+        assert_eq!(cell.with(|v| *v), None);
+    }
+
+    #[test]
+    fn the_owner_reaches_the_value_and_another_thread_does_not() {
+        let cell = Confined::new(1);
+        assert!(cell.claim());
+        assert_eq!(cell.with(|v| *v += 1), Some(()));
+        thread::scope(|s| {
+            s.spawn(|| {
+                assert!(!cell.claim());
+                assert_eq!(cell.with(|v| *v), None);
+            });
+        });
+        assert_eq!(cell.with(|v| *v), Some(2));
+    }
+
+    #[test]
+    fn a_nested_call_is_turned_away() {
+        let cell = Confined::new(0);
+        cell.claim();
+        let nested = cell.with(|_| cell.with(|v| *v));
+        assert_eq!(nested, Some(None));
+        assert_eq!(cell.with(|v| *v), Some(0));
+    }
+
+    #[test]
+    fn the_owner_gets_in_again_after_a_panic_inside() {
+        let cell = Confined::new(0);
+        cell.claim();
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            cell.with(|_| panic!("inside"));
+        }));
+        assert!(panicked.is_err());
+        assert_eq!(cell.with(|v| *v), Some(0));
+    }
+}
