@@ -33,7 +33,7 @@ use std::os::fd::{FromRawFd, OwnedFd};
 use std::sync::Arc;
 
 use op::{Direction, Op, OpKind, Outcome};
-use socket::Socket;
+use socket::{Entry, Next, Socket};
 
 use crate::error;
 
@@ -56,44 +56,63 @@ pub(crate) fn start(op: &Arc<Op>) -> io::Result<Option<Outcome>> {
         return Err(error::invalid_parameter("not a socket operation"));
     };
     op.reset_notification()?;
-    let mut lanes = socket.lanes();
-    if lanes.closing {
+    if socket.is_closing() {
         return Err(error::aborted());
     }
-    if lanes.ring.is_retired() {
+    let ring = socket.ring();
+    if ring.is_retired() {
         return Err(error::invalid_handle(
             "the socket's completion port is closed",
         ));
     }
     if op.kind.is_unordered() {
-        lanes.ring.submit(op).inspect_err(|_| op.mark_queued())?;
-        lanes.unordered += 1;
-        if let OpKind::RecvMulti = op.kind {
-            lanes.multishot = Arc::downgrade(op);
-        }
-        return Ok(None);
+        return start_unordered(op, socket);
     }
     let Some(direction) = op.kind.direction() else {
         return Err(error::invalid_parameter("not a socket data operation"));
     };
-    let (ring, lane) = lanes.ring_and_lane(direction);
-    if lane.busy {
-        lane.waiting.push_back(op.clone());
-        return Ok(None);
+    match socket.enter_lane(direction, op) {
+        Entry::Go => {}
+        Entry::Queued => return Ok(None),
+        Entry::Closing => return Err(error::aborted()),
     }
     // Inside a batch the kernel gets every operation: its own first attempt
     // costs nothing extra there, while ours would cost a system call.
     if !ring.is_batching() {
-        if let Some(outcome) = try_now(op, &socket.sock)? {
-            op.finish(outcome);
-            return Ok(Some(outcome));
+        match try_now(op, &socket.sock) {
+            Ok(None) => {}
+            Ok(Some(outcome)) => {
+                op.finish(outcome);
+                leave_lane(socket, direction);
+                return Ok(Some(outcome));
+            }
+            Err(e) => {
+                leave_lane(socket, direction);
+                return Err(e);
+            }
         }
     }
     if let Err(e) = ring.submit(op) {
         op.mark_queued();
+        leave_lane(socket, direction);
         return Err(e);
     }
-    lane.busy = true;
+    Ok(None)
+}
+
+/// Starts an operation that takes no lane: several may be in the kernel.
+fn start_unordered(op: &Arc<Op>, socket: &Socket) -> io::Result<Option<Outcome>> {
+    if !socket.enter_unordered() {
+        return Err(error::aborted());
+    }
+    if let Err(e) = socket.ring().submit(op) {
+        op.mark_queued();
+        socket.leave_unordered();
+        return Err(e);
+    }
+    if let OpKind::RecvMulti = op.kind {
+        socket.set_multishot(op);
+    }
     Ok(None)
 }
 
@@ -181,9 +200,9 @@ pub(crate) fn complete(op: Arc<Op>, result: i32) {
     op.finish_with(|parts| outcome_of(&op.kind, parts, result));
     let Some(socket) = &op.socket else { return };
     if let Some(direction) = op.kind.direction() {
-        submit_next(socket, direction);
+        leave_lane(socket, direction);
     } else if op.kind.is_unordered() {
-        socket.lanes().unordered -= 1;
+        socket.leave_unordered();
     }
 }
 
@@ -236,26 +255,24 @@ pub(crate) fn arrived(op: &Op, lease: buf_ring::Lease) {
     op.deliver_arrival(sent_outcome(bytes), lease);
 }
 
-/// Hands the kernel the next operation waiting in `direction`, or marks the
-/// lane idle.
-fn submit_next(socket: &Socket, direction: Direction) {
-    let mut lanes = socket.lanes();
-    let closing = lanes.closing;
-    let (ring, lane) = lanes.ring_and_lane(direction);
-    while let Some(next) = lane.waiting.pop_front() {
-        if closing {
-            next.finish(Outcome::aborted());
-            continue;
+/// The operation that had the lane of `direction` is no longer in the
+/// kernel: hands the kernel the next one waiting there, or frees the lane.
+fn leave_lane(socket: &Socket, direction: Direction) {
+    socket.leave_lane(direction, |next| match next {
+        Next::Idle => true,
+        Next::Op { op, closing: true } => {
+            op.finish(Outcome::aborted());
+            false
         }
-        match ring.submit(&next) {
-            Ok(()) => return,
+        Next::Op { op, .. } => match socket.ring().submit(&op) {
+            Ok(()) => true,
             Err(e) => {
                 // It was reported pending, so it must complete: with this error.
-                next.finish(Outcome::failed(e.raw_os_error().unwrap_or(libc::EIO)));
+                op.finish(Outcome::failed(e.raw_os_error().unwrap_or(libc::EIO)));
+                false
             }
-        }
-    }
-    lane.busy = false;
+        },
+    });
 }
 
 /// `CancelIoEx` for one operation. With `wait`, blocks until the kernel has
@@ -264,20 +281,12 @@ pub(crate) fn cancel(target: &Arc<Op>, wait: bool) -> io::Result<()> {
     let Some(socket) = &target.socket else {
         return Err(error::not_found());
     };
-    {
-        let mut lanes = socket.lanes();
-        if target.is_done() {
-            return Err(error::not_found());
-        }
-        if target.is_queued() {
-            // Still waiting behind another operation: the kernel never saw it.
-            if let Some(direction) = target.kind.direction() {
-                lanes
-                    .lane(direction)
-                    .waiting
-                    .retain(|op| !Arc::ptr_eq(op, target));
-            }
-            drop(lanes);
+    if target.is_done() {
+        return Err(error::not_found());
+    }
+    if let Some(direction) = target.kind.direction().filter(|_| target.is_queued()) {
+        // Still waiting behind another operation: the kernel never saw it.
+        if socket.unqueue(direction, target) {
             target.finish(Outcome::aborted());
             return Ok(());
         }
@@ -306,7 +315,7 @@ pub(crate) fn cancel(target: &Arc<Op>, wait: bool) -> io::Result<()> {
 /// its final completion reports "aborted" once the kernel lets go of it.
 /// "Not found" when none is running.
 pub(crate) fn cancel_multishot(socket: &Socket) -> io::Result<()> {
-    let running = socket.lanes().multishot.upgrade();
+    let running = socket.running_multishot();
     match running {
         Some(op) => cancel(&op, false),
         None => Err(error::not_found()),
@@ -318,11 +327,8 @@ pub(crate) fn cancel_multishot(socket: &Socket) -> io::Result<()> {
 /// "aborted" when the kernel lets go of them. The descriptor itself closes
 /// when the last of them has completed.
 pub(crate) fn close(socket: &Arc<Socket>) {
-    let (queued, in_kernel, ring) = {
-        let mut lanes = socket.lanes();
-        lanes.closing = true;
-        (lanes.drain_waiting(), lanes.any_busy(), lanes.ring.clone())
-    };
+    let (queued, in_kernel) = socket.close();
+    let ring = socket.ring().clone();
     for op in queued {
         op.finish(Outcome::aborted());
     }
