@@ -330,14 +330,18 @@ fn attempt(ring: &Arc<Ring>, op: &Op) -> Attempt {
     };
     let sock = &socket.sock;
     let outcome = match op.kind {
-        OpKind::Recv | OpKind::RecvFrom | OpKind::Send | OpKind::SendTo | OpKind::Accept => op
-            .with_parts(|parts| {
+        OpKind::Recv | OpKind::RecvFrom | OpKind::Send | OpKind::SendTo | OpKind::Accept => {
+            let perform = |parts: &mut IoParts| {
                 // SAFETY: the op owns these buffers, header and address until
-                // it completes; the op's lock is held for the call, and no
-                // kernel request holds them (this backend makes none).
+                // it completes, and this thread owns the op (below).
                 unsafe { attempt_now(&op.kind, sock, parts) }
-            })
-            .unwrap_or(Ok(Some(-libc::EINVAL))),
+            };
+            // SAFETY: a submitted op's memory belongs to this backend, and
+            // the reaper performs it under the backend's lock (held by our
+            // caller); no kernel request holds it (this backend makes none).
+            let attempt = unsafe { op.with_parts(perform) };
+            attempt.unwrap_or(Ok(Some(-libc::EINVAL)))
+        }
         OpKind::Connect => match sock.take_error() {
             Ok(Some(e)) => Ok(Some(-e.raw_os_error().unwrap_or(libc::ECONNREFUSED))),
             Ok(None) => Ok(Some(0)),
@@ -464,14 +468,16 @@ fn start_connect(op: &Op) -> io::Result<Option<i32>> {
         return Err(io::Error::from_raw_os_error(libc::EBADF));
     };
     socket.sock.set_nonblocking(true)?;
-    let started = op
-        .with_parts(|parts| {
-            let (addr, len) = parts.addr_ptrs();
-            // SAFETY: the address buffer and its length belong to the op's
-            // header, live and unshared for the call.
-            unsafe { sys::connect_now(&socket.sock, addr, len) }
-        })
-        .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let connect = |parts: &mut IoParts| {
+        let (addr, len) = parts.addr_ptrs();
+        // SAFETY: the address buffer and its length belong to the op's
+        // header, live and unshared for the call.
+        unsafe { sys::connect_now(&socket.sock, addr, len) }
+    };
+    // SAFETY: the op is being submitted to this backend, under its lock
+    // (held by our caller): its memory belongs to this thread.
+    let started = unsafe { op.with_parts(connect) };
+    let started = started.ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
     Ok(match started {
         Ok(true) => Some(0),
         Ok(false) => None,

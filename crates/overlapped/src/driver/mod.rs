@@ -117,44 +117,50 @@ fn start_unordered(op: &Arc<Op>, socket: &Socket) -> io::Result<Option<Outcome>>
 }
 
 /// One non-blocking attempt, the fast path Windows also takes. `Ok(None)`
-/// means the kernel must wait for the socket.
+/// means the kernel must wait for the socket. Called by the thread starting
+/// `op`, which holds its lane.
 fn try_now(op: &Op, sock: &socket2::Socket) -> io::Result<Option<Outcome>> {
-    let stream = matches!(op.kind, OpKind::Recv | OpKind::Send);
-    match op.kind {
+    // SAFETY: the thread starting an operation owns its memory until it is
+    // submitted: it is in no queue and no kernel request yet.
+    let attempt = unsafe { op.with_parts(|parts| attempt_now(&op.kind, sock, parts)) };
+    attempt.transpose().map(Option::flatten)
+}
+
+/// [`try_now`] on the operation's memory, which the calling thread owns.
+fn attempt_now(
+    kind: &OpKind,
+    sock: &socket2::Socket,
+    parts: &mut op::IoParts,
+) -> io::Result<Option<Outcome>> {
+    let stream = matches!(kind, OpKind::Recv | OpKind::Send);
+    match kind {
         OpKind::Recv | OpKind::RecvFrom => {
-            let flags = recv_flags(&op.kind);
-            let attempt = op.with_parts(|parts| match parts.single().filter(|_| stream) {
+            let flags = recv_flags(kind);
+            let received = match parts.single().filter(|_| stream) {
                 // SAFETY: the buffer (or header, iovecs and address) belongs
-                // to the op's IoParts, live and owned by nobody else before
-                // submission; the op's lock is held for the call.
+                // to the op's IoParts, live and owned by this thread.
                 Some((ptr, len)) => unsafe { sys::recv_now(sock, ptr, len, flags) },
                 // SAFETY: as above, for the header and everything it points at.
                 None => unsafe { sys::recvmsg_now(sock, parts.msg_ptr(), flags) },
-            });
-            let Some(n) = attempt.transpose()?.flatten() else {
-                return Ok(None);
             };
-            Ok(op.with_parts(|parts| recv_outcome(&op.kind, parts, n)))
+            Ok(received?.map(|n| recv_outcome(kind, parts, n)))
         }
         OpKind::Send | OpKind::SendTo => {
             let flags = libc::MSG_NOSIGNAL;
-            let outcome = op.with_parts(|parts| {
-                let attempt = match parts.single().filter(|_| stream) {
-                    // SAFETY: as above; the kernel only reads during the call.
-                    Some((ptr, len)) => unsafe { sys::send_now(sock, ptr, len, flags) },
-                    // SAFETY: as above, for the header and everything it points at.
-                    None => unsafe { sys::sendmsg_now(sock, parts.msg_ptr(), flags) },
-                };
-                Ok(match attempt? {
-                    Some(n) if n >= parts.total => Some(sent_outcome(n)),
-                    Some(n) => {
-                        parts.advance(n);
-                        None
-                    }
-                    None => None,
-                })
-            });
-            outcome.transpose().map(Option::flatten)
+            let sent = match parts.single().filter(|_| stream) {
+                // SAFETY: as above; the kernel only reads during the call.
+                Some((ptr, len)) => unsafe { sys::send_now(sock, ptr, len, flags) },
+                // SAFETY: as above, for the header and everything it points at.
+                None => unsafe { sys::sendmsg_now(sock, parts.msg_ptr(), flags) },
+            };
+            Ok(match sent? {
+                Some(n) if n >= parts.total => Some(sent_outcome(n)),
+                Some(n) => {
+                    parts.advance(n);
+                    None
+                }
+                None => None,
+            })
         }
         _ => Ok(None),
     }

@@ -7,11 +7,12 @@
 //! io_uring: the backend only reads the prepared [`IoParts`].
 
 use std::any::Any;
-use std::cell::RefCell;
+use std::cell::{RefCell, UnsafeCell};
 use std::io;
 use std::mem;
 use std::net::SocketAddr;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 
 use smallbox::space::S4;
 use smallbox::{smallbox, SmallBox};
@@ -412,27 +413,32 @@ pub(crate) fn downcast<T: 'static>(erased: Erased) -> Option<T> {
     erased.downcast::<T>().ok().map(SmallBox::into_inner)
 }
 
-/// Where the operation is in its life.
-enum Phase {
-    /// Created, or waiting behind earlier operations in its direction.
-    Queued,
-    /// Handed to the kernel; only the completion may touch its memory.
-    Submitted,
-    /// Completed; the outcome can be read any number of times.
-    Done(Outcome),
-}
-
-struct Inner {
-    phase: Phase,
-    parts: Option<IoParts>,
-    /// The outcome is still to be delivered to `Op::deliver` (cleared at
-    /// completion, or when the operation never started).
-    delivery_due: bool,
-    /// Threads blocked in `wait`, so completion only wakes when needed.
-    waiters: usize,
+/// Where the operation is in its life (`Op::phase`).
+///
+/// The phase says who may touch the operation's memory (`Op::parts`):
+/// - `QUEUED`: created, or waiting behind earlier operations in its
+///   direction — whoever holds it outside the kernel: the thread starting
+///   it, or the one that took it out of its lane's queue (under the
+///   queue's lock).
+/// - `SUBMITTED`: handed to the backend — the kernel, or the epoll reaper
+///   under the backend's lock; then the thread that finishes it.
+/// - `FINISHING`: the thread finishing it, alone.
+/// - `DONE`: whoever takes it first (`Op::taken`); the outcome is fixed.
+mod phase {
+    pub(super) const QUEUED: u8 = 0;
+    pub(super) const SUBMITTED: u8 = 1;
+    pub(super) const FINISHING: u8 = 2;
+    pub(super) const DONE: u8 = 3;
 }
 
 /// One operation, shared between the program and the driver.
+///
+/// Its state is a few atomics, not a lock: a message passes through two
+/// operations (its receive and its reply), and each changes phase three or
+/// four times. Who may touch the memory follows from the phase (see
+/// [`phase`]), and each hand-over between threads goes through a release
+/// store of the phase (or a lock of the hand-over's own: a lane's queue,
+/// the epoll backend's state, the kernel's rings) and an acquire load.
 pub(crate) struct Op {
     pub(crate) kind: OpKind,
     pub(crate) socket: Option<Arc<Socket>>,
@@ -441,9 +447,31 @@ pub(crate) struct Op {
     /// Where the outcome and the arrivals go (`Notify::Deliver`). Fixed for
     /// the operation's life, so an arrival reaches it without the lock.
     deliver: Option<Delivery>,
-    inner: Mutex<Inner>,
+    phase: AtomicU8,
+    /// The memory was taken out (`take_parts`, `reclaim`): nobody touches
+    /// `parts` again until the op is reused.
+    taken: AtomicBool,
+    /// The outcome is still to be delivered to `Op::deliver` (cleared at
+    /// completion, or when the operation never started).
+    delivery_due: AtomicBool,
+    /// Written once, by the finishing thread, before `DONE` is published.
+    outcome: UnsafeCell<Outcome>,
+    parts: UnsafeCell<Option<IoParts>>,
+    /// Threads blocked in `wait`, so completion only wakes when needed.
+    waiters: AtomicUsize,
+    /// What `wait` sleeps on; a finish takes it only when someone waits.
+    sleep: Mutex<()>,
     completed: Condvar,
 }
+
+// SAFETY: `outcome` is written only by the one thread that moved the phase
+// to FINISHING (a compare-and-swap), before it publishes DONE with a
+// release store; it is read only after an acquire load saw DONE. `parts`
+// is touched only by the phase's owner (see `phase`), each hand-over
+// ordered by a release/acquire pair or by the hand-over's own lock, and
+// after DONE only by the one thread that set `taken`. Everything else is
+// atomics, a lock and immutable fields.
+unsafe impl Sync for Op {}
 
 impl Op {
     pub(crate) fn new(
@@ -464,11 +492,11 @@ impl Op {
                 op.socket = socket;
                 op.event = event;
                 op.deliver = deliver;
-                let inner = op.inner.get_mut().unwrap_or_else(|p| p.into_inner());
-                inner.phase = Phase::Queued;
-                inner.parts = parts;
-                inner.delivery_due = delivery_due;
-                inner.waiters = 0;
+                *op.phase.get_mut() = phase::QUEUED;
+                *op.taken.get_mut() = false;
+                *op.delivery_due.get_mut() = delivery_due;
+                *op.parts.get_mut() = parts;
+                *op.waiters.get_mut() = 0;
                 return spare;
             }
         }
@@ -476,85 +504,104 @@ impl Op {
             kind,
             socket,
             event,
-            inner: Mutex::new(Inner {
-                phase: Phase::Queued,
-                parts,
-                delivery_due,
-                waiters: 0,
-            }),
             deliver,
+            phase: AtomicU8::new(phase::QUEUED),
+            taken: AtomicBool::new(false),
+            delivery_due: AtomicBool::new(delivery_due),
+            outcome: UnsafeCell::new(Outcome::aborted()),
+            parts: UnsafeCell::new(parts),
+            waiters: AtomicUsize::new(0),
+            sleep: Mutex::new(()),
             completed: Condvar::new(),
         })
     }
 
-    fn lock(&self) -> MutexGuard<'_, Inner> {
-        // A panic while holding this lock cannot leave `Inner` half-written
-        // (every update is a single assignment), so a poisoned lock is safe
-        // to keep using.
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Runs `f` on the operation's memory. Only called while no kernel
-    /// request uses it: before submission, or once its completion arrived.
-    pub(crate) fn with_parts<R>(&self, f: impl FnOnce(&mut IoParts) -> R) -> Option<R> {
-        self.lock().parts.as_mut().map(f)
+    /// Runs `f` on the operation's memory, unless it was taken out.
+    ///
+    /// # Safety
+    /// The calling thread must own the memory in the current phase (see
+    /// [`phase`]): it is starting the operation, or performs it for the
+    /// backend under the backend's lock.
+    pub(crate) unsafe fn with_parts<R>(&self, f: impl FnOnce(&mut IoParts) -> R) -> Option<R> {
+        if self.taken.load(Ordering::Acquire) {
+            return None;
+        }
+        // SAFETY: the caller owns the memory now (the contract above).
+        unsafe { (*self.parts.get()).as_mut() }.map(f)
     }
 
     pub(crate) fn is_done(&self) -> bool {
-        matches!(self.lock().phase, Phase::Done(_))
+        self.phase.load(Ordering::Acquire) == phase::DONE
     }
 
     pub(crate) fn is_queued(&self) -> bool {
-        matches!(self.lock().phase, Phase::Queued)
+        self.phase.load(Ordering::Acquire) == phase::QUEUED
     }
 
     pub(crate) fn mark_submitted(&self) {
-        self.lock().phase = Phase::Submitted;
+        self.phase.store(phase::SUBMITTED, Ordering::Release);
     }
 
-    /// [`Op::mark_submitted`], and `f` run on the operation's memory (to
-    /// build the kernel's request from it) under the same lock.
-    pub(crate) fn submit_with<R>(&self, f: impl FnOnce(Option<&mut IoParts>) -> R) -> R {
-        let mut inner = self.lock();
-        inner.phase = Phase::Submitted;
-        f(inner.parts.as_mut())
+    /// [`Op::mark_submitted`], once `f` has built the kernel's request from
+    /// the operation's memory.
+    ///
+    /// # Safety
+    /// As for [`Op::with_parts`]: the calling thread is the one starting
+    /// the operation, which owns it until it is marked submitted.
+    pub(crate) unsafe fn submit_with<R>(&self, f: impl FnOnce(Option<&mut IoParts>) -> R) -> R {
+        // SAFETY: the caller owns the memory until the store below.
+        let parts = unsafe { (*self.parts.get()).as_mut() };
+        let built = f(parts.filter(|_| !self.taken.load(Ordering::Acquire)));
+        self.mark_submitted();
+        built
     }
 
     pub(crate) fn mark_queued(&self) {
-        self.lock().phase = Phase::Queued;
+        self.phase.store(phase::QUEUED, Ordering::Release);
     }
 
     /// The outcome, if the operation completed.
     pub(crate) fn outcome(&self) -> Option<Outcome> {
-        match self.lock().phase {
-            Phase::Done(outcome) => Some(outcome),
-            _ => None,
+        if !self.is_done() {
+            return None;
         }
+        // SAFETY: DONE was seen with acquire ordering: the outcome was
+        // written before it was published, and is never written again.
+        Some(unsafe { *self.outcome.get() })
     }
 
     /// Blocks until the operation completes and returns its outcome.
     pub(crate) fn wait(&self) -> Outcome {
-        let mut inner = self.lock();
-        loop {
-            if let Phase::Done(outcome) = inner.phase {
-                return outcome;
-            }
-            inner.waiters += 1;
-            inner = self
-                .completed
-                .wait(inner)
-                .unwrap_or_else(|p| p.into_inner());
-            inner.waiters -= 1;
+        if let Some(outcome) = self.outcome() {
+            return outcome;
         }
+        let mut asleep = self.sleep.lock().unwrap_or_else(|p| p.into_inner());
+        // Counted before the phase is read again (both sequentially
+        // consistent), so a finish either sees the count or is seen here.
+        self.waiters.fetch_add(1, Ordering::SeqCst);
+        let outcome = loop {
+            if self.phase.load(Ordering::SeqCst) == phase::DONE {
+                break self.outcome();
+            }
+            asleep = self
+                .completed
+                .wait(asleep)
+                .unwrap_or_else(|p| p.into_inner());
+        };
+        self.waiters.fetch_sub(1, Ordering::SeqCst);
+        outcome.unwrap_or_else(Outcome::aborted)
     }
 
-    /// Takes the memory back once the operation completed.
+    /// Takes the memory back once the operation completed; only the first
+    /// caller gets it.
     pub(crate) fn take_parts(&self) -> Option<IoParts> {
-        let mut inner = self.lock();
-        match inner.phase {
-            Phase::Done(_) => inner.parts.take(),
-            Phase::Queued | Phase::Submitted => None,
+        if !self.is_done() || self.taken.swap(true, Ordering::AcqRel) {
+            return None;
         }
+        // SAFETY: DONE was seen with acquire ordering, so the finishing
+        // thread is done with the memory, and setting `taken` made this
+        // thread the only one to touch it from now on.
+        unsafe { (*self.parts.get()).take() }
     }
 
     /// Takes the buffers back once the operation completed.
@@ -565,10 +612,14 @@ impl Op {
     /// Takes the memory back from an operation that never started, and
     /// drops its delivery without running it.
     pub(crate) fn reclaim(&self) -> Option<IoParts> {
-        let mut inner = self.lock();
-        debug_assert!(matches!(inner.phase, Phase::Queued));
-        inner.delivery_due = false;
-        inner.parts.take()
+        debug_assert!(self.is_queued());
+        self.delivery_due.store(false, Ordering::Release);
+        if !self.is_queued() || self.taken.swap(true, Ordering::AcqRel) {
+            return None;
+        }
+        // SAFETY: an operation that failed to start belongs to the thread
+        // that tried to start it; setting `taken` keeps everyone else out.
+        unsafe { (*self.parts.get()).take() }
     }
 
     /// [`Op::reclaim`], keeping only the buffers.
@@ -583,25 +634,46 @@ impl Op {
         self.finish_with(|_| outcome);
     }
 
-    /// [`Op::finish`] with the outcome `f` reads off the operation's memory,
-    /// under the same lock.
+    /// [`Op::finish`] with the outcome `f` reads off the operation's memory.
+    /// Only the first finish of an operation counts.
     pub(crate) fn finish_with(self: &Arc<Self>, f: impl FnOnce(Option<&mut IoParts>) -> Outcome) {
-        let (outcome, wake, delivery) = {
-            let mut inner = self.lock();
-            let outcome = f(inner.parts.as_mut());
-            inner.phase = Phase::Done(outcome);
-            let delivery = match (&self.deliver, mem::take(&mut inner.delivery_due)) {
-                (Some(deliver), true) => {
-                    Some((deliver, inner.parts.as_mut().and_then(|p| p.record.take())))
-                }
-                _ => None,
-            };
-            (outcome, inner.waiters > 0, delivery)
+        let claimed = self
+            .phase
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |now| {
+                (now < phase::FINISHING).then_some(phase::FINISHING)
+            });
+        if claimed.is_err() {
+            debug_assert!(false, "an operation finished twice");
+            return;
+        }
+        let delivery = match self.delivery_due.swap(false, Ordering::AcqRel) {
+            true => self.deliver.as_ref(),
+            false => None,
         };
-        if wake {
+        // SAFETY: moving the phase to FINISHING made this thread the only
+        // owner of the memory and the outcome until DONE is published.
+        let (outcome, record) = unsafe {
+            let parts = (*self.parts.get())
+                .as_mut()
+                .filter(|_| !self.taken.load(Ordering::Acquire));
+            let parts_and_record = match parts {
+                Some(parts) => {
+                    let outcome = f(Some(&mut *parts));
+                    let record = delivery.and_then(|_| parts.record.take());
+                    (outcome, record)
+                }
+                None => (f(None), None),
+            };
+            *self.outcome.get() = parts_and_record.0;
+            parts_and_record
+        };
+        // Sequentially consistent, as is `wait`'s count: see `wait`.
+        self.phase.store(phase::DONE, Ordering::SeqCst);
+        if self.waiters.load(Ordering::SeqCst) > 0 {
+            drop(self.sleep.lock().unwrap_or_else(|p| p.into_inner()));
             self.completed.notify_all();
         }
-        if let Some(((sink, tag), record)) = delivery {
+        if let Some((sink, tag)) = delivery {
             let op = Finished(Some(self.clone()));
             sink.deliver(*tag, outcome, Payload::Done { op, record });
         }
@@ -669,11 +741,7 @@ fn keep_spare(mut op: Arc<Op>) {
     unshared.socket = None;
     unshared.event = None;
     unshared.deliver = None;
-    unshared
-        .inner
-        .get_mut()
-        .unwrap_or_else(|p| p.into_inner())
-        .parts = None;
+    *unshared.parts.get_mut() = None;
     // During thread teardown the list may be gone: then the op is freed.
     let _ = SPARE.try_with(|spare| {
         let mut spare = spare.borrow_mut();
@@ -730,10 +798,9 @@ mod tests {
         let second = Op::new(OpKind::Send, None, Notify::Silent, None);
         assert_eq!(Arc::as_ptr(&second), address, "the allocation was reused");
         assert!(second.is_queued());
-        assert!(
-            second.with_parts(|_| ()).is_none(),
-            "no buffers of the last use"
-        );
+        // SAFETY: this thread made the op and is the only one to know it.
+        let parts = unsafe { second.with_parts(|_| ()) };
+        assert!(parts.is_none(), "no buffers of the last use");
         second.finish(Outcome::aborted());
         assert!(
             sink.payloads.lock().unwrap().is_empty(),
@@ -751,5 +818,49 @@ mod tests {
         let second = Op::new(OpKind::Send, None, Notify::Silent, None);
         assert!(!Arc::ptr_eq(&first, &second));
         assert!(first.is_done(), "the first keeps its outcome");
+    }
+
+    #[test]
+    fn only_the_first_taker_gets_the_memory_of_a_finished_operation() {
+        let op = Op::new(
+            OpKind::Recv,
+            None,
+            Notify::Silent,
+            Some(IoParts::for_recv(vec![vec![0u8; 8]])),
+        );
+        assert!(op.take_parts().is_none(), "not before it finished");
+        op.finish(Outcome::aborted());
+        let takers: Vec<_> = (0..4)
+            .map(|_| {
+                let op = op.clone();
+                std::thread::spawn(move || op.take_buffers::<Vec<u8>>().is_some())
+            })
+            .collect();
+        let got: usize = takers.into_iter().map(|t| t.join().unwrap() as usize).sum();
+        assert_eq!(got, 1);
+        assert!(op.outcome().is_some(), "the outcome stays readable");
+    }
+
+    #[test]
+    fn every_waiter_wakes_when_another_thread_finishes_the_operation() {
+        for round in 0..200 {
+            let op = Op::new(OpKind::Send, None, Notify::Silent, None);
+            let (woke, wakes) = std::sync::mpsc::channel();
+            for _ in 0..3 {
+                let (op, woke) = (op.clone(), woke.clone());
+                std::thread::spawn(move || woke.send(op.wait().bytes).unwrap());
+            }
+            let finisher = op.clone();
+            std::thread::spawn(move || {
+                finisher.finish(Outcome {
+                    bytes: round,
+                    ..Outcome::aborted()
+                })
+            });
+            for _ in 0..3 {
+                let bytes = wakes.recv_timeout(std::time::Duration::from_secs(10));
+                assert_eq!(bytes, Ok(round), "a waiter slept through the finish");
+            }
+        }
     }
 }

@@ -603,21 +603,26 @@ fn entry_for(op: &Arc<Op>) -> io::Result<squeue::Entry> {
         .as_ref()
         .map(|s| types::Fd(s.sock.as_raw_fd()))
         .ok_or_else(|| io::Error::from_raw_os_error(libc::EBADF));
-    op.submit_with(|parts| {
-        let entry = match (&op.kind, parts) {
-            (OpKind::Cancel(target), _) => {
-                opcode::AsyncCancel::new(Arc::as_ptr(target) as u64).build()
-            }
-            (OpKind::CancelAll, _) => {
-                opcode::AsyncCancel2::new(types::CancelBuilder::fd(fd?).all()).build()
-            }
-            (OpKind::Shutdown(how), _) => opcode::Shutdown::new(fd?, *how).build(),
-            (OpKind::RecvMulti, _) => opcode::RecvMulti::new(fd?, POOL_GROUP).build(),
-            (kind, Some(parts)) => data_entry(kind, fd?, parts),
-            (_, None) => return Err(io::Error::from_raw_os_error(libc::EINVAL)),
-        };
-        Ok(entry)
-    })
+    // SAFETY: the thread submitting an operation owns its memory until it
+    // is marked submitted (it holds the lane, or the op is unordered and
+    // new); the entry is built before that.
+    unsafe {
+        op.submit_with(|parts| {
+            let entry = match (&op.kind, parts) {
+                (OpKind::Cancel(target), _) => {
+                    opcode::AsyncCancel::new(Arc::as_ptr(target) as u64).build()
+                }
+                (OpKind::CancelAll, _) => {
+                    opcode::AsyncCancel2::new(types::CancelBuilder::fd(fd?).all()).build()
+                }
+                (OpKind::Shutdown(how), _) => opcode::Shutdown::new(fd?, *how).build(),
+                (OpKind::RecvMulti, _) => opcode::RecvMulti::new(fd?, POOL_GROUP).build(),
+                (kind, Some(parts)) => data_entry(kind, fd?, parts),
+                (_, None) => return Err(io::Error::from_raw_os_error(libc::EINVAL)),
+            };
+            Ok(entry)
+        })
+    }
 }
 
 /// The entry of an operation that uses the op's memory.
