@@ -5,12 +5,13 @@
 
 use std::io;
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
 
 use io_uring::types::BufRingEntry;
 use io_uring::IoUring;
 
+use super::confined::Confined;
 use super::ring::Ring;
 use super::sys;
 
@@ -45,16 +46,31 @@ enum Picker {
     Kernel {
         /// The ring of entries the kernel reads, page aligned.
         entries: NonNull<BufRingEntry>,
-        /// Our copy of the tail; the shared one is published after each refill.
-        tail: Mutex<u16>,
+        /// Our copy of the tail while no thread owns the pool; the shared
+        /// one is published after each refill.
+        tail: Mutex<Refills>,
+        /// The tail, once the issuer of a confined ring owns the pool: the
+        /// thread that reaps every arrival gives most buffers back itself,
+        /// with no lock.
+        owned_tail: Confined<u16>,
+        /// `tail.returned` holds buffers for the owner to put back.
+        returned_pending: AtomicBool,
     },
     /// The epoll backend, from a free list.
     User { free: Mutex<Vec<u16>> },
 }
 
+/// Who writes the entries while no thread owns the pool, and what other
+/// threads give back once one does.
+struct Refills {
+    tail: u16,
+    returned: Vec<u16>,
+}
+
 // SAFETY: the entries and buffers are plain memory shared with the kernel;
-// every write to the entries goes through `tail`'s lock, and a buffer is
-// read only by the holder of its `Lease`.
+// the entries are written under `tail`'s lock until a thread owns the pool
+// (it takes ownership under that lock), then only by that thread through
+// `owned_tail`; a buffer is read only by the holder of its `Lease`.
 unsafe impl Send for BufRing {}
 // SAFETY: as above.
 unsafe impl Sync for BufRing {}
@@ -102,7 +118,12 @@ impl BufRing {
             buffers,
             picker: Picker::Kernel {
                 entries,
-                tail: Mutex::new(0),
+                tail: Mutex::new(Refills {
+                    tail: 0,
+                    returned: Vec::new(),
+                }),
+                owned_tail: Confined::new(0),
+                returned_pending: AtomicBool::new(false),
             },
         };
         for bid in 0..buffers {
@@ -148,27 +169,98 @@ impl BufRing {
 
     /// Gives buffer `bid` back to whoever picks the buffers.
     pub(crate) fn recycle(&self, bid: u16) {
-        let (entries, tail) = match &self.picker {
-            Picker::Kernel { entries, tail } => (*entries, tail),
+        let (entries, tail, owned_tail, returned_pending) = match &self.picker {
+            Picker::Kernel {
+                entries,
+                tail,
+                owned_tail,
+                returned_pending,
+            } => (*entries, tail, owned_tail, returned_pending),
             Picker::User { free } => {
                 free.lock().unwrap_or_else(|p| p.into_inner()).push(bid);
                 return;
             }
         };
-        let mut tail = tail.lock().unwrap_or_else(|p| p.into_inner());
-        let slot = usize::from(*tail & (self.buffers - 1));
-        // SAFETY: `slot` is inside the entries array; the lock makes this the
-        // only writer, and the kernel reads the slot only after the tail
-        // below is published.
-        let entry = unsafe { &mut *entries.as_ptr().add(slot) };
-        entry.set_addr(self.buffer(bid) as u64);
-        entry.set_len(POOL_BUFFER_SIZE as u32);
-        entry.set_bid(bid);
-        *tail = tail.wrapping_add(1);
+        let by_owner = owned_tail.with(|owned| {
+            // SAFETY: the owner alone writes the entries now.
+            unsafe { self.refill(entries, owned, &[bid]) };
+        });
+        if by_owner.is_some() {
+            return;
+        }
+        let mut refills = tail.lock().unwrap_or_else(|p| p.into_inner());
+        if owned_tail.is_claimed() {
+            // Owned by another thread: it puts the buffer back.
+            refills.returned.push(bid);
+            returned_pending.store(true, Ordering::Release);
+            return;
+        }
+        // SAFETY: no thread owns the pool, and the lock is held.
+        unsafe { self.refill(entries, &mut refills.tail, &[bid]) };
+    }
+
+    /// Makes the calling thread, the issuer of the confined ring the pool
+    /// belongs to, the only writer of its entries; then puts back what
+    /// other threads gave back meanwhile. Called by the issuer at each reap.
+    pub(crate) fn settle_on_issuer(&self) {
+        let Picker::Kernel {
+            entries,
+            tail,
+            owned_tail,
+            returned_pending,
+        } = &self.picker
+        else {
+            return;
+        };
+        if !owned_tail.is_owned_here() {
+            let refills = tail.lock().unwrap_or_else(|p| p.into_inner());
+            if owned_tail.claim() {
+                owned_tail.with(|owned| *owned = refills.tail);
+            }
+            return;
+        }
+        if !returned_pending.swap(false, Ordering::AcqRel) {
+            return;
+        }
+        let returned = std::mem::take(&mut tail.lock().unwrap_or_else(|p| p.into_inner()).returned);
+        owned_tail.with(|owned| {
+            // SAFETY: the owner alone writes the entries now.
+            unsafe { self.refill(*entries, owned, &returned) };
+        });
+    }
+
+    /// Writes `bids` into the entries at `tail` and publishes the new tail.
+    ///
+    /// # Safety
+    /// The caller must be the only writer of the entries (under `tail`'s
+    /// lock while no thread owns the pool, or the owner).
+    unsafe fn refill(&self, entries: NonNull<BufRingEntry>, tail: &mut u16, bids: &[u16]) {
+        for &bid in bids {
+            let slot = usize::from(*tail & (self.buffers - 1));
+            // SAFETY: `slot` is inside the entries array; the caller is the
+            // only writer, and the kernel reads the slot only after the tail
+            // below is published.
+            let entry = unsafe { &mut *entries.as_ptr().add(slot) };
+            entry.set_addr(self.buffer(bid) as u64);
+            entry.set_len(POOL_BUFFER_SIZE as u32);
+            entry.set_bid(bid);
+            *tail = tail.wrapping_add(1);
+        }
         // SAFETY: the tail field of the first entry is the ring's shared tail,
         // a u16 the kernel reads; it is aligned for an atomic access.
         let shared = unsafe { &*(BufRingEntry::tail(entries.as_ptr()) as *const AtomicU16) };
         shared.store(*tail, Ordering::Release);
+    }
+
+    /// The tail the kernel sees, for tests.
+    #[cfg(test)]
+    fn published_tail(&self) -> Option<u16> {
+        let Picker::Kernel { entries, .. } = &self.picker else {
+            return None;
+        };
+        // SAFETY: as in `refill`: the shared tail, aligned for atomic access.
+        let shared = unsafe { &*(BufRingEntry::tail(entries.as_ptr()) as *const AtomicU16) };
+        Some(shared.load(Ordering::Acquire))
     }
 
     /// The `len` bytes the kernel wrote into buffer `bid`.
@@ -277,5 +369,30 @@ mod tests {
         }
         assert_eq!(taken.len(), usize::from(MIN_POOL_BUFFERS));
         assert!(taken.iter().all(|&bid| bid < MIN_POOL_BUFFERS));
+    }
+
+    #[test]
+    fn a_buffer_given_back_off_the_issuer_reaches_the_kernel_at_its_next_reap() {
+        let ring = Ring::confined().unwrap();
+        let pool = ring.ensure_pool_of(MIN_POOL_BUFFERS).unwrap();
+        ring.reap(Some(std::time::Duration::ZERO), None).unwrap();
+        let Some(before) = pool.published_tail() else {
+            return; // the epoll backend picks buffers itself
+        };
+        pool.recycle(0);
+        let by_this_thread = pool.published_tail().unwrap();
+        assert_eq!(by_this_thread, before.wrapping_add(1), "published at once");
+        std::thread::scope(|s| {
+            s.spawn(|| pool.recycle(1));
+        });
+        let after_other = pool.published_tail().unwrap();
+        if ring.is_confined_to_this_thread() {
+            assert_eq!(after_other, by_this_thread, "the issuer alone writes");
+            ring.reap(Some(std::time::Duration::ZERO), None).unwrap();
+            let after_reap = pool.published_tail().unwrap();
+            assert_eq!(after_reap, by_this_thread.wrapping_add(1));
+        } else {
+            assert_eq!(after_other, by_this_thread.wrapping_add(1));
+        }
     }
 }

@@ -50,6 +50,11 @@ impl<T> Confined<T> {
         *self.owner.get_or_init(current_thread) == current_thread()
     }
 
+    /// Whether some thread has claimed it.
+    pub(crate) fn is_claimed(&self) -> bool {
+        self.owner.get().is_some()
+    }
+
     /// Whether the current thread is the owner.
     pub(crate) fn is_owned_here(&self) -> bool {
         self.owner.get() == Some(&current_thread())

@@ -15,7 +15,7 @@ use std::time::Duration;
 use io_uring::{cqueue, opcode, squeue, types, IoUring, Probe};
 
 use super::buf_ring::{BufRing, Lease, POOL_GROUP};
-use super::confined::current_thread;
+use super::confined::{current_thread, Confined};
 use super::op::{IoParts, Op, OpKind};
 use super::ring::Ring;
 use super::sys;
@@ -78,6 +78,9 @@ pub(crate) struct Uring {
     /// Serializes readers of the completion queue, and keeps the vector
     /// they copy completions into between reaps.
     reaped: Mutex<Vec<Reaped>>,
+    /// That vector for the issuer of a confined ring, which reads the
+    /// queue without a lock.
+    issuer_reaped: Confined<Vec<Reaped>>,
 }
 
 /// A completion copied out of the queue: user data, result, flags.
@@ -221,6 +224,7 @@ impl Uring {
             submit_lock: Mutex::new(()),
             held_back: AtomicBool::new(false),
             reaped: Mutex::new(Vec::new()),
+            issuer_reaped: Confined::new(Vec::new()),
         }
     }
 
@@ -260,6 +264,7 @@ impl Uring {
             return Err(confined_elsewhere());
         }
         self.ring.submitter().register_enable_rings()?;
+        self.issuer_reaped.claim();
         // What other threads handed over meanwhile goes out with the next flush.
         self.held_back.store(true, Ordering::Release);
         Ok(())
@@ -530,19 +535,53 @@ impl Uring {
 
     /// Completes every operation the kernel has posted a completion for.
     pub(crate) fn drain(&self, owner: &Arc<Ring>) -> usize {
+        if self.is_issuer() {
+            if let Some(pool) = owner.pool() {
+                pool.settle_on_issuer();
+            }
+        }
+        // The issuer of a confined ring is the queue's only reader: no lock.
+        let by_issuer = self.issuer_reaped.with(|batch| {
+            // SAFETY: only the issuer reaps a confined ring (others may not
+            // even enter it), and `with` let only it in.
+            unsafe { self.copy_completions(batch) };
+            self.complete_all(owner, batch)
+        });
+        if let Some(reaped) = by_issuer {
+            return reaped;
+        }
         let mut batch = {
             let mut kept = self.reaped.lock().unwrap_or_else(|p| p.into_inner());
             // SAFETY: the `reaped` lock makes this thread the only reader of
-            // the completion queue. The batch is copied out so the queue's
-            // slots are released before the completions are handled.
-            let completions = unsafe { self.ring.completion_shared() };
-            if completions.is_empty() {
+            // the completion queue.
+            unsafe { self.copy_completions(&mut kept) };
+            if kept.is_empty() {
                 return 0;
             }
-            let mut batch = std::mem::take(&mut *kept);
-            batch.extend(completions.map(|cqe| (cqe.user_data(), cqe.result(), cqe.flags())));
-            batch
+            std::mem::take(&mut *kept)
         };
+        let reaped = self.complete_all(owner, &mut batch);
+        // Kept for the next reap, unless another reaper's vector is there.
+        let mut kept = self.reaped.lock().unwrap_or_else(|p| p.into_inner());
+        if kept.capacity() < batch.capacity() {
+            *kept = batch;
+        }
+        reaped
+    }
+
+    /// Copies the posted completions into `batch`, so the queue's slots are
+    /// released before the completions are handled.
+    ///
+    /// # Safety
+    /// The caller must be the only reader of the completion queue.
+    unsafe fn copy_completions(&self, batch: &mut Vec<Reaped>) {
+        // SAFETY: per the contract.
+        let completions = unsafe { self.ring.completion_shared() };
+        batch.extend(completions.map(|cqe| (cqe.user_data(), cqe.result(), cqe.flags())));
+    }
+
+    /// Hands each completion in `batch` to the driver, emptying it.
+    fn complete_all(&self, owner: &Arc<Ring>, batch: &mut Vec<Reaped>) -> usize {
         let reaped = batch.len();
         for (user_data, result, flags) in batch.drain(..) {
             if user_data <= DOORBELL_POLL {
@@ -576,11 +615,6 @@ impl Uring {
                 super::arrived(&op, Lease::new(owner.clone(), bid, result as usize));
             }
             super::complete(op, result);
-        }
-        // Kept for the next reap, unless another reaper's vector is there.
-        let mut kept = self.reaped.lock().unwrap_or_else(|p| p.into_inner());
-        if kept.capacity() < batch.capacity() {
-            *kept = batch;
         }
         reaped
     }
