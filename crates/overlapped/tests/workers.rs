@@ -158,3 +158,47 @@ fn a_panic_in_on_connected_disconnects_the_new_session() {
     }
     service.stop();
 }
+
+/// Tells each client which thread ran its session's `on_connected` and
+/// which its `on_recv`.
+struct WhereHooksRun;
+
+fn thread_name() -> String {
+    thread::current().name().unwrap_or("unnamed").to_string()
+}
+
+impl SessionHandler for WhereHooksRun {
+    fn on_connected(&self, session: &Arc<Session>) {
+        session.send(Bytes::from(format!("{:<32}", thread_name())));
+    }
+    fn on_recv(&self, session: &Arc<Session>, data: &[u8]) -> Result<usize, String> {
+        session.send(Bytes::from(format!("{:<32}", thread_name())));
+        Ok(data.len())
+    }
+}
+
+#[test]
+fn every_hook_of_a_session_runs_on_the_worker_it_belongs_to() {
+    let service = two_workers(|| Arc::new(WhereHooksRun));
+    let mut workers_seen = Vec::new();
+    // Sessions alternate between the workers: four cover both.
+    for _ in 0..4 {
+        let mut client = connect(&service);
+        let mut connected = [0u8; 32];
+        client.read_exact(&mut connected).unwrap();
+        client.write_all(b"x").unwrap();
+        let mut received = [0u8; 32];
+        client.read_exact(&mut received).unwrap();
+        let (connected, received) = (
+            String::from_utf8_lossy(&connected).trim().to_string(),
+            String::from_utf8_lossy(&received).trim().to_string(),
+        );
+        assert_eq!(connected, received, "on_connected and on_recv ran apart");
+        assert!(connected.starts_with("service-worker-"), "{connected}");
+        workers_seen.push(connected);
+    }
+    workers_seen.sort();
+    workers_seen.dedup();
+    assert_eq!(workers_seen.len(), 2, "both workers serve sessions");
+    service.stop();
+}

@@ -44,6 +44,13 @@ impl<T> Confined<T> {
         }
     }
 
+    /// A value that thread `owner` alone will use.
+    pub(crate) fn owned_by(owner: ThreadId, value: T) -> Confined<T> {
+        let confined = Confined::new(value);
+        let _ = confined.owner.set(owner);
+        confined
+    }
+
     /// Makes the current thread the owner, unless there is one already.
     /// Returns whether the current thread is the owner.
     pub(crate) fn claim(&self) -> bool {
@@ -63,8 +70,14 @@ impl<T> Confined<T> {
     /// Runs `f` on the value if the current thread owns it and is not
     /// already inside `with`; `None` otherwise.
     pub(crate) fn with<R>(&self, f: impl FnOnce(&mut T) -> R) -> Option<R> {
+        self.with_arg((), |value, ()| f(value)).ok()
+    }
+
+    /// [`Confined::with`] for an `f` that takes `arg`, which comes back
+    /// untouched when the current thread may not use the value.
+    pub(crate) fn with_arg<A, R>(&self, arg: A, f: impl FnOnce(&mut T, A) -> R) -> Result<R, A> {
         if !self.is_owned_here() || self.in_use.replace(true) {
-            return None;
+            return Err(arg);
         }
         /// Lets the owner in again when `f` returns or unwinds.
         struct Leave<'a>(&'a Cell<bool>);
@@ -77,7 +90,7 @@ impl<T> Confined<T> {
         // SAFETY: only the owner thread gets here (checked above, and the
         // owner never changes once set), and `in_use` keeps it from getting
         // here twice at once, so this is the only reference to the value.
-        Some(f(unsafe { &mut *self.value.get() }))
+        Ok(f(unsafe { &mut *self.value.get() }, arg))
     }
 }
 
@@ -103,6 +116,16 @@ mod tests {
             });
         });
         assert_eq!(cell.with(|v| *v), Some(2));
+    }
+
+    #[test]
+    fn an_argument_comes_back_from_a_thread_that_is_not_the_owner() {
+        let cell = Confined::owned_by(current_thread(), 0);
+        assert_eq!(cell.with_arg(5, |v, add| *v += add), Ok(()));
+        thread::scope(|s| {
+            s.spawn(|| assert_eq!(cell.with_arg(7, |v, add| *v += add), Err(7)));
+        });
+        assert_eq!(cell.with(|v| *v), Some(5));
     }
 
     #[test]

@@ -6,13 +6,15 @@ use std::io;
 use std::mem;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Weak};
+use std::thread::ThreadId;
 
 use bytes::{Bytes, BytesMut};
 
 use super::recv_buffer::RecvBuffer;
 use super::service::{now_millis, Io, Service, ServiceCore};
 use crate::driver::buf::Tail;
+use crate::driver::confined::Confined;
 use crate::error::{ErrorExt, WSAENOBUFS, WSA_OPERATION_ABORTED};
 use crate::overlapped::Transfer;
 use crate::port::PortStream;
@@ -178,10 +180,38 @@ struct RecvSlot {
     carrier: Vec<Tail>,
 }
 
+/// Bytes to queue: shared, or to be copied into the session's memory.
+enum Outgoing<'a> {
+    Shared(Bytes),
+    Copied(&'a [u8]),
+}
+
+impl Outgoing<'_> {
+    /// The bytes as the queue keeps them.
+    fn into_queued(self, queue: &mut SendQueue) -> Bytes {
+        match self {
+            Outgoing::Shared(data) => data,
+            Outgoing::Copied(data) => queue.copy(data),
+        }
+    }
+
+    /// The bytes as another thread hands them to the worker.
+    fn into_owned(self) -> Bytes {
+        match self {
+            Outgoing::Shared(data) => data,
+            Outgoing::Copied(data) => Bytes::copy_from_slice(data),
+        }
+    }
+}
+
 /// One connection of a [`Service`].
 ///
 /// Every operation in flight holds an `Arc` of its session, so a session
 /// lives until its last completion has been handled, whatever else drops it.
+///
+/// Its receive buffer and send queue belong to its worker thread, which
+/// reaches them without a lock; a send or close from any other thread is
+/// handed to that worker as a packet on its port.
 pub struct Session {
     id: u64,
     peer: SocketAddr,
@@ -189,8 +219,8 @@ pub struct Session {
     handler: Arc<dyn SessionHandler>,
     service: Weak<ServiceCore>,
     /// The receive buffer (while no receive is in flight it is whole).
-    recv: Mutex<RecvSlot>,
-    send: Mutex<SendQueue>,
+    recv: Confined<RecvSlot>,
+    send: Confined<SendQueue>,
     disconnected: AtomicBool,
     /// Receives arrive through a multishot receive (see
     /// [`super::ServiceConfig::multishot`]); the buffer then exists only
@@ -221,12 +251,6 @@ pub(crate) struct SessionLimits {
     pub(crate) bytes_sent: Arc<AtomicU64>,
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Every critical section here is a few field updates that a panic
-    // cannot leave half-done.
-    mutex.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 impl Session {
     pub(crate) fn new(
         id: u64,
@@ -235,6 +259,7 @@ impl Session {
         handler: Arc<dyn SessionHandler>,
         service: Weak<ServiceCore>,
         limits: SessionLimits,
+        worker: ThreadId,
     ) -> Arc<Session> {
         let SessionLimits {
             recv_buffer,
@@ -250,11 +275,14 @@ impl Session {
             stream,
             handler,
             service,
-            recv: Mutex::new(RecvSlot {
-                buffer: recv_buffer,
-                carrier: Vec::new(),
-            }),
-            send: Mutex::new(SendQueue::default()),
+            recv: Confined::owned_by(
+                worker,
+                RecvSlot {
+                    buffer: recv_buffer,
+                    carrier: Vec::new(),
+                },
+            ),
+            send: Confined::owned_by(worker, SendQueue::default()),
             disconnected: AtomicBool::new(false),
             multishot,
             recv_capacity,
@@ -290,60 +318,87 @@ impl Session {
     /// goes out in one gathered send now; otherwise it joins the next one.
     /// The bytes are shared, not copied: the same `Bytes` can be queued on
     /// many sessions. Returns `false` (and drops `data`) once disconnected
-    /// or closing.
+    /// or closing. From a thread other than the session's worker, the bytes
+    /// are handed to the worker, which queues them.
     ///
     /// A peer that does not read lets the queue grow; once it would hold
     /// more than [`super::ServiceConfig::max_send_queue`] bytes, the session
-    /// is disconnected instead (its `on_disconnected` runs inside this call).
+    /// is disconnected instead (its `on_disconnected` runs on the worker,
+    /// inside this call when it is made there).
     pub fn send(self: &Arc<Self>, data: Bytes) -> bool {
-        self.queue_send(|_| data)
+        self.queue_send(Outgoing::Shared(data))
     }
 
     /// Queues a copy of `data`, as [`Session::send`] does with its own
-    /// bytes. A copy of up to 1 KiB goes into memory the session keeps and
-    /// reuses once earlier copies have been sent, so a reply built from a
-    /// slice (an echo, a game packet) costs no allocation per message; a
-    /// larger one is allocated on its own.
+    /// bytes. On the session's worker, a copy of up to 1 KiB goes into
+    /// memory the session keeps and reuses once earlier copies have been
+    /// sent, so a reply built from a slice (an echo, a game packet) costs no
+    /// allocation per message; a larger one is allocated on its own.
     pub fn send_copy(self: &Arc<Self>, data: &[u8]) -> bool {
-        self.queue_send(|queue| queue.copy(data))
+        self.queue_send(Outgoing::Copied(data))
     }
 
-    /// Queues the bytes `make` returns, made under the queue's lock.
-    fn queue_send(self: &Arc<Self>, make: impl FnOnce(&mut SendQueue) -> Bytes) -> bool {
+    fn queue_send(self: &Arc<Self>, data: Outgoing<'_>) -> bool {
         if !self.is_connected() || self.draining.load(Ordering::Acquire) {
             return false;
         }
-        let batch = {
-            let mut queue = lock(&self.send);
-            let data = make(&mut queue);
-            if queue.queued + data.len() > self.max_send_queue && !queue.multishot.is_stopping() {
-                let held = queue.queued;
-                drop(queue);
-                self.disconnect(&format!(
-                    "send queue full: {held} bytes waiting and {} more would pass the \
-                     {}-byte limit (the client is not reading)",
-                    data.len(),
-                    self.max_send_queue
-                ));
-                return false;
+        match self
+            .send
+            .with_arg(data, |queue, data| self.enqueue(queue, data))
+        {
+            Ok(queued) => queued.finish(self),
+            // Another thread, or a send from inside the queue's own update.
+            Err(data) => {
+                self.hand_to_worker(Io::Deliver(Box::new((self.clone(), data.into_owned()))))
             }
-            queue.queued += data.len();
-            queue.pending.push(data);
-            let stop_reading = self.multishot && queue.stop_reading(self.max_send_queue);
-            let batch = (!queue.in_flight).then(|| {
-                queue.in_flight = true;
-                queue.take_batch()
-            });
-            drop(queue);
-            if stop_reading {
-                self.stop_multishot();
-            }
-            batch
-        };
-        if let Some(batch) = batch {
-            self.post_send(batch);
         }
-        true
+    }
+
+    /// Bytes another thread handed over: queued here, on the worker.
+    pub(crate) fn on_handed_over(self: &Arc<Self>, data: Bytes) {
+        if !self.is_connected() || self.draining.load(Ordering::Acquire) {
+            return;
+        }
+        let data = Outgoing::Shared(data);
+        match self
+            .send
+            .with_arg(data, |queue, data| self.enqueue(queue, data))
+        {
+            Ok(queued) => {
+                queued.finish(self);
+            }
+            Err(_) => self.disconnect("its send queue was reached off its worker thread"),
+        }
+    }
+
+    /// Posts `io` to the session's worker; `false` once the service is gone.
+    fn hand_to_worker(self: &Arc<Self>, io: Io) -> bool {
+        match self.service.upgrade() {
+            Some(service) => service.post_to_worker(self.id, io),
+            None => false,
+        }
+    }
+
+    /// Queues `data` on the worker; what to do next comes back.
+    fn enqueue(&self, queue: &mut SendQueue, data: Outgoing<'_>) -> Enqueued {
+        let data = data.into_queued(queue);
+        if queue.queued + data.len() > self.max_send_queue && !queue.multishot.is_stopping() {
+            return Enqueued::Overflow {
+                held: queue.queued,
+                more: data.len(),
+            };
+        }
+        queue.queued += data.len();
+        queue.pending.push(data);
+        let stop_reading = self.multishot && queue.stop_reading(self.max_send_queue);
+        let batch = (!queue.in_flight).then(|| {
+            queue.in_flight = true;
+            queue.take_batch()
+        });
+        Enqueued::Queued {
+            batch,
+            stop_reading,
+        }
     }
 
     /// Cancels the multishot receive for backpressure; its end comes back
@@ -380,8 +435,27 @@ impl Session {
         if self.draining.swap(true, Ordering::AcqRel) {
             return;
         }
-        let flushed = !lock(&self.send).in_flight;
-        if flushed {
+        self.shut_write_once_flushed();
+    }
+
+    /// Shuts the write side if no send is in flight; otherwise the last
+    /// send's completion does. Off the worker, the worker is asked to.
+    fn shut_write_once_flushed(self: &Arc<Self>) {
+        match self.send.with(|queue| !queue.in_flight) {
+            Some(true) => self.shut_write(),
+            Some(false) => {}
+            None => {
+                if !self.hand_to_worker(Io::Drain(self.clone())) {
+                    self.shut_write();
+                }
+            }
+        }
+    }
+
+    /// [`Session::close_gracefully`] on the worker, which another thread
+    /// asked to.
+    pub(crate) fn on_drain(self: &Arc<Self>) {
+        if self.send.with(|queue| queue.in_flight) != Some(true) {
             self.shut_write();
         }
     }
@@ -429,13 +503,31 @@ impl Session {
             .map_err(|(e, _)| e)
     }
 
-    /// Announces the connection and posts the first receive.
+    /// Whether the current thread is the session's worker.
+    pub(crate) fn is_on_worker(&self) -> bool {
+        self.send.is_owned_here()
+    }
+
+    /// Announces the connection and posts the first receive, on the
+    /// session's worker: off it, the worker is asked to.
     pub(crate) fn start(self: &Arc<Self>) {
+        if self.is_on_worker() {
+            self.begin();
+        } else if !self.hand_to_worker(Io::Start(self.clone())) {
+            self.disconnect("service stopped");
+        }
+    }
+
+    /// [`Session::start`] on the worker, which another thread asked to.
+    pub(crate) fn begin(self: &Arc<Self>) {
+        if !self.is_on_worker() {
+            return self.disconnect("started off its worker thread");
+        }
         self.handler.on_connected(self);
         if self.multishot {
             return self.post_multishot();
         }
-        let buffer = lock(&self.recv).buffer.take();
+        let buffer = self.recv.with(|slot| slot.buffer.take()).flatten();
         if let Some(buffer) = buffer {
             self.post_recv(buffer);
         }
@@ -456,7 +548,16 @@ impl Session {
         if !self.is_connected() || self.is_closing() {
             return;
         }
-        let mut slot = lock(&self.recv);
+        let outcome = self.recv.with(|slot| self.receive(slot, bytes));
+        match outcome {
+            Some(Ok(())) => {}
+            Some(Err(reason)) => self.disconnect(&reason),
+            None => self.disconnect("its receive buffer was reached off its worker thread"),
+        }
+    }
+
+    /// Hands `bytes`, after what the buffer holds, to the handler.
+    fn receive(self: &Arc<Self>, slot: &mut RecvSlot, bytes: &[u8]) -> Result<(), String> {
         let outcome = match slot.buffer.as_mut() {
             // Nothing pending: the handler reads the pooled buffer directly,
             // and only an incomplete packet is copied out of it.
@@ -498,10 +599,7 @@ impl Session {
         if slot.buffer.is_none() {
             self.made_progress();
         }
-        drop(slot);
-        if let Err(reason) = outcome {
-            self.disconnect(&reason);
-        }
+        outcome
     }
 
     /// The multishot receive ended.
@@ -523,19 +621,19 @@ impl Session {
     /// `true` if the receive stays stopped, or was posted again because the
     /// queue drained meanwhile.
     fn multishot_ended_for_backpressure(self: &Arc<Self>) -> bool {
-        let resume = {
-            let mut queue = lock(&self.send);
-            match queue.multishot {
-                Reading::On => return false,
-                Reading::Stopping | Reading::Stopped => {
-                    queue.multishot = Reading::Stopped;
-                    false
-                }
-                Reading::Resuming => {
-                    queue.multishot = Reading::On;
-                    true
-                }
+        let resume = self.send.with(|queue| match queue.multishot {
+            Reading::On => None,
+            Reading::Stopping | Reading::Stopped => {
+                queue.multishot = Reading::Stopped;
+                Some(false)
             }
+            Reading::Resuming => {
+                queue.multishot = Reading::On;
+                Some(true)
+            }
+        });
+        let Some(Some(resume)) = resume else {
+            return false;
         };
         if resume {
             self.post_multishot();
@@ -548,12 +646,14 @@ impl Session {
             return;
         }
         let tail = buffer.lend();
-        let carrier = {
-            let mut slot = lock(&self.recv);
+        let carrier = self.recv.with(|slot| {
             slot.buffer = Some(buffer);
             let mut carrier = mem::take(&mut slot.carrier);
             carrier.push(tail);
             carrier
+        });
+        let Some(carrier) = carrier else {
+            return self.disconnect("its receive buffer was reached off its worker thread");
         };
         if let Err(e) = self.stream.recv(carrier, Io::Recv(self.clone())) {
             let (error, _, _) = e.into_parts();
@@ -568,7 +668,7 @@ impl Session {
         result: io::Result<Transfer>,
         tails: Option<Vec<Tail>>,
     ) {
-        let Some(mut buffer) = lock(&self.recv).buffer.take() else {
+        let Some(mut buffer) = self.recv.with(|slot| slot.buffer.take()).flatten() else {
             return;
         };
         let received = match result {
@@ -579,7 +679,7 @@ impl Session {
             if let Some(tail) = carrier.pop() {
                 buffer.restore(tail, received);
             }
-            lock(&self.recv).carrier = carrier;
+            self.recv.with(|slot| slot.carrier = carrier);
         }
         if received == 0 {
             return self.disconnect(self.closed_reason());
@@ -613,14 +713,18 @@ impl Session {
     /// stops reading until the queue is down to a quarter, so TCP flow
     /// control slows the peer instead of the queue growing to the cap.
     fn post_recv_unless_backlogged(self: &Arc<Self>, buffer: RecvBuffer) {
-        {
-            let mut queue = lock(&self.send);
+        let unparked = self.send.with_arg(buffer, |queue, buffer| {
             if queue.queued > self.max_send_queue / 2 {
                 queue.parked_recv = Some(buffer);
-                return;
+                return None;
             }
+            Some(buffer)
+        });
+        match unparked {
+            Ok(Some(buffer)) => self.post_recv(buffer),
+            Ok(None) => {}
+            Err(_) => self.disconnect("its send queue was reached off its worker thread"),
         }
-        self.post_recv(buffer);
     }
 
     fn post_send(self: &Arc<Self>, batch: Vec<Bytes>) {
@@ -645,8 +749,7 @@ impl Session {
             }
             Err(e) => return self.disconnect(&format!("send failed: {e}")),
         }
-        let (batch, (resumed, restart_multishot)) = {
-            let mut queue = lock(&self.send);
+        let next = self.send.with_arg(sent, |queue, sent| {
             // Keep the finished batch's vector for the next one.
             let mut spare = sent.unwrap_or_default();
             let done: usize = spare.iter().map(Bytes::len).sum();
@@ -660,6 +763,9 @@ impl Session {
             } else {
                 (Some(queue.take_batch()), resume)
             }
+        });
+        let Ok((batch, (resumed, restart_multishot))) = next else {
+            return self.disconnect("its send queue was reached off its worker thread");
         };
         if let Some(buffer) = resumed {
             self.post_recv(buffer);
@@ -671,6 +777,45 @@ impl Session {
             Some(batch) => self.post_send(batch),
             None if self.is_closing() => self.shut_write(),
             None => {}
+        }
+    }
+}
+
+/// What [`Session::enqueue`] left to do once the queue is let go of.
+enum Enqueued {
+    /// The bytes would pass the cap: disconnect.
+    Overflow { held: usize, more: usize },
+    /// Queued: post `batch` if it is due, and stop reading if asked.
+    Queued {
+        batch: Option<Vec<Bytes>>,
+        stop_reading: bool,
+    },
+}
+
+impl Enqueued {
+    /// Does it; whether the bytes were queued.
+    fn finish(self, session: &Arc<Session>) -> bool {
+        match self {
+            Enqueued::Overflow { held, more } => {
+                session.disconnect(&format!(
+                    "send queue full: {held} bytes waiting and {more} more would pass the \
+                     {}-byte limit (the client is not reading)",
+                    session.max_send_queue
+                ));
+                false
+            }
+            Enqueued::Queued {
+                batch,
+                stop_reading,
+            } => {
+                if stop_reading {
+                    session.stop_multishot();
+                }
+                if let Some(batch) = batch {
+                    session.post_send(batch);
+                }
+                true
+            }
         }
     }
 }

@@ -16,8 +16,8 @@ use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard};
-use std::thread::{self, JoinHandle};
+use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard, OnceLock};
+use std::thread::{self, JoinHandle, ThreadId};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -26,6 +26,7 @@ use rustc_hash::FxHashMap;
 use super::connection::{Session, SessionHandler, SessionLimits};
 use super::listener::Listener;
 use super::recv_buffer::RecvBuffer;
+use crate::driver::confined::current_thread;
 use crate::event::INFINITE;
 use crate::net::{TcpListener, TcpStream};
 use crate::port::{Completion, CompletionPort};
@@ -42,6 +43,13 @@ pub(crate) enum Io {
     /// The end of a session's multishot receive.
     RecvEnd(Arc<Session>),
     Send(Arc<Session>),
+    /// Start a session accepted on another worker's thread.
+    Start(Arc<Session>),
+    /// Bytes another thread sends on a session (boxed, so that every
+    /// record stays two words, which operations carry without allocating).
+    Deliver(Box<(Arc<Session>, Bytes)>),
+    /// Another thread closes a session gracefully.
+    Drain(Arc<Session>),
 }
 
 /// Tunables of a [`Service`].
@@ -175,6 +183,8 @@ pub(crate) struct ServiceCore {
     next_id: AtomicU64,
     listener: Mutex<Option<Arc<Listener>>>,
     workers: Mutex<Vec<Worker>>,
+    /// The thread of each port's worker, in port order.
+    worker_threads: OnceLock<Vec<ThreadId>>,
     /// Bytes the sessions' sends delivered; each session holds a handle.
     bytes_sent: Arc<AtomicU64>,
     timers: Mutex<Timers>,
@@ -209,6 +219,7 @@ impl ServiceCore {
             (self.factory)(),
             Arc::downgrade(self),
             limits,
+            self.worker_of(id),
         );
         self.sessions().insert(id, session.clone());
         session
@@ -322,7 +333,26 @@ impl ServiceCore {
 
     /// The port of the worker that session `id` belongs to.
     fn port_of(&self, id: u64) -> &CompletionPort<Io> {
-        &self.ports[(id % self.ports.len() as u64) as usize]
+        &self.ports[self.worker_index(id)]
+    }
+
+    fn worker_index(&self, id: u64) -> usize {
+        (id % self.ports.len() as u64) as usize
+    }
+
+    /// The thread of the worker that session `id` belongs to. Workers start
+    /// before any session is made; were one missing, the session's state
+    /// would belong to this thread, and its worker would disconnect it.
+    fn worker_of(&self, id: u64) -> ThreadId {
+        let threads = self.worker_threads.get();
+        let worker = threads.and_then(|threads| threads.get(self.worker_index(id)));
+        worker.copied().unwrap_or_else(current_thread)
+    }
+
+    /// Hands `io` to the worker of session `id`; `false` once its port is
+    /// closed.
+    pub(crate) fn post_to_worker(&self, id: u64, io: Io) -> bool {
+        self.port_of(id).post(id, 0, Some(io)).is_ok()
     }
 
     pub(crate) fn config(&self) -> &ServiceConfig {
@@ -398,6 +428,12 @@ impl ServiceCore {
                 let sent = packet.take_buffers();
                 session.on_send_complete(packet.result, sent)
             }
+            Io::Start(session) => session.begin(),
+            Io::Deliver(delivery) => {
+                let (session, data) = *delivery;
+                session.on_handed_over(data)
+            }
+            Io::Drain(session) => session.on_drain(),
         }
     }
 
@@ -485,6 +521,7 @@ impl Service {
             next_id: AtomicU64::new(0),
             listener: Mutex::new(None),
             workers: Mutex::new(Vec::new()),
+            worker_threads: OnceLock::new(),
             bytes_sent: Arc::new(AtomicU64::new(0)),
             timers: Mutex::new(Timers::default()),
             timers_changed: Condvar::new(),
@@ -518,6 +555,9 @@ impl Service {
                 },
             )?);
         }
+        // The timer's thread comes first.
+        let threads = workers[1..].iter().map(|w| w.thread.thread().id());
+        let _ = core.worker_threads.set(threads.collect());
         *core.workers.lock().unwrap_or_else(|p| p.into_inner()) = workers;
         Ok(Service { core })
     }
