@@ -7,7 +7,7 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::thread::{self, ThreadId};
 use std::time::Duration;
@@ -61,6 +61,9 @@ const WAKE_NOP: u64 = 2;
 /// `user_data` of the multishot poll on a confined ring's doorbell.
 const DOORBELL_POLL: u64 = 3;
 
+/// `Uring::wake_poll` when no wake-up poll runs.
+const NO_WAKE_POLL: RawFd = -1;
+
 pub(crate) struct Uring {
     ring: IoUring,
     /// Set when only one thread may enter the ring.
@@ -68,8 +71,9 @@ pub(crate) struct Uring {
     /// Threads with nothing to reap sleep in `io_uring_enter` rather than in
     /// `poll` on the eventfd (see [`Uring::sleep`]).
     sleeps_in_ring: bool,
-    /// The descriptor the multishot wake-up poll watches, while it runs.
-    wake_poll: Mutex<Option<RawFd>>,
+    /// The descriptor the multishot wake-up poll watches while it runs;
+    /// -1 when none runs.
+    wake_poll: AtomicI32,
     /// Serializes writers of the submission queue.
     submit_lock: Mutex<()>,
     /// Entries were held back for a flush (set under `submit_lock`), so a
@@ -220,7 +224,7 @@ impl Uring {
             ring,
             confinement,
             sleeps_in_ring,
-            wake_poll: Mutex::new(None),
+            wake_poll: AtomicI32::new(NO_WAKE_POLL),
             submit_lock: Mutex::new(()),
             held_back: AtomicBool::new(false),
             reaped: Mutex::new(Vec::new()),
@@ -480,8 +484,8 @@ impl Uring {
 
     /// Keeps a multishot poll on `fd` in the ring, unless one runs already.
     fn watch_wake_fd(&self, fd: RawFd) -> io::Result<()> {
-        let mut watched = self.wake_poll.lock().unwrap_or_else(|p| p.into_inner());
-        if *watched == Some(fd) {
+        let watched = self.wake_poll.swap(fd, Ordering::AcqRel);
+        if watched == fd {
             return Ok(());
         }
         let poll = opcode::PollAdd::new(types::Fd(fd), libc::POLLIN as u32)
@@ -489,9 +493,9 @@ impl Uring {
             .build()
             .user_data(WAKE_POLL);
         // Handed over by the wait that follows.
-        self.push(poll, true)?;
-        *watched = Some(fd);
-        Ok(())
+        self.push(poll, true).inspect_err(|_| {
+            self.wake_poll.store(NO_WAKE_POLL, Ordering::Release);
+        })
     }
 
     /// Keeps a multishot poll on a confined ring's doorbell, unless one
@@ -525,7 +529,7 @@ impl Uring {
     /// Notes that a wake-up poll ended, so that the next sleep posts it again.
     fn poll_ended(&self, user_data: u64) {
         match (user_data, &self.confinement) {
-            (WAKE_POLL, _) => *self.wake_poll.lock().unwrap_or_else(|p| p.into_inner()) = None,
+            (WAKE_POLL, _) => self.wake_poll.store(NO_WAKE_POLL, Ordering::Release),
             (DOORBELL_POLL, Some(confinement)) => {
                 confinement.doorbell_watched.store(false, Ordering::Release);
             }

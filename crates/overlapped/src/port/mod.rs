@@ -160,6 +160,9 @@ pub(crate) struct Shared<T> {
     wake: Event,
     /// `wake` was set since the reaper last reset it.
     wake_pending: AtomicBool,
+    /// The owner of `local` reaps (and may sleep) without the lock: a post
+    /// from another thread must wake it.
+    owner_reaping: AtomicBool,
 }
 
 impl<T> Shared<T> {
@@ -183,9 +186,12 @@ impl<T> Shared<T> {
                 return;
             }
             queue.packets.push_back(packet);
-            self.queued.store(queue.packets.len(), Ordering::Release);
+            // Before `owner_reaping` is read (both sequentially consistent):
+            // an owner about to sleep either sees the packet or is woken.
+            self.queued.store(queue.packets.len(), Ordering::SeqCst);
             // The reaper itself queues the packets it reaps: no need to wake it.
-            let asleep_elsewhere = queue.reaper.is_some_and(|id| id != current_thread());
+            let asleep_elsewhere = queue.reaper.is_some_and(|id| id != current_thread())
+                || self.owner_reaping.load(Ordering::SeqCst);
             (queue.waiting > 0, asleep_elsewhere)
         };
         if wake_waiter {
@@ -295,6 +301,7 @@ impl<T: Send + 'static> CompletionPort<T> {
             ring,
             wake: Event::new()?,
             wake_pending: AtomicBool::new(false),
+            owner_reaping: AtomicBool::new(false),
         });
         Ok(CompletionPort {
             handle: Arc::new(Handle {
@@ -423,8 +430,14 @@ impl<T: Send + 'static> CompletionPort<T> {
                 .local
                 .with(|local| hand_out(local, max, put))
                 .unwrap_or(0);
-            if taken == max || (taken > 0 && shared.queued.load(Ordering::Acquire) == 0) {
+            let posted = shared.queued.load(Ordering::Acquire) > 0;
+            if taken == max || (taken > 0 && !posted) {
                 return Ok(taken);
+            }
+            // The owner of the local queue reaps without the lock.
+            if taken == 0 && !posted && !last_look && shared.local.is_owned_here() {
+                last_look = self.reap_as_owner(deadline)?;
+                continue;
             }
             let mut queue = shared.lock();
             if queue.closed {
@@ -475,6 +488,29 @@ impl<T: Send + 'static> CompletionPort<T> {
             };
             queue.waiting -= 1;
         }
+    }
+
+    /// Reaps the ring as the owner of the port's local queue (the issuer
+    /// of its confined ring, its one worker), without the lock: it delivers
+    /// every completion itself, and a post from another thread wakes it
+    /// through `owner_reaping`. Returns whether the deadline has passed.
+    fn reap_as_owner(&self, deadline: Option<Instant>) -> io::Result<bool> {
+        let shared = &*self.shared;
+        let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        shared.owner_reaping.store(true, Ordering::SeqCst);
+        // Reset before looking at the queue: a post the look misses sets
+        // the event after this, so the sleep below ends at once.
+        if shared.wake_pending.swap(false, Ordering::AcqRel) {
+            shared.wake.reset()?;
+        }
+        let posted = shared.queued.load(Ordering::SeqCst) > 0;
+        let reaped = match posted || shared.closed.load(Ordering::Acquire) {
+            true => Ok(0),
+            false => shared.ring.reap(left, Some(shared.wake.as_raw_fd())),
+        };
+        shared.owner_reaping.store(false, Ordering::Release);
+        reaped?;
+        Ok(left == Some(Duration::ZERO))
     }
 
     /// Queues a packet of the program's own (`PostQueuedCompletionStatus`):
@@ -608,5 +644,42 @@ mod tests {
         let code = after_close.unwrap_err().winsock_code();
         assert_eq!(code, Some(crate::error::ERROR_ABANDONED_WAIT_0));
         assert!(port.shared.local.with(|local| local.is_empty()) != Some(false));
+    }
+
+    #[test]
+    fn the_worker_of_a_confined_port_sleeps_without_the_lock_and_a_post_wakes_it() {
+        let port = claimed_port();
+        if !port.shared.local.is_owned_here() {
+            return; // an ordinary ring: its reaper registers under the lock
+        }
+        let other = port.clone();
+        let poster = std::thread::spawn(move || {
+            while !other.shared.owner_reaping.load(Ordering::SeqCst) {
+                std::thread::yield_now();
+            }
+            let registered = other.shared.lock().reaper.is_some();
+            posted(&other, 9);
+            registered
+        });
+        // Waits for good; if the post does not wake it, a watchdog closes
+        // the port, which always does.
+        let (done, finished) = std::sync::mpsc::channel::<()>();
+        let watched = port.clone();
+        let watchdog = std::thread::spawn(move || {
+            if finished.recv_timeout(Duration::from_secs(20)).is_err() {
+                watched.close();
+            }
+        });
+        let woken = port.get_queued_completion_status(crate::INFINITE);
+        drop(done);
+        watchdog.join().unwrap();
+        let key = woken
+            .expect("woken by the post, not by a close")
+            .map(|p| p.key);
+        assert_eq!(key, Some(9));
+        assert!(
+            !poster.join().unwrap(),
+            "the worker reaped without registering"
+        );
     }
 }
