@@ -315,3 +315,19 @@ fn a_session_that_received_is_released_once_disconnected_while_the_service_runs(
     }
     service.stop();
 }
+
+#[test]
+fn a_send_then_a_graceful_close_from_another_thread_delivers_the_send() {
+    let (service, log) = server(0);
+    let mut client = connect(&service);
+    log.wait_until(|_| service.session_count() == 1);
+    let session = service.sessions().pop().expect("one session");
+    let farewell = framing::encode(3, &[b"bye"]).unwrap();
+    // From this thread, not the session's worker: both are handed over.
+    assert!(session.send(farewell.clone()));
+    session.close_gracefully();
+    let mut rest = Vec::new();
+    client.read_to_end(&mut rest).unwrap();
+    assert_eq!(rest, &farewell[..], "the send before the close went out");
+    service.stop();
+}

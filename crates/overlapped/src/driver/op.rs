@@ -523,11 +523,22 @@ impl Op {
     /// [`phase`]): it is starting the operation, or performs it for the
     /// backend under the backend's lock.
     pub(crate) unsafe fn with_parts<R>(&self, f: impl FnOnce(&mut IoParts) -> R) -> Option<R> {
+        // SAFETY: the caller owns the memory now (the contract above).
+        unsafe { self.owned_parts() }.map(f)
+    }
+
+    /// The operation's memory, unless it was taken out.
+    ///
+    /// # Safety
+    /// As for [`Op::with_parts`], and no other reference to the memory may
+    /// be alive while the returned one is.
+    #[allow(clippy::mut_from_ref)] // the phase protocol makes it exclusive
+    unsafe fn owned_parts(&self) -> Option<&mut IoParts> {
         if self.taken.load(Ordering::Acquire) {
             return None;
         }
-        // SAFETY: the caller owns the memory now (the contract above).
-        unsafe { (*self.parts.get()).as_mut() }.map(f)
+        // SAFETY: per the contract, this thread owns the memory now.
+        unsafe { (*self.parts.get()).as_mut() }
     }
 
     pub(crate) fn is_done(&self) -> bool {
@@ -550,8 +561,7 @@ impl Op {
     /// the operation, which owns it until it is marked submitted.
     pub(crate) unsafe fn submit_with<R>(&self, f: impl FnOnce(Option<&mut IoParts>) -> R) -> R {
         // SAFETY: the caller owns the memory until the store below.
-        let parts = unsafe { (*self.parts.get()).as_mut() };
-        let built = f(parts.filter(|_| !self.taken.load(Ordering::Acquire)));
+        let built = f(unsafe { self.owned_parts() });
         self.mark_submitted();
         built
     }
@@ -652,21 +662,11 @@ impl Op {
         };
         // SAFETY: moving the phase to FINISHING made this thread the only
         // owner of the memory and the outcome until DONE is published.
-        let (outcome, record) = unsafe {
-            let parts = (*self.parts.get())
-                .as_mut()
-                .filter(|_| !self.taken.load(Ordering::Acquire));
-            let parts_and_record = match parts {
-                Some(parts) => {
-                    let outcome = f(Some(&mut *parts));
-                    let record = delivery.and_then(|_| parts.record.take());
-                    (outcome, record)
-                }
-                None => (f(None), None),
-            };
-            *self.outcome.get() = parts_and_record.0;
-            parts_and_record
-        };
+        let mut parts = unsafe { self.owned_parts() };
+        let outcome = f(parts.as_deref_mut());
+        let record = delivery.and(parts.and_then(|parts| parts.record.take()));
+        // SAFETY: as above; DONE, published below, makes it readable.
+        unsafe { *self.outcome.get() = outcome };
         // Sequentially consistent, as is `wait`'s count: see `wait`.
         self.phase.store(phase::DONE, Ordering::SeqCst);
         if self.waiters.load(Ordering::SeqCst) > 0 {

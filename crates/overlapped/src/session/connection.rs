@@ -342,11 +342,8 @@ impl Session {
         if !self.is_connected() || self.draining.load(Ordering::Acquire) {
             return false;
         }
-        match self
-            .send
-            .with_arg(data, |queue, data| self.enqueue(queue, data))
-        {
-            Ok(queued) => queued.finish(self),
+        match self.queue_here(data) {
+            Ok(queued) => queued,
             // Another thread, or a send from inside the queue's own update.
             Err(data) => {
                 self.hand_to_worker(Io::Deliver(Box::new((self.clone(), data.into_owned()))))
@@ -354,21 +351,26 @@ impl Session {
         }
     }
 
-    /// Bytes another thread handed over: queued here, on the worker.
+    /// Bytes another thread handed over, queued here on the worker. They
+    /// were taken before any graceful close that came after them, so they
+    /// are sent even if the session is closing now.
     pub(crate) fn on_handed_over(self: &Arc<Self>, data: Bytes) {
-        if !self.is_connected() || self.draining.load(Ordering::Acquire) {
+        if !self.is_connected() {
             return;
         }
-        let data = Outgoing::Shared(data);
-        match self
-            .send
-            .with_arg(data, |queue, data| self.enqueue(queue, data))
-        {
-            Ok(queued) => {
-                queued.finish(self);
-            }
-            Err(_) => self.disconnect("its send queue was reached off its worker thread"),
+        if self.queue_here(Outgoing::Shared(data)).is_err() {
+            self.disconnect("its send queue was reached off its worker thread");
         }
+    }
+
+    /// Queues `data` if this thread is the session's worker (and not inside
+    /// the queue's own update); gives it back otherwise. Whether it was
+    /// queued, or the session disconnected for it.
+    fn queue_here<'a>(self: &Arc<Self>, data: Outgoing<'a>) -> Result<bool, Outgoing<'a>> {
+        let queued = self
+            .send
+            .with_arg(data, |queue, data| self.enqueue(queue, data));
+        queued.map(|queued| queued.finish(self))
     }
 
     /// Posts `io` to the session's worker; `false` once the service is gone.
