@@ -22,8 +22,10 @@ use crate::port::PortStream;
 /// What a service's sessions do: the hooks of the classic IOCP session.
 ///
 /// Hooks run on the worker thread the session belongs to, one at a time,
-/// in order. A hook that panics disconnects its own session, with the panic
-/// as the reason; the worker goes on serving the others.
+/// in order — all but `on_disconnected` when another thread disconnects the
+/// session ([`Session::disconnect`], `Service::stop`), which runs it there.
+/// A hook that panics disconnects its own session, with the panic as the
+/// reason; the worker goes on serving the others.
 pub trait SessionHandler: Send + Sync + 'static {
     /// The session is connected and its first receive is about to be posted.
     fn on_connected(&self, session: &Arc<Session>) {
