@@ -33,7 +33,7 @@ use std::os::fd::{FromRawFd, OwnedFd};
 use std::sync::Arc;
 
 use op::{Direction, Op, OpKind, Outcome};
-use socket::{Entry, Next, Socket};
+use socket::{Admission, Next, Socket};
 
 use crate::error;
 
@@ -72,9 +72,9 @@ pub(crate) fn start(op: &Arc<Op>) -> io::Result<Option<Outcome>> {
         return Err(error::invalid_parameter("not a socket data operation"));
     };
     match socket.enter_lane(direction, op) {
-        Entry::Go => {}
-        Entry::Queued => return Ok(None),
-        Entry::Closing => return Err(error::aborted()),
+        Admission::Go => {}
+        Admission::Queued => return Ok(None),
+        Admission::Closing => return Err(error::aborted()),
     }
     // Inside a batch the kernel gets every operation: its own first attempt
     // costs nothing extra there, while ours would cost a system call.

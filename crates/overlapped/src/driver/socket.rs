@@ -51,7 +51,7 @@ impl LaneBits {
 }
 
 /// What [`Socket::enter_lane`] decided.
-pub(crate) enum Entry {
+pub(crate) enum Admission {
     /// The lane is the caller's: start the operation, then
     /// [`Socket::leave_lane`] once it is no longer in the kernel.
     Go,
@@ -141,7 +141,7 @@ impl Socket {
 
     /// Takes the lane of `direction` for `op`, or queues `op` behind the
     /// operation that has it.
-    pub(crate) fn enter_lane(&self, direction: Direction, op: &Arc<Op>) -> Entry {
+    pub(crate) fn enter_lane(&self, direction: Direction, op: &Arc<Op>) -> Admission {
         let bits = LaneBits::of(direction);
         // The usual case: a free lane, taken without the lock.
         let free = self
@@ -150,10 +150,10 @@ impl Socket {
                 (state & (CLOSING | bits.busy) == 0).then_some(state | bits.busy)
             });
         let Err(state) = free else {
-            return Entry::Go;
+            return Admission::Go;
         };
         if state & CLOSING != 0 {
-            return Entry::Closing;
+            return Admission::Closing;
         }
         // Busy: queue behind it, unless it was left meanwhile. The flag is
         // set and the op pushed under the lock, which whoever leaves the
@@ -171,11 +171,11 @@ impl Socket {
                 }
             });
         match entered {
-            Err(_) => Entry::Closing,
-            Ok(before) if before & bits.busy == 0 => Entry::Go,
+            Err(_) => Admission::Closing,
+            Ok(before) if before & bits.busy == 0 => Admission::Go,
             Ok(_) => {
                 queues.of(direction).push_back(op.clone());
-                Entry::Queued
+                Admission::Queued
             }
         }
     }
@@ -313,12 +313,12 @@ mod tests {
         let socket = socket();
         assert!(matches!(
             socket.enter_lane(Direction::Send, &send_op()),
-            Entry::Go
+            Admission::Go
         ));
         assert!(leave(&socket).is_none());
         assert!(matches!(
             socket.enter_lane(Direction::Send, &send_op()),
-            Entry::Go
+            Admission::Go
         ));
     }
 
@@ -328,20 +328,20 @@ mod tests {
         let (first, second, third) = (send_op(), send_op(), send_op());
         assert!(matches!(
             socket.enter_lane(Direction::Send, &first),
-            Entry::Go
+            Admission::Go
         ));
         assert!(matches!(
             socket.enter_lane(Direction::Send, &second),
-            Entry::Queued
+            Admission::Queued
         ));
         assert!(matches!(
             socket.enter_lane(Direction::Send, &third),
-            Entry::Queued
+            Admission::Queued
         ));
         // The other direction is not held up.
         assert!(matches!(
             socket.enter_lane(Direction::Recv, &send_op()),
-            Entry::Go
+            Admission::Go
         ));
         assert!(Arc::ptr_eq(&leave(&socket).unwrap(), &second));
         assert!(Arc::ptr_eq(&leave(&socket).unwrap(), &third));
@@ -354,11 +354,11 @@ mod tests {
         let waiting = send_op();
         assert!(matches!(
             socket.enter_lane(Direction::Send, &send_op()),
-            Entry::Go
+            Admission::Go
         ));
         assert!(matches!(
             socket.enter_lane(Direction::Send, &waiting),
-            Entry::Queued
+            Admission::Queued
         ));
         let (queued, in_kernel) = socket.close();
         assert!(in_kernel);
@@ -366,7 +366,7 @@ mod tests {
         assert!(Arc::ptr_eq(&queued[0], &waiting));
         assert!(matches!(
             socket.enter_lane(Direction::Recv, &send_op()),
-            Entry::Closing
+            Admission::Closing
         ));
         assert!(!socket.enter_unordered());
         assert!(leave(&socket).is_none());
@@ -402,7 +402,7 @@ mod tests {
             for _ in 0..4 {
                 s.spawn(|| {
                     for _ in 0..5_000 {
-                        if let Entry::Go = socket.enter_lane(Direction::Send, &send_op()) {
+                        if let Admission::Go = socket.enter_lane(Direction::Send, &send_op()) {
                             hold();
                             while leave(&socket).is_some() {
                                 hold();

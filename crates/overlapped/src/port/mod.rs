@@ -28,7 +28,10 @@
 //! The session layer's `Service` gives each of its workers a port of its
 //! own instead, whose ring only that worker reaps and enters: on Linux 6.1
 //! and later the kernel then runs it as `SINGLE_ISSUER | DEFER_TASKRUN`, and
-//! operations other threads start are handed over to the worker.
+//! operations other threads start are handed over to the worker. Such a
+//! worker delivers every completion of its ring itself, so those packets go
+//! to a queue only it touches: it takes them, reaps and sleeps without the
+//! port's lock, which only packets posted by other threads take.
 
 mod socket;
 
