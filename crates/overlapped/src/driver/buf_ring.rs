@@ -222,11 +222,13 @@ impl BufRing {
         if !returned_pending.swap(false, Ordering::AcqRel) {
             return;
         }
-        let returned = std::mem::take(&mut tail.lock().unwrap_or_else(|p| p.into_inner()).returned);
+        let mut refills = tail.lock().unwrap_or_else(|p| p.into_inner());
         owned_tail.with(|owned| {
             // SAFETY: the owner alone writes the entries now.
-            unsafe { self.refill(*entries, owned, &returned) };
+            unsafe { self.refill(*entries, owned, &refills.returned) };
         });
+        // Cleared, not taken: its room is kept for the next buffers.
+        refills.returned.clear();
     }
 
     /// Writes `bids` into the entries at `tail` and publishes the new tail.
@@ -246,10 +248,7 @@ impl BufRing {
             entry.set_bid(bid);
             *tail = tail.wrapping_add(1);
         }
-        // SAFETY: the tail field of the first entry is the ring's shared tail,
-        // a u16 the kernel reads; it is aligned for an atomic access.
-        let shared = unsafe { &*(BufRingEntry::tail(entries.as_ptr()) as *const AtomicU16) };
-        shared.store(*tail, Ordering::Release);
+        shared_tail(entries).store(*tail, Ordering::Release);
     }
 
     /// The tail the kernel sees, for tests.
@@ -258,9 +257,7 @@ impl BufRing {
         let Picker::Kernel { entries, .. } = &self.picker else {
             return None;
         };
-        // SAFETY: as in `refill`: the shared tail, aligned for atomic access.
-        let shared = unsafe { &*(BufRingEntry::tail(entries.as_ptr()) as *const AtomicU16) };
-        Some(shared.load(Ordering::Acquire))
+        Some(shared_tail(*entries).load(Ordering::Acquire))
     }
 
     /// The `len` bytes the kernel wrote into buffer `bid`.
@@ -285,6 +282,14 @@ impl Drop for BufRing {
             unsafe { sys::unmap(self.data, data_bytes(self.buffers)) };
         }
     }
+}
+
+/// The tail of the ring of entries, which the kernel reads.
+fn shared_tail(entries: NonNull<BufRingEntry>) -> &'static AtomicU16 {
+    // SAFETY: the tail field of the first entry is the ring's shared tail, a
+    // u16 inside a mapping that is never unmapped (see `register`), aligned
+    // for an atomic access.
+    unsafe { &*(BufRingEntry::tail(entries.as_ptr()) as *const AtomicU16) }
 }
 
 /// A pool size that the kernel takes: a power of two, within bounds.

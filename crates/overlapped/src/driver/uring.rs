@@ -9,13 +9,13 @@ use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
-use std::thread::{self, ThreadId};
+use std::thread;
 use std::time::Duration;
 
 use io_uring::{cqueue, opcode, squeue, types, IoUring, Probe};
 
 use super::buf_ring::{BufRing, Lease, POOL_GROUP};
-use super::confined::{current_thread, Confined};
+use super::confined::Confined;
 use super::op::{IoParts, Op, OpKind};
 use super::ring::Ring;
 use super::sys;
@@ -82,9 +82,6 @@ pub(crate) struct Uring {
     /// Serializes readers of the completion queue, and keeps the vector
     /// they copy completions into between reaps.
     reaped: Mutex<Vec<Reaped>>,
-    /// That vector for the issuer of a confined ring, which reads the
-    /// queue without a lock.
-    issuer_reaped: Confined<Vec<Reaped>>,
 }
 
 /// A completion copied out of the queue: user data, result, flags.
@@ -104,8 +101,11 @@ type Reaped = (u64, i32, u32);
 /// kernel refuses every other thread, and what is still in flight stays
 /// there (its memory is kept, never freed under the kernel).
 struct Confinement {
-    /// The thread that enabled the ring; unset while it is disabled.
-    issuer: OnceLock<ThreadId>,
+    /// The vector the issuer copies completions into, which it alone
+    /// reaches: it reads the completion queue without a lock. Its owner is
+    /// the issuer, the thread that enabled the ring; unclaimed while the
+    /// ring is disabled.
+    reaped: Confined<Vec<Reaped>>,
     /// Entries from other threads, in the order they came.
     handed_over: Mutex<Vec<squeue::Entry>>,
     /// `handed_over` may hold entries: spares the issuer a lock per flush.
@@ -119,7 +119,7 @@ struct Confinement {
 impl Confinement {
     fn new() -> io::Result<Confinement> {
         Ok(Confinement {
-            issuer: OnceLock::new(),
+            reaped: Confined::new(Vec::new()),
             handed_over: Mutex::new(Vec::new()),
             pending: AtomicBool::new(false),
             doorbell: sys::eventfd()?,
@@ -128,14 +128,12 @@ impl Confinement {
     }
 
     fn on_issuer(&self) -> bool {
-        self.issuer.get() == Some(&current_thread())
+        self.reaped.is_owned_here()
     }
 
     /// Whether another thread has claimed the ring.
     fn claimed_elsewhere(&self) -> bool {
-        self.issuer
-            .get()
-            .is_some_and(|issuer| *issuer != current_thread())
+        self.reaped.is_claimed() && !self.on_issuer()
     }
 
     fn handed_over(&self) -> MutexGuard<'_, Vec<squeue::Entry>> {
@@ -228,7 +226,6 @@ impl Uring {
             submit_lock: Mutex::new(()),
             held_back: AtomicBool::new(false),
             reaped: Mutex::new(Vec::new()),
-            issuer_reaped: Confined::new(Vec::new()),
         }
     }
 
@@ -250,7 +247,7 @@ impl Uring {
     pub(crate) fn has_issuer(&self) -> bool {
         self.confinement
             .as_ref()
-            .is_some_and(|c| c.issuer.get().is_some())
+            .is_some_and(|c| c.reaped.is_claimed())
     }
 
     /// Makes this thread the issuer of a confined ring that has none yet:
@@ -263,12 +260,11 @@ impl Uring {
         if confinement.on_issuer() {
             return Ok(());
         }
-        if confinement.issuer.set(current_thread()).is_err() {
+        if !confinement.reaped.claim() {
             // Another thread claimed it first.
             return Err(confined_elsewhere());
         }
         self.ring.submitter().register_enable_rings()?;
-        self.issuer_reaped.claim();
         // What other threads handed over meanwhile goes out with the next flush.
         self.held_back.store(true, Ordering::Release);
         Ok(())
@@ -545,11 +541,13 @@ impl Uring {
             }
         }
         // The issuer of a confined ring is the queue's only reader: no lock.
-        let by_issuer = self.issuer_reaped.with(|batch| {
-            // SAFETY: only the issuer reaps a confined ring (others may not
-            // even enter it), and `with` let only it in.
-            unsafe { self.copy_completions(batch) };
-            self.complete_all(owner, batch)
+        let by_issuer = self.confinement.as_ref().and_then(|confinement| {
+            confinement.reaped.with(|batch| {
+                // SAFETY: only the issuer reaps a confined ring (others may
+                // not even enter it), and `with` let only it in.
+                unsafe { self.copy_completions(batch) };
+                self.complete_all(owner, batch)
+            })
         });
         if let Some(reaped) = by_issuer {
             return reaped;

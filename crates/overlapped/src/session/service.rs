@@ -379,8 +379,9 @@ impl ServiceCore {
     /// Runs `work` for session `id`. A handler that panics inside it
     /// disconnects that session, with the panic as the logged reason,
     /// instead of ending the worker and stalling every other session of
-    /// that worker. The session's state is behind locks that survive a
-    /// panic, and the session is disconnected at once.
+    /// that worker. The session's state survives a panic (its worker is
+    /// let in again after an unwind), and the session is disconnected at
+    /// once.
     pub(crate) fn run_guarded(&self, id: u64, work: impl FnOnce()) {
         let Err(panic) = panic::catch_unwind(AssertUnwindSafe(work)) else {
             return;
