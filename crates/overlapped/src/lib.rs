@@ -73,6 +73,8 @@ mod overlapped;
 pub mod port;
 mod routine;
 pub mod session;
+/// The primitives of the lock-free protocols (std, or loom under `--cfg loom`).
+pub(crate) use driver::sync;
 
 pub use backend::{backend, Backend};
 pub use driver::buf::{IoBuf, IoBufMut, Tail};

@@ -134,3 +134,25 @@ fn dropping_socket_and_record_with_operations_in_flight_is_safe() {
         }
     }
 }
+
+#[test]
+fn cancelling_a_receive_started_before_the_socket_joined_a_port_finds_it() {
+    let (ours, _peer) = pair();
+    let (mut ov, _) = record();
+    assert_eq!(
+        ours.recv(&mut ov, vec![vec![0; 16]]).unwrap(),
+        overlapped::Started::Pending
+    );
+    let port = overlapped::CompletionPort::<()>::new(1).unwrap();
+    // A worker, so that whatever goes to the port's ring is reaped.
+    let worker = {
+        let port = port.clone();
+        std::thread::spawn(move || while port.get_queued_completion_status(None).is_ok() {})
+    };
+    let stream = port.associate(ours, 1);
+    let cancelled = stream.stream().cancel(&ov);
+    port.close();
+    worker.join().unwrap();
+    cancelled.unwrap();
+    assert_aborted(&mut ov);
+}

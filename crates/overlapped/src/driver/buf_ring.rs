@@ -11,8 +11,8 @@ use std::sync::{Arc, Mutex};
 use io_uring::types::BufRingEntry;
 use io_uring::IoUring;
 
-use super::confined::Confined;
 use super::ring::Ring;
+use super::sync::Confined;
 use super::sys;
 
 /// Buffers in a ring's pool unless its owner asks for fewer (a power of

@@ -20,22 +20,29 @@
 
 pub(crate) mod buf;
 pub(crate) mod buf_ring;
-pub(crate) mod confined;
 pub(crate) mod epoll;
+#[cfg(test)]
+pub(crate) mod fault;
+pub(crate) mod hand_over;
+pub(crate) mod lanes;
 pub(crate) mod op;
 pub(crate) mod ring;
 pub(crate) mod socket;
+pub(crate) mod sync;
 pub(crate) mod sys;
+#[cfg(all(test, not(loom)))]
+mod tests;
 pub(crate) mod uring;
 
 use std::io;
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::sync::Arc;
 
-use op::{Direction, Op, OpKind, Outcome};
-use socket::{Admission, Next, Socket};
+use lanes::{Admission, Direction, Next};
+use op::{Op, OpKind, Outcome};
+use socket::Socket;
 
-use crate::error;
+use crate::error::{self, ErrorExt};
 
 /// The ring sockets use until they are associated with a completion port,
 /// created on first use.
@@ -92,12 +99,48 @@ pub(crate) fn start(op: &Arc<Op>) -> io::Result<Option<Outcome>> {
             }
         }
     }
-    if let Err(e) = ring.submit(op) {
+    if let Err(e) = submit(socket, op) {
         op.mark_queued();
+        // SAFETY: the submit failed, so the op is this thread's again.
+        let sent_early = unsafe { op.with_parts(|parts| parts.sent_early) }.unwrap_or(0);
+        if sent_early > 0 {
+            // Part of it went out on the fast path: it did start, and
+            // completes now with what it sent and the error.
+            let errno = e.raw_os_error().unwrap_or(libc::EIO);
+            op.finish(Outcome {
+                bytes: sent_early,
+                ..Outcome::failed(errno)
+            });
+            leave_lane(socket, direction);
+            return Ok(None);
+        }
         leave_lane(socket, direction);
         return Err(e);
     }
+    cancel_if_closed_meanwhile(socket, op);
     Ok(None)
+}
+
+/// Hands `op` to the ring its socket's operations go to now, and notes
+/// which one that was, for a cancel.
+fn submit(socket: &Socket, op: &Arc<Op>) -> io::Result<()> {
+    let moved = socket.is_moved();
+    op.note_ring(moved);
+    socket.ring_of(moved).submit(op)
+}
+
+/// `op` was just handed to the kernel: if its socket began closing
+/// meanwhile, the close's cancel may have gone first and missed it, so
+/// cancel it now (see `lanes`: nothing starts on a closing socket).
+fn cancel_if_closed_meanwhile(socket: &Socket, op: &Arc<Op>) {
+    if socket.still_open() {
+        return;
+    }
+    if let Err(e) = cancel(op, false) {
+        if e.winsock_code() != Some(error::ERROR_NOT_FOUND) {
+            tracing::error!("cannot cancel an operation started as its socket closed: {e}");
+        }
+    }
 }
 
 /// Starts an operation that takes no lane: several may be in the kernel.
@@ -105,14 +148,15 @@ fn start_unordered(op: &Arc<Op>, socket: &Socket) -> io::Result<Option<Outcome>>
     if !socket.enter_unordered() {
         return Err(error::aborted());
     }
-    if let Err(e) = socket.ring().submit(op) {
+    if let OpKind::RecvMulti = op.kind {
+        socket.set_multishot(op);
+    }
+    if let Err(e) = submit(socket, op) {
         op.mark_queued();
         socket.leave_unordered();
         return Err(e);
     }
-    if let OpKind::RecvMulti = op.kind {
-        socket.set_multishot(op);
-    }
+    cancel_if_closed_meanwhile(socket, op);
     Ok(None)
 }
 
@@ -201,8 +245,13 @@ fn recv_outcome(kind: &OpKind, parts: &op::IoParts, n: usize) -> Outcome {
     outcome
 }
 
-/// Called by the backend with each completion the kernel posted.
+/// Called by the backend with each completion the kernel posted. An
+/// operation of a socket closed before it completed reports "aborted",
+/// as every operation pending at `closesocket` does on Windows — even
+/// one the close's own shutdown ended first.
 pub(crate) fn complete(op: Arc<Op>, result: i32) {
+    let closed = op.kind.is_io() && op.socket.as_ref().is_some_and(|s| s.is_closing());
+    let result = if closed { -libc::ECANCELED } else { result };
     op.finish_with(|parts| outcome_of(&op.kind, parts, result));
     let Some(socket) = &op.socket else { return };
     if let Some(direction) = op.kind.direction() {
@@ -270,8 +319,11 @@ fn leave_lane(socket: &Socket, direction: Direction) {
             op.finish(Outcome::aborted());
             false
         }
-        Next::Op { op, .. } => match socket.ring().submit(&op) {
-            Ok(()) => true,
+        Next::Op { op, .. } => match submit(socket, &op) {
+            Ok(()) => {
+                cancel_if_closed_meanwhile(socket, &op);
+                true
+            }
             Err(e) => {
                 // It was reported pending, so it must complete: with this error.
                 op.finish(Outcome::failed(e.raw_os_error().unwrap_or(libc::EIO)));
@@ -303,7 +355,9 @@ pub(crate) fn cancel(target: &Arc<Op>, wait: bool) -> io::Result<()> {
         op::Notify::Silent,
         None,
     );
-    let ring = socket.ring();
+    // To the ring the target went to: the socket may have joined a port
+    // since.
+    let ring = socket.ring_of(target.on_moved_ring());
     ring.submit(&request)?;
     if !wait {
         return Ok(());
@@ -328,14 +382,18 @@ pub(crate) fn cancel_multishot(socket: &Socket) -> io::Result<()> {
     }
 }
 
-/// `closesocket`: nothing more starts, queued operations complete with
-/// "aborted" now, and those in the kernel are cancelled and complete with
-/// "aborted" when the kernel lets go of them. The descriptor itself closes
-/// when the last of them has completed.
+/// `closesocket`: nothing more starts, the connection ends at once (a FIN
+/// after what was sent, or a reset under `SO_LINGER` zero, as on Windows),
+/// queued operations complete with "aborted" now, and those in the kernel
+/// are cancelled and complete with "aborted" when the kernel lets go of
+/// them. The descriptor itself closes when the last of them has
+/// completed; until then its number stays taken, but the connection is
+/// gone.
 pub(crate) fn close(socket: &Arc<Socket>) {
-    let (queued, in_kernel) = socket.close();
+    let lanes::Closed { waiting, in_kernel } = socket.close();
+    end_connection(&socket.sock);
     let ring = socket.ring().clone();
-    for op in queued {
+    for op in waiting {
         op.finish(Outcome::aborted());
     }
     if !in_kernel {
@@ -359,5 +417,21 @@ pub(crate) fn close(socket: &Arc<Socket>) {
         if let Err(e) = ring.submit(&request) {
             tracing::error!("cannot cancel the operations of a closed socket: {e}");
         }
+    }
+}
+
+/// Ends the connection of a socket being closed, without closing its
+/// descriptor, which in-flight requests still hold: io_uring would keep a
+/// connection open for as long as a request holds its file.
+fn end_connection(sock: &socket2::Socket) {
+    let ended = match sock.linger() {
+        Ok(Some(linger)) if linger.is_zero() => sys::abort_connection(sock),
+        _ => sock.shutdown(std::net::Shutdown::Both),
+    };
+    match ended.as_ref().map_err(io::Error::raw_os_error) {
+        // Not connected (a listener, a datagram socket, a connect that has
+        // not finished) or already reset: nothing to end.
+        Ok(()) | Err(Some(libc::ENOTCONN | libc::EINVAL)) => {}
+        Err(_) => tracing::debug!("closing a socket: {:?}", ended),
     }
 }

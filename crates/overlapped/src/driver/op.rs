@@ -19,17 +19,10 @@ use smallbox::{smallbox, SmallBox};
 
 use super::buf::{IoBuf, IoBufMut};
 use super::buf_ring::Lease;
+pub(crate) use super::lanes::Direction;
 use super::socket::Socket;
 use crate::error;
 use crate::event::Event;
-
-/// Which way data flows; operations in one direction on one socket are
-/// handed to the kernel one at a time, in posting order.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Direction {
-    Recv,
-    Send,
-}
 
 /// What the operation does.
 pub(crate) enum OpKind {
@@ -65,6 +58,15 @@ impl OpKind {
             OpKind::Send | OpKind::SendTo => Some(Direction::Send),
             _ => None,
         }
+    }
+
+    /// Whether the operation moves data or a connection (not a cancel or a
+    /// shutdown, which a close does not abort).
+    pub(crate) fn is_io(&self) -> bool {
+        !matches!(
+            self,
+            OpKind::Cancel(_) | OpKind::CancelAll | OpKind::Shutdown(_)
+        )
     }
 
     /// Whether the operation works on a socket without a lane: several may
@@ -459,6 +461,9 @@ pub(crate) struct Op {
     parts: UnsafeCell<Option<IoParts>>,
     /// Threads blocked in `wait`, so completion only wakes when needed.
     waiters: AtomicUsize,
+    /// It was submitted to the ring its socket moved to (a port's), not
+    /// the one the socket was made on: where a cancel must go.
+    on_moved_ring: AtomicBool,
     /// What `wait` sleeps on; a finish takes it only when someone waits.
     sleep: Mutex<()>,
     completed: Condvar,
@@ -497,6 +502,7 @@ impl Op {
                 *op.delivery_due.get_mut() = delivery_due;
                 *op.parts.get_mut() = parts;
                 *op.waiters.get_mut() = 0;
+                *op.on_moved_ring.get_mut() = false;
                 return spare;
             }
         }
@@ -511,6 +517,7 @@ impl Op {
             outcome: UnsafeCell::new(Outcome::aborted()),
             parts: UnsafeCell::new(parts),
             waiters: AtomicUsize::new(0),
+            on_moved_ring: AtomicBool::new(false),
             sleep: Mutex::new(()),
             completed: Condvar::new(),
         })
@@ -539,6 +546,17 @@ impl Op {
         }
         // SAFETY: per the contract, this thread owns the memory now.
         unsafe { (*self.parts.get()).as_mut() }
+    }
+
+    /// Notes which of its socket's rings the operation is submitted to
+    /// (see [`super::socket::Socket::ring_of`]).
+    pub(crate) fn note_ring(&self, moved: bool) {
+        self.on_moved_ring.store(moved, Ordering::Release);
+    }
+
+    /// Whether it went to the ring its socket moved to.
+    pub(crate) fn on_moved_ring(&self) -> bool {
+        self.on_moved_ring.load(Ordering::Acquire)
     }
 
     pub(crate) fn is_done(&self) -> bool {

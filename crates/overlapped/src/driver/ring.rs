@@ -262,6 +262,21 @@ impl Ring {
         submitted
     }
 
+    /// Fills the submission queue with no-ops the kernel is not told of,
+    /// so that the next entry cannot be written without an enter.
+    #[cfg(test)]
+    pub(crate) fn fill_submission_queue_for_test(&self) {
+        if let Engine::Uring(uring) = &self.engine {
+            uring.fill_submission_queue_for_test();
+        }
+    }
+
+    /// Whether the ring is an io_uring (not the epoll backend).
+    #[cfg(test)]
+    pub(crate) fn is_uring(&self) -> bool {
+        matches!(self.engine, Engine::Uring(_))
+    }
+
     /// Forgets a socket whose descriptor is about to close.
     pub(crate) fn forget(&self, fd: RawFd) {
         if let Engine::Epoll(epoll) = &self.engine {

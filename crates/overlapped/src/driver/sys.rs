@@ -267,6 +267,23 @@ pub(crate) unsafe fn connect_now(
     }
 }
 
+/// Aborts a TCP connection at once with a reset: `connect` to an
+/// `AF_UNSPEC` address dissolves the association (`tcp_disconnect`), what
+/// `closesocket` does on Windows with `SO_LINGER` set to zero.
+pub(crate) fn abort_connection(fd: &impl AsRawFd) -> io::Result<()> {
+    // SAFETY: all-zero is a valid sockaddr; only its family is read.
+    let mut unspec: libc::sockaddr = unsafe { std::mem::zeroed() };
+    unspec.sa_family = libc::AF_UNSPEC as libc::sa_family_t;
+    let len = std::mem::size_of::<libc::sockaddr>() as libc::socklen_t;
+    // SAFETY: `unspec` is a valid address of `len` bytes for the call.
+    let rc = unsafe { libc::connect(fd.as_raw_fd(), &unspec, len) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 fn would_block_to_none(rc: io::Result<usize>) -> io::Result<Option<usize>> {
     match rc {
         Ok(n) => Ok(Some(n)),

@@ -8,16 +8,17 @@
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread;
 use std::time::Duration;
 
 use io_uring::{cqueue, opcode, squeue, types, IoUring, Probe};
 
 use super::buf_ring::{BufRing, Lease, POOL_GROUP};
-use super::confined::Confined;
+use super::hand_over::HandOver;
 use super::op::{IoParts, Op, OpKind};
 use super::ring::Ring;
+use super::sync::Confined;
 use super::sys;
 
 /// Submission queue size. Requests waiting on sockets do not occupy it, only
@@ -107,9 +108,7 @@ struct Confinement {
     /// ring is disabled.
     reaped: Confined<Vec<Reaped>>,
     /// Entries from other threads, in the order they came.
-    handed_over: Mutex<Vec<squeue::Entry>>,
-    /// `handed_over` may hold entries: spares the issuer a lock per flush.
-    pending: AtomicBool,
+    handed_over: HandOver<squeue::Entry>,
     /// Rung by other threads to wake the issuer.
     doorbell: OwnedFd,
     /// The multishot poll on the doorbell runs.
@@ -120,8 +119,7 @@ impl Confinement {
     fn new() -> io::Result<Confinement> {
         Ok(Confinement {
             reaped: Confined::new(Vec::new()),
-            handed_over: Mutex::new(Vec::new()),
-            pending: AtomicBool::new(false),
+            handed_over: HandOver::new(),
             doorbell: sys::eventfd()?,
             doorbell_watched: AtomicBool::new(false),
         })
@@ -136,15 +134,10 @@ impl Confinement {
         self.reaped.is_claimed() && !self.on_issuer()
     }
 
-    fn handed_over(&self) -> MutexGuard<'_, Vec<squeue::Entry>> {
-        // Updates are single pushes and drains.
-        self.handed_over.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Queues an entry from another thread for the issuer.
+    /// Queues an entry from another thread for the issuer: it is written
+    /// either way; the error is the doorbell's.
     fn hand_over(&self, entry: squeue::Entry, batching: bool) -> io::Result<()> {
-        self.handed_over().push(entry);
-        self.pending.store(true, Ordering::Release);
+        self.handed_over.push(entry);
         if batching {
             // The doorbell rings when the batch ends.
             return Ok(());
@@ -153,6 +146,10 @@ impl Confinement {
     }
 
     fn ring_doorbell(&self) -> io::Result<()> {
+        #[cfg(test)]
+        if let Some(injected) = super::fault::doorbell() {
+            return Err(injected);
+        }
         sys::eventfd_signal(self.doorbell.as_raw_fd())
     }
 }
@@ -318,33 +315,41 @@ impl Uring {
     }
 
     /// Hands `op` to the kernel, now or (`batching`) with the next flush. The
-    /// ring keeps one reference to it until its completion arrives.
+    /// ring keeps one reference to it until its completion arrives. An
+    /// error means the entry was not written, and the op is the caller's
+    /// again; once written, the entry reaches the kernel with the next
+    /// enter even if this one failed, so the op stays the ring's.
     pub(crate) fn submit(&self, op: &Arc<Op>, batching: bool) -> io::Result<()> {
         let entry = entry_for(op)?;
         let user_data = Arc::into_raw(op.clone()) as u64;
-        let result = self.push(entry.user_data(user_data), batching);
-        if result.is_err() {
-            // SAFETY: the entry was not submitted, so the kernel will never
-            // complete it; this takes back the reference made just above.
-            drop(unsafe { Arc::from_raw(user_data as *const Op) });
+        match self.push(entry.user_data(user_data), batching) {
+            Pushed::Entered => Ok(()),
+            Pushed::Written(e) => {
+                tracing::warn!("an operation waits in the ring for the next enter: {e}");
+                Ok(())
+            }
+            Pushed::Refused(e) => {
+                // SAFETY: the entry was not written, so the kernel will never
+                // complete it; this takes back the reference made above.
+                drop(unsafe { Arc::from_raw(user_data as *const Op) });
+                Err(e)
+            }
         }
-        result
     }
 
     fn flush_confined(&self, confinement: &Confinement) -> io::Result<()> {
         if !confinement.on_issuer() {
-            if confinement.pending.load(Ordering::Acquire) {
+            if confinement.handed_over.is_pending() {
                 return confinement.ring_doorbell();
             }
             return Ok(());
         }
-        if confinement.pending.swap(false, Ordering::AcqRel) {
-            let handed_over = std::mem::take(&mut *confinement.handed_over());
-            for entry in handed_over {
-                // SAFETY: on a confined ring only the issuer, this thread,
-                // writes the submission queue.
-                unsafe { self.push_entry(&entry)? };
-            }
+        // SAFETY: on a confined ring only the issuer, this thread, writes
+        // the submission queue.
+        if confinement
+            .handed_over
+            .take(|entry| unsafe { self.push_entry(entry) })?
+        {
             self.held_back.store(true, Ordering::Relaxed);
         }
         if !self.held_back.swap(false, Ordering::AcqRel) {
@@ -358,24 +363,59 @@ impl Uring {
         self.enter_submit()
     }
 
-    fn push(&self, entry: squeue::Entry, batching: bool) -> io::Result<()> {
+    /// Writes `entry` into the submission queue and, unless `batching`,
+    /// hands the queue to the kernel; what became of it.
+    fn push(&self, entry: squeue::Entry, batching: bool) -> Pushed {
         let _guard = match &self.confinement {
             Some(confinement) if !confinement.on_issuer() => {
-                return confinement.hand_over(entry, batching);
+                return match confinement.hand_over(entry, batching) {
+                    Ok(()) => Pushed::Entered,
+                    Err(e) => Pushed::Written(e),
+                };
             }
-            // The issuer is the only writer of the queue: no lock.
-            Some(_) => None,
+            Some(confinement) => {
+                // The issuer is the only writer of the queue: no lock. What
+                // other threads handed over goes first, so that the queue
+                // keeps the order the entries were made in.
+                // SAFETY: this thread is the issuer, the queue's only user.
+                let earlier = confinement
+                    .handed_over
+                    .take(|e| unsafe { self.push_entry(e) });
+                if let Err(e) = earlier {
+                    return Pushed::Refused(e);
+                }
+                None
+            }
             None => Some(self.submit_lock.lock().unwrap_or_else(|p| p.into_inner())),
         };
         // SAFETY: this thread is the only user of the submission queue: it
         // holds `submit_lock`, or it is the issuer of a confined ring.
-        unsafe { self.push_entry(&entry)? };
+        if let Err(e) = unsafe { self.push_entry(&entry) } {
+            return Pushed::Refused(e);
+        }
         if batching {
             // Handed over with the rest of the batch, or by the next reap.
             self.held_back.store(true, Ordering::Release);
-            return Ok(());
+            return Pushed::Entered;
         }
-        self.enter_submit()
+        match self.enter_submit() {
+            Ok(()) => Pushed::Entered,
+            Err(e) => {
+                // The entry is in the queue: the next flush enters again.
+                self.held_back.store(true, Ordering::Release);
+                Pushed::Written(e)
+            }
+        }
+    }
+
+    /// See `Ring::fill_submission_queue_for_test`.
+    #[cfg(test)]
+    pub(crate) fn fill_submission_queue_for_test(&self) {
+        let _guard = self.submit_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let nop = opcode::Nop::new().build().user_data(WAKE_NOP);
+        // SAFETY: the lock makes this thread the queue's only user (the
+        // test's ring is not confined); a no-op points at nothing.
+        while unsafe { self.ring.submission_shared().push(&nop) }.is_ok() {}
     }
 
     /// Writes `entry` into the submission queue, handing the queue to the
@@ -402,6 +442,10 @@ impl Uring {
     /// asks for completions (`IORING_ENTER_GETEVENTS`), which is when the
     /// kernel finishes the work it deferred for this thread.
     fn enter_submit(&self) -> io::Result<()> {
+        #[cfg(test)]
+        if let Some(injected) = super::fault::enter() {
+            return Err(injected);
+        }
         loop {
             let entered = match &self.confinement {
                 None => self.ring.submit(),
@@ -489,7 +533,7 @@ impl Uring {
             .build()
             .user_data(WAKE_POLL);
         // Handed over by the wait that follows.
-        self.push(poll, true).inspect_err(|_| {
+        self.push(poll, true).written().inspect_err(|_| {
             self.wake_poll.store(NO_WAKE_POLL, Ordering::Release);
         })
     }
@@ -508,7 +552,7 @@ impl Uring {
         // Handed over by the wait that follows. The doorbell is never read:
         // the poll posts a completion for every ring, not while it is
         // readable.
-        self.push(poll, true)?;
+        self.push(poll, true).written()?;
         confinement.doorbell_watched.store(true, Ordering::Release);
         Ok(())
     }
@@ -518,7 +562,13 @@ impl Uring {
     pub(crate) fn wake_sleeper(&self) -> io::Result<()> {
         match &self.confinement {
             Some(confinement) if !confinement.on_issuer() => confinement.ring_doorbell(),
-            _ => self.push(opcode::Nop::new().build().user_data(WAKE_NOP), false),
+            _ => {
+                let nop = opcode::Nop::new().build().user_data(WAKE_NOP);
+                match self.push(nop, false) {
+                    Pushed::Entered => Ok(()),
+                    Pushed::Written(e) | Pushed::Refused(e) => Err(e),
+                }
+            }
         }
     }
 
@@ -619,6 +669,28 @@ impl Uring {
             super::complete(op, result);
         }
         reaped
+    }
+}
+
+/// What became of an entry [`Uring::push`] was given.
+enum Pushed {
+    /// Written, and handed to the kernel (or held back for the batch).
+    Entered,
+    /// Written, but the kernel was not told (the enter or the doorbell
+    /// failed): it takes the entry at the next enter, so what the entry
+    /// points at must stay.
+    Written(io::Error),
+    /// Not written: the kernel never sees it.
+    Refused(io::Error),
+}
+
+impl Pushed {
+    /// `Ok` once the entry is written, whether or not the kernel was told.
+    fn written(self) -> io::Result<()> {
+        match self {
+            Pushed::Entered | Pushed::Written(_) => Ok(()),
+            Pushed::Refused(e) => Err(e),
+        }
     }
 }
 

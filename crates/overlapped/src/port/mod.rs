@@ -44,17 +44,16 @@ use std::net::SocketAddr;
 use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::thread::ThreadId;
 use std::time::{Duration, Instant};
 
 use crate::driver::buf_ring::{Lease, POOL_BUFFERS};
-use crate::driver::confined::{current_thread, Confined};
 use crate::driver::op::{self, Finished, IoParts, Notify, Outcome, Payload, Sink};
 use crate::driver::ring::Ring;
 use crate::error;
 use crate::event::Event;
 use crate::net::TcpStream;
 use crate::overlapped::Transfer;
+use crate::sync::{current_thread, Confined, ThreadKey};
 use std::os::fd::AsRawFd;
 
 /// One completion packet: what `GetQueuedCompletionStatus` returns.
@@ -142,7 +141,7 @@ struct Queue<T> {
     /// Workers blocked in a dequeue, other than the reaper.
     waiting: usize,
     /// The worker reaping the ring, if any.
-    reaper: Option<ThreadId>,
+    reaper: Option<ThreadKey>,
 }
 
 pub(crate) struct Shared<T> {

@@ -7,17 +7,16 @@ use std::mem;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
-use std::thread::ThreadId;
 
 use bytes::{Bytes, BytesMut};
 
 use super::recv_buffer::RecvBuffer;
 use super::service::{now_millis, Io, Service, ServiceCore};
 use crate::driver::buf::Tail;
-use crate::driver::confined::Confined;
 use crate::error::{ErrorExt, WSAENOBUFS, WSA_OPERATION_ABORTED};
 use crate::overlapped::Transfer;
 use crate::port::PortStream;
+use crate::sync::{Confined, ThreadKey};
 
 /// What a service's sessions do: the hooks of the classic IOCP session.
 ///
@@ -261,7 +260,7 @@ impl Session {
         handler: Arc<dyn SessionHandler>,
         service: Weak<ServiceCore>,
         limits: SessionLimits,
-        worker: ThreadId,
+        worker: ThreadKey,
     ) -> Arc<Session> {
         let SessionLimits {
             recv_buffer,

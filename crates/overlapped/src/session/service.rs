@@ -17,7 +17,7 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard, OnceLock};
-use std::thread::{self, JoinHandle, ThreadId};
+use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -26,10 +26,10 @@ use rustc_hash::FxHashMap;
 use super::connection::{Session, SessionHandler, SessionLimits};
 use super::listener::Listener;
 use super::recv_buffer::RecvBuffer;
-use crate::driver::confined::current_thread;
 use crate::event::INFINITE;
 use crate::net::{TcpListener, TcpStream};
 use crate::port::{Completion, CompletionPort};
+use crate::sync::{current_thread, ThreadKey};
 
 /// Makes the handler of each new session.
 pub type SessionFactory = Arc<dyn Fn() -> Arc<dyn SessionHandler> + Send + Sync>;
@@ -129,6 +129,8 @@ pub struct ShutdownReport {
 /// A thread of the service.
 struct Worker {
     thread: JoinHandle<()>,
+    /// The thread, as the driver knows it (see `sync::ThreadKey`).
+    key: ThreadKey,
     /// Says, once the thread has stopped running the service's code,
     /// whether it stays to reap its confined ring (then it is not waited
     /// for); disconnected if the thread ended without saying (a panic).
@@ -144,7 +146,9 @@ impl Worker {
         A: FnOnce(),
     {
         let (stopping, stopped) = mpsc::channel::<bool>();
+        let (starting, started) = mpsc::channel::<ThreadKey>();
         let thread = thread::Builder::new().name(name).spawn(move || {
+            let _ = starting.send(current_thread());
             let afterwards = body();
             // The receiver may be gone with a service that was never stopped.
             let _ = stopping.send(afterwards.is_some());
@@ -153,7 +157,14 @@ impl Worker {
                 afterwards();
             }
         })?;
-        Ok(Worker { thread, stopped })
+        let key = started
+            .recv()
+            .map_err(|_| io::Error::other("a service thread ended as it started"))?;
+        Ok(Worker {
+            thread,
+            key,
+            stopped,
+        })
     }
 
     /// Waits until the thread has stopped running the service's code, then
@@ -184,7 +195,7 @@ pub(crate) struct ServiceCore {
     listener: Mutex<Option<Arc<Listener>>>,
     workers: Mutex<Vec<Worker>>,
     /// The thread of each port's worker, in port order.
-    worker_threads: OnceLock<Vec<ThreadId>>,
+    worker_threads: OnceLock<Vec<ThreadKey>>,
     /// Bytes the sessions' sends delivered; each session holds a handle.
     bytes_sent: Arc<AtomicU64>,
     timers: Mutex<Timers>,
@@ -343,7 +354,7 @@ impl ServiceCore {
     /// The thread of the worker that session `id` belongs to. Workers start
     /// before any session is made; were one missing, the session's state
     /// would belong to this thread, and its worker would disconnect it.
-    fn worker_of(&self, id: u64) -> ThreadId {
+    fn worker_of(&self, id: u64) -> ThreadKey {
         let threads = self.worker_threads.get();
         let worker = threads.and_then(|threads| threads.get(self.worker_index(id)));
         worker.copied().unwrap_or_else(current_thread)
@@ -557,7 +568,7 @@ impl Service {
             )?);
         }
         // The timer's thread comes first.
-        let threads = workers[1..].iter().map(|w| w.thread.thread().id());
+        let threads = workers[1..].iter().map(|w| w.key);
         let _ = core.worker_threads.set(threads.collect());
         *core.workers.lock().unwrap_or_else(|p| p.into_inner()) = workers;
         Ok(Service { core })

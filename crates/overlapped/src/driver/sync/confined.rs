@@ -6,23 +6,42 @@
 //! back — is touched by that one thread. [`Confined`] lets it do so without
 //! a lock; any other thread is turned away and takes the locked way.
 
-use std::cell::{Cell, UnsafeCell};
+use std::cell::Cell;
+use std::num::NonZeroU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
-use std::thread::{self, ThreadId};
 
-/// The current thread's id. `thread::current()` clones a reference-counted
-/// handle; the driver asks once per submission.
-pub(crate) fn current_thread() -> ThreadId {
-    thread_local! {
-        static ID: ThreadId = thread::current().id();
+use super::cell::UnsafeCell;
+
+/// A thread, as the driver tells threads apart: a number given to each
+/// thread the first time it asks, never given again. (Not `ThreadId`:
+/// under loom every modelled thread runs on one thread of the OS.)
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct ThreadKey(NonZeroU64);
+
+/// The current thread's key. Asked once per submission, so it is a
+/// thread-local read, not `thread::current()` (which clones a handle).
+pub(crate) fn current_thread() -> ThreadKey {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    fn next() -> ThreadKey {
+        let key = NEXT.fetch_add(1, Ordering::Relaxed);
+        ThreadKey(NonZeroU64::new(key).expect("thread keys do not wrap"))
     }
-    ID.with(|id| *id)
+    #[cfg(not(loom))]
+    std::thread_local! {
+        static KEY: ThreadKey = next();
+    }
+    #[cfg(loom)]
+    loom::thread_local! {
+        static KEY: ThreadKey = next();
+    }
+    KEY.with(|key| *key)
 }
 
 /// A value only its owner thread uses, with no lock.
 pub(crate) struct Confined<T> {
     /// The thread that claimed it; unset, nobody may use it.
-    owner: OnceLock<ThreadId>,
+    owner: OnceLock<ThreadKey>,
     /// The owner is inside [`Confined::with`]: a nested call is turned away
     /// instead of making a second `&mut` to the value.
     in_use: Cell<bool>,
@@ -45,7 +64,7 @@ impl<T> Confined<T> {
     }
 
     /// A value that thread `owner` alone will use.
-    pub(crate) fn owned_by(owner: ThreadId, value: T) -> Confined<T> {
+    pub(crate) fn owned_by(owner: ThreadKey, value: T) -> Confined<T> {
         let confined = Confined::new(value);
         let _ = confined.owner.set(owner);
         confined
@@ -87,14 +106,17 @@ impl<T> Confined<T> {
             }
         }
         let _leave = Leave(&self.in_use);
-        // SAFETY: only the owner thread gets here (checked above, and the
-        // owner never changes once set), and `in_use` keeps it from getting
-        // here twice at once, so this is the only reference to the value.
-        Ok(f(unsafe { &mut *self.value.get() }, arg))
+        self.value.with_mut(|value| {
+            // SAFETY: only the owner thread gets here (checked above, and
+            // the owner never changes once set), and `in_use` keeps it from
+            // getting here twice at once, so this is the only reference to
+            // the value.
+            Ok(f(unsafe { &mut *value }, arg))
+        })
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
 
@@ -103,6 +125,8 @@ mod tests {
         let cell = Confined::new(1);
         assert_eq!(cell.with(|v| *v), None);
     }
+
+    use std::thread;
 
     #[test]
     fn the_owner_reaches_the_value_and_another_thread_does_not() {

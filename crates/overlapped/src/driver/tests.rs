@@ -1,0 +1,172 @@
+//! The driver's promises where a public test cannot reach: the
+//! process-wide ring, raw rings and injected kernel failures.
+
+use std::io::Write;
+use std::net::{TcpListener, TcpStream};
+use std::sync::{Arc, Barrier};
+use std::thread;
+use std::time::Duration;
+
+use super::op::{IoParts, Notify, Op, OpKind};
+use super::ring::Ring;
+use super::socket::Socket;
+use super::{close, fault, start};
+use crate::event::{wait_for_multiple_events, Event, WaitResult};
+
+const SOON: Option<Duration> = Some(Duration::from_secs(10));
+
+/// Our side of a loopback connection as a driver socket on `ring`, and
+/// the peer.
+fn pair_on(ring: &Arc<Ring>) -> (Arc<Socket>, TcpStream) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let ours = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (peer, _) = listener.accept().unwrap();
+    (Socket::new(ours.into(), ring.clone()), peer)
+}
+
+/// A receive of up to 16 bytes on `socket` that signals `event`.
+fn receive(socket: &Arc<Socket>, event: &Event) -> Arc<Op> {
+    let parts = IoParts::for_recv(vec![vec![0u8; 16]]);
+    Op::new(
+        OpKind::Recv,
+        Some(socket.clone()),
+        Notify::Event(event.clone()),
+        Some(parts),
+    )
+}
+
+fn signaled_soon(event: &Event) -> bool {
+    wait_for_multiple_events(&[event], false, SOON, false).unwrap() == WaitResult::Signaled(0)
+}
+
+#[test]
+fn an_operation_started_as_its_socket_closes_on_the_process_wide_ring_still_ends() {
+    let ring = Ring::global().unwrap();
+    let rounds = std::env::var("OVERLAPPED_STRESS_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(2_000);
+    for round in 0..rounds {
+        let (socket, _silent_peer) = pair_on(ring);
+        let event = Event::new().unwrap();
+        let op = receive(&socket, &event);
+        let both = Barrier::new(2);
+        let started = thread::scope(|s| {
+            s.spawn(|| {
+                both.wait();
+                stagger(round);
+                close(&socket);
+            });
+            both.wait();
+            start(&op)
+        });
+        if let Ok(None) = started {
+            assert!(
+                signaled_soon(&event),
+                "round {round}: the receive stayed pending after the close"
+            );
+        }
+    }
+}
+
+#[test]
+fn an_entry_written_before_a_failed_enter_stays_the_rings_until_it_completes() {
+    let ring = Ring::new(false).unwrap();
+    if !ring.is_uring() {
+        return; // the epoll backend never enters a kernel ring
+    }
+    let (socket, mut peer) = pair_on(&ring);
+    let event = Event::new().unwrap();
+    let op = receive(&socket, &event);
+    fault::fail_enters(1, libc::ENOMEM);
+    let started = start(&op);
+    fault::fail_enters(0, 0);
+    assert!(
+        matches!(started, Ok(None)),
+        "a written entry is pending, not failed: {started:?}"
+    );
+    peer.write_all(b"after").unwrap();
+    // The next reap enters the kernel, which then takes the entry.
+    while !event.is_set().unwrap() {
+        ring.reap(Some(Duration::from_millis(100)), None).unwrap();
+    }
+    let outcome = op.outcome().expect("completed");
+    assert_eq!((outcome.bytes, outcome.error), (5, None));
+    let buffers = op.take_buffers::<Vec<u8>>().unwrap();
+    assert_eq!(&buffers[0][..5], b"after");
+}
+
+#[test]
+fn an_entry_handed_over_before_a_failed_doorbell_reaches_the_issuer() {
+    let ring = Ring::confined().unwrap();
+    if !ring.is_uring() {
+        return; // the epoll backend has no doorbell
+    }
+    // This thread becomes the issuer (where the kernel can confine).
+    ring.reap(Some(Duration::ZERO), None).unwrap();
+    let (socket, mut peer) = pair_on(&ring);
+    let event = Event::new().unwrap();
+    let op = receive(&socket, &event);
+    let started = thread::scope(|s| {
+        s.spawn(|| {
+            fault::fail_doorbells(1, libc::EAGAIN);
+            start(&op)
+        })
+        .join()
+        .unwrap()
+    });
+    assert!(
+        matches!(started, Ok(None)),
+        "a handed-over entry is pending, not failed: {started:?}"
+    );
+    peer.write_all(b"later").unwrap();
+    while !event.is_set().unwrap() {
+        ring.reap(Some(Duration::from_millis(100)), None).unwrap();
+    }
+    assert_eq!(op.outcome().map(|o| o.bytes), Some(5));
+}
+
+#[test]
+fn a_send_that_went_out_in_part_before_a_refused_submit_completes_with_its_bytes() {
+    let ring = Ring::new(false).unwrap();
+    if !ring.is_uring() {
+        return; // the epoll backend refuses no submission
+    }
+    let (socket, _peer) = pair_on(&ring);
+    let event = Event::new().unwrap();
+    // Far more than the socket buffers take while the peer does not read,
+    // so the fast path sends part of it and the rest must be submitted.
+    let parts = IoParts::for_send(vec![vec![7u8; 64 << 20]]);
+    let op = Op::new(
+        OpKind::Send,
+        Some(socket.clone()),
+        Notify::Event(event.clone()),
+        Some(parts),
+    );
+    // The queue is empty, so a refused submit needs a full queue: fill it
+    // with entries whose enters fail, until the write itself is refused.
+    fault::fail_enters(u32::MAX, libc::ENOMEM);
+    let started = ring_refusing(&ring, || start(&op));
+    fault::fail_enters(0, 0);
+    assert!(matches!(started, Ok(None)), "it started: {started:?}");
+    assert!(signaled_soon(&event));
+    let outcome = op.outcome().unwrap();
+    assert!(outcome.bytes > 0, "the bytes that went out are reported");
+    assert_eq!(outcome.error, Some(libc::ENOMEM));
+}
+
+/// Runs `f` while `ring`'s submission queue is full and the kernel cannot
+/// be entered, so that no entry can be written.
+fn ring_refusing<R>(ring: &Arc<Ring>, f: impl FnOnce() -> R) -> R {
+    ring.fill_submission_queue_for_test();
+    f()
+}
+
+/// Spins for a while that grows with `round` and starts over every 64
+/// rounds, so that the close lands at every point of the start in turn
+/// instead of wherever the two threads happen to wake.
+fn stagger(round: usize) {
+    for _ in 0..(round % 64) * 16 {
+        std::hint::spin_loop();
+    }
+}
