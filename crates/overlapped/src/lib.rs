@@ -65,6 +65,7 @@
 pub use bytes::Bytes;
 
 pub mod backend;
+mod boundary;
 mod driver;
 pub mod error;
 mod event;

@@ -97,6 +97,8 @@ pub(crate) fn unregister(id: u64) {
 /// Runs every routine queued on this thread when called; returns whether any
 /// ran. Routines queued while these run (for example by an operation a
 /// routine started that completed at once) wait for the next alertable wait.
+/// A routine that panics is logged and the others still run: the panic
+/// costs that one operation's report, not the thread's other routines.
 pub(crate) fn run_queued() -> bool {
     let Ok(queue) = current_queue() else {
         return false;
@@ -110,7 +112,7 @@ pub(crate) fn run_queued() -> bool {
         // that register routines of their own.
         let routine = THREAD.with(|thread| thread.routines.borrow_mut().remove(&id));
         if let Some(routine) = routine {
-            routine(outcome, parts);
+            let _ = crate::boundary::catch("a completion routine", || routine(outcome, parts));
         }
     }
     ran

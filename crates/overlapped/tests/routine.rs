@@ -142,3 +142,30 @@ fn closing_the_socket_runs_the_routine_with_aborted() {
         vec![format!("error {WSA_OPERATION_ABORTED}")]
     );
 }
+
+#[test]
+fn a_panicking_routine_does_not_lose_the_routines_queued_after_it() {
+    let (first, mut first_peer) = pair();
+    let (second, mut second_peer) = pair();
+    let seen = Seen::default();
+    first
+        .recv_with_routine(vec![vec![0u8; 16]], |_, _: Vec<Vec<u8>>| {
+            panic!("a completion routine panicked")
+        })
+        .unwrap();
+    second
+        .recv_with_routine(vec![vec![0; 16]], recorder(&seen))
+        .unwrap();
+    first_peer.write_all(b"one").unwrap();
+    second_peer.write_all(b"two").unwrap();
+    // Both complete meanwhile, so that one alertable wait finds both.
+    thread::sleep(Duration::from_millis(100));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while seen.borrow().is_empty() && std::time::Instant::now() < deadline {
+        let waited = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            sleep_ex(Some(Duration::from_millis(50)), true)
+        }));
+        assert!(waited.is_ok(), "the routine's panic left the wait");
+    }
+    assert_eq!(*seen.borrow(), vec!["two"]);
+}

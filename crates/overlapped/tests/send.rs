@@ -109,3 +109,29 @@ impl ReadUntil for std::net::TcpStream {
         }
     }
 }
+
+#[test]
+fn a_send_of_more_than_4_gib_from_one_buffer_sends_every_byte() {
+    // Past what an io_uring entry's 32-bit length holds. The pages are
+    // never written, so they cost address space, not memory.
+    const LEN: usize = (4 << 30) + 4096;
+    let (ours, mut peer) = pair();
+    let reader = std::thread::spawn(move || {
+        let mut chunk = vec![0u8; 4 << 20];
+        let mut total = 0usize;
+        loop {
+            match peer.read(&mut chunk) {
+                Ok(0) => return total,
+                Ok(n) => total += n,
+                Err(e) => panic!("the peer's read failed after {total} bytes: {e}"),
+            }
+        }
+    });
+    let (mut ov, _event) = record();
+    ours.send(&mut ov, vec![vec![0u8; LEN]]).unwrap();
+    let sent = ov.result(true).map(|t| t.bytes);
+    drop(ov);
+    drop(ours);
+    assert_eq!(sent.unwrap(), LEN);
+    assert_eq!(reader.join().unwrap(), LEN);
+}

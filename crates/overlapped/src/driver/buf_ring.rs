@@ -8,7 +8,6 @@ use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
 
-use io_uring::types::BufRingEntry;
 use io_uring::IoUring;
 
 use super::ring::Ring;
@@ -32,6 +31,24 @@ pub(crate) const POOL_BUFFER_SIZE: usize = 2048;
 /// The buffer group id the pool is registered under.
 pub(crate) const POOL_GROUP: u16 = 0;
 
+/// One entry of the ring the kernel reads free buffers from: the layout of
+/// `struct io_uring_buf`. The `resv` field of entry 0 is the ring's tail,
+/// which the kernel reads while we write other entries, so entries are
+/// written field by field through raw pointers, never through a reference
+/// that would cover the tail.
+#[repr(C)]
+struct PoolEntry {
+    addr: u64,
+    len: u32,
+    bid: u16,
+    resv: u16,
+}
+
+const _: () = assert!(std::mem::size_of::<PoolEntry>() == 16);
+const _: () = assert!(
+    std::mem::size_of::<PoolEntry>() == std::mem::size_of::<io_uring::types::BufRingEntry>()
+);
+
 pub(crate) struct BufRing {
     /// `buffers` buffers of `POOL_BUFFER_SIZE` bytes.
     data: NonNull<u8>,
@@ -45,7 +62,7 @@ enum Picker {
     /// io_uring, from a ring of entries shared with it.
     Kernel {
         /// The ring of entries the kernel reads, page aligned.
-        entries: NonNull<BufRingEntry>,
+        entries: NonNull<PoolEntry>,
         /// Our copy of the tail while no thread owns the pool; the shared
         /// one is published after each refill.
         tail: Mutex<Refills>,
@@ -112,7 +129,7 @@ impl BufRing {
             }
             return Err(e);
         }
-        let entries = entries.cast::<BufRingEntry>();
+        let entries = entries.cast::<PoolEntry>();
         let pool = BufRing {
             data,
             buffers,
@@ -236,16 +253,20 @@ impl BufRing {
     /// # Safety
     /// The caller must be the only writer of the entries (under `tail`'s
     /// lock while no thread owns the pool, or the owner).
-    unsafe fn refill(&self, entries: NonNull<BufRingEntry>, tail: &mut u16, bids: &[u16]) {
+    unsafe fn refill(&self, entries: NonNull<PoolEntry>, tail: &mut u16, bids: &[u16]) {
         for &bid in bids {
             let slot = usize::from(*tail & (self.buffers - 1));
-            // SAFETY: `slot` is inside the entries array; the caller is the
-            // only writer, and the kernel reads the slot only after the tail
-            // below is published.
-            let entry = unsafe { &mut *entries.as_ptr().add(slot) };
-            entry.set_addr(self.buffer(bid) as u64);
-            entry.set_len(POOL_BUFFER_SIZE as u32);
-            entry.set_bid(bid);
+            // SAFETY: `slot` is inside the entries array, and only the three
+            // fields the kernel reads a buffer from are written, through raw
+            // pointers (entry 0's fourth field is the shared tail). The
+            // caller is the only writer, and the kernel reads the slot only
+            // after the tail below is published.
+            unsafe {
+                let entry = entries.as_ptr().add(slot);
+                std::ptr::addr_of_mut!((*entry).addr).write(self.buffer(bid) as u64);
+                std::ptr::addr_of_mut!((*entry).len).write(POOL_BUFFER_SIZE as u32);
+                std::ptr::addr_of_mut!((*entry).bid).write(bid);
+            }
             *tail = tail.wrapping_add(1);
         }
         shared_tail(entries).store(*tail, Ordering::Release);
@@ -285,11 +306,12 @@ impl Drop for BufRing {
 }
 
 /// The tail of the ring of entries, which the kernel reads.
-fn shared_tail(entries: NonNull<BufRingEntry>) -> &'static AtomicU16 {
-    // SAFETY: the tail field of the first entry is the ring's shared tail, a
-    // u16 inside a mapping that is never unmapped (see `register`), aligned
-    // for an atomic access.
-    unsafe { &*(BufRingEntry::tail(entries.as_ptr()) as *const AtomicU16) }
+fn shared_tail(entries: NonNull<PoolEntry>) -> &'static AtomicU16 {
+    // SAFETY: the `resv` field of the first entry is the ring's shared tail
+    // (`struct io_uring_buf_ring`), a u16 inside a mapping that is never
+    // unmapped (see `register`), aligned for an atomic access, and only
+    // ever reached as an atomic.
+    unsafe { AtomicU16::from_ptr(std::ptr::addr_of_mut!((*entries.as_ptr()).resv)) }
 }
 
 /// A pool size that the kernel takes: a power of two, within bounds.
@@ -311,7 +333,7 @@ fn data_bytes(buffers: u16) -> usize {
 
 /// Bytes of the ring of entries the kernel reads the free buffers from.
 fn entries_bytes(buffers: u16) -> usize {
-    usize::from(buffers) * std::mem::size_of::<BufRingEntry>()
+    usize::from(buffers) * std::mem::size_of::<PoolEntry>()
 }
 
 /// One filled buffer of the pool, handed to the program; dropping it gives

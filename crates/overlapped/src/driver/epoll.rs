@@ -20,11 +20,15 @@ use polling::{Event, Events, PollMode, Poller};
 use super::buf_ring::{Lease, POOL_BUFFER_SIZE};
 use super::op::{Direction, IoParts, Op, OpKind};
 use super::ring::Ring;
+use super::sync::lock;
 use super::sys;
 
 pub(crate) struct Epoll {
     poller: Poller,
     state: Mutex<State>,
+    /// Held by the one thread reaping (see [`Epoll::drain`]), with the
+    /// vector it collects completions into, kept between reaps.
+    reaping: Mutex<Vec<Finished>>,
 }
 
 #[derive(Default)]
@@ -34,9 +38,6 @@ struct State {
     /// Completions made at submission (cancellations, shutdowns, connects
     /// that finished at once), for the next reap.
     ready: Vec<Finished>,
-    /// An empty vector kept from the last reap, so the next one collects
-    /// its completions without allocating.
-    spare: Vec<Finished>,
     events: Events,
 }
 
@@ -82,6 +83,7 @@ impl Epoll {
         Ok(Epoll {
             poller: Poller::new()?,
             state: Mutex::new(State::default()),
+            reaping: Mutex::new(Vec::new()),
         })
     }
 
@@ -222,14 +224,19 @@ impl Epoll {
 
     /// Carries out what the ready sockets allow and hands every completion
     /// to the driver. Returns how many there were.
+    ///
+    /// One reaper at a time: the `reaping` lock is held from the collection
+    /// to the last completion handled, so that one socket's arrivals and
+    /// completions are handled in the order they were made, by one thread.
+    /// The state's lock is let go of meanwhile: a completion may start the
+    /// next operation of its lane, which takes it.
     pub(crate) fn drain(&self, ring: &Arc<Ring>) -> usize {
-        let mut finished = {
+        let mut finished = lock(&self.reaping);
+        {
             let mut state = self.state();
-            let spare = std::mem::take(&mut state.spare);
-            let mut finished = std::mem::replace(&mut state.ready, spare);
+            finished.append(&mut state.ready);
             self.progress_ready(ring, &mut state, &mut finished);
-            finished
-        };
+        }
         let count = finished.len();
         for item in finished.drain(..) {
             match item {
@@ -239,10 +246,6 @@ impl Epoll {
                     super::complete(op, result);
                 }
             }
-        }
-        let mut state = self.state();
-        if state.spare.capacity() < finished.capacity() {
-            state.spare = finished;
         }
         count
     }

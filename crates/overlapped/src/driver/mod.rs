@@ -252,12 +252,56 @@ fn recv_outcome(kind: &OpKind, parts: &op::IoParts, n: usize) -> Outcome {
 pub(crate) fn complete(op: Arc<Op>, result: i32) {
     let closed = op.kind.is_io() && op.socket.as_ref().is_some_and(|s| s.is_closing());
     let result = if closed { -libc::ECANCELED } else { result };
+    if let (OpKind::Send, Ok(sent @ 1..)) = (&op.kind, usize::try_from(result)) {
+        if send_the_rest(&op, sent) {
+            return;
+        }
+    }
     op.finish_with(|parts| outcome_of(&op.kind, parts, result));
     let Some(socket) = &op.socket else { return };
     if let Some(direction) = op.kind.direction() {
         leave_lane(socket, direction);
     } else if op.kind.is_unordered() {
         socket.leave_unordered();
+    }
+}
+
+/// A stream send completes only once every byte is taken, as an
+/// overlapped `WSASend` does; the kernel takes at most about 2 GiB per
+/// request (`MAX_RW_COUNT`), so a larger send is handed to it again for
+/// the rest. Whether it was (the op is then in the kernel again).
+fn send_the_rest(op: &Arc<Op>, sent: usize) -> bool {
+    // SAFETY: the kernel posted the request's completion, so it let go of
+    // the memory, and the op is not finished: the thread handling the
+    // completion, this one, owns it.
+    let more = unsafe {
+        op.with_parts(|parts| {
+            let more = parts.remaining() > sent;
+            if more {
+                parts.advance(sent);
+            }
+            more
+        })
+    };
+    let Some(socket) = op.socket.as_ref().filter(|_| more == Some(true)) else {
+        return false;
+    };
+    match submit(socket, op) {
+        Ok(()) => {
+            cancel_if_closed_meanwhile(socket, op);
+            true
+        }
+        Err(e) => {
+            let errno = e.raw_os_error().unwrap_or(libc::EIO);
+            op.finish_with(|parts| Outcome {
+                bytes: parts.map_or(0, |p| p.sent_early),
+                ..Outcome::failed(errno)
+            });
+            if let Some(direction) = op.kind.direction() {
+                leave_lane(socket, direction);
+            }
+            true
+        }
     }
 }
 

@@ -212,14 +212,25 @@ impl Ring {
 
     /// Runs `f` with this thread's submissions to this ring held back, then
     /// hands them all to the kernel at once.
+    /// A panic inside `f` ends the batch all the same (what `f` started
+    /// goes to the kernel), and the panic goes on.
     pub(crate) fn batch<R>(&self, f: impl FnOnce() -> R) -> R {
-        let outer = BATCHING.with(|b| b.replace(self as *const Ring));
-        let result = f();
-        BATCHING.with(|b| b.set(outer));
-        if let Err(e) = self.flush() {
-            tracing::error!("submission failed: {e}");
+        /// Ends the batch when `f` returns or unwinds.
+        struct Batch<'a> {
+            ring: &'a Ring,
+            outer: *const Ring,
         }
-        result
+        impl Drop for Batch<'_> {
+            fn drop(&mut self) {
+                BATCHING.with(|b| b.set(self.outer));
+                if let Err(e) = self.ring.flush() {
+                    tracing::error!("submission failed: {e}");
+                }
+            }
+        }
+        let outer = BATCHING.with(|b| b.replace(self as *const Ring));
+        let _batch = Batch { ring: self, outer };
+        f()
     }
 
     /// Whether this thread is batching submissions to this ring.
@@ -387,5 +398,39 @@ impl Ring {
                 thread::sleep(Duration::from_millis(10));
             }
         }
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use std::panic::{catch_unwind, AssertUnwindSafe};
+
+    use super::*;
+
+    #[test]
+    fn a_panic_inside_a_batch_ends_the_batch() {
+        let ring = Ring::new(true).unwrap();
+        let panicked = catch_unwind(AssertUnwindSafe(|| {
+            ring.batch(|| {
+                assert!(ring.is_batching());
+                panic!("a handler panicked inside the batch");
+            })
+        }));
+        assert!(panicked.is_err());
+        assert!(
+            !ring.is_batching(),
+            "later starts from this thread would be held back for good"
+        );
+    }
+
+    #[test]
+    fn a_batch_inside_a_batch_of_another_ring_gives_it_back_on_unwind() {
+        let (outer, inner) = (Ring::new(true).unwrap(), Ring::new(true).unwrap());
+        outer.batch(|| {
+            let panicked = catch_unwind(AssertUnwindSafe(|| inner.batch(|| panic!("inner"))));
+            assert!(panicked.is_err());
+            assert!(outer.is_batching(), "the outer batch goes on");
+        });
+        assert!(!outer.is_batching());
     }
 }

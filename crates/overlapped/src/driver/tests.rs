@@ -170,3 +170,89 @@ fn stagger(round: usize) {
         std::hint::spin_loop();
     }
 }
+
+/// A sink that holds up the delivery of a multishot receive's first
+/// arrival until its final completion is delivered too (or a while has
+/// passed), and notes whether that final completion overtook it.
+#[derive(Default)]
+struct HoldingFirstArrival {
+    state: std::sync::Mutex<Holding>,
+    changed: std::sync::Condvar,
+}
+
+#[derive(Default)]
+struct Holding {
+    arrivals: usize,
+    delivering_arrival: bool,
+    final_delivered: bool,
+    final_overtook_an_arrival: bool,
+}
+
+impl super::op::Sink for HoldingFirstArrival {
+    fn deliver(&self, _: u64, _: super::op::Outcome, payload: super::op::Payload) {
+        let mut state = self.state.lock().unwrap();
+        match payload {
+            super::op::Payload::Lease(_) => {
+                state.arrivals += 1;
+                state.delivering_arrival = true;
+                self.changed.notify_all();
+                if state.arrivals == 1 {
+                    let waited =
+                        self.changed
+                            .wait_timeout_while(state, Duration::from_millis(500), |s| {
+                                !s.final_delivered
+                            });
+                    state = waited.unwrap().0;
+                }
+                state.delivering_arrival = false;
+            }
+            super::op::Payload::Done { .. } => {
+                state.final_overtook_an_arrival |= state.delivering_arrival;
+                state.final_delivered = true;
+                self.changed.notify_all();
+            }
+        }
+    }
+}
+
+#[test]
+fn one_reaper_at_a_time_handles_a_rings_completions_in_the_order_they_were_posted() {
+    let ring = Ring::new(false).unwrap();
+    ring.ensure_pool_of(super::buf_ring::MIN_POOL_BUFFERS)
+        .unwrap();
+    let (socket, mut peer) = pair_on(&ring);
+    let sink = Arc::new(HoldingFirstArrival::default());
+    let delivery: Arc<dyn super::op::Sink> = sink.clone();
+    let op = Op::new(
+        OpKind::RecvMulti,
+        Some(socket.clone()),
+        Notify::Deliver((delivery, 1)),
+        Some(IoParts::empty()),
+    );
+    assert!(matches!(start(&op), Ok(None)));
+    peer.write_all(b"first").unwrap();
+    thread::scope(|s| {
+        // The first reaper, held up inside the first arrival's delivery.
+        s.spawn(|| {
+            while sink.state.lock().unwrap().arrivals == 0 {
+                ring.reap(Some(Duration::from_millis(100)), None).unwrap();
+            }
+        });
+        {
+            let state = sink.state.lock().unwrap();
+            let state = sink.changed.wait_while(state, |s| !s.delivering_arrival);
+            drop(state.unwrap());
+        }
+        // The final completion, which a second reaper now tries to handle.
+        peer.shutdown(std::net::Shutdown::Write).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !sink.state.lock().unwrap().final_delivered {
+            assert!(std::time::Instant::now() < deadline, "no final completion");
+            ring.reap(Some(Duration::from_millis(100)), None).unwrap();
+        }
+    });
+    assert!(
+        !sink.state.lock().unwrap().final_overtook_an_arrival,
+        "a second reaper handled the final completion while an arrival was delivered"
+    );
+}

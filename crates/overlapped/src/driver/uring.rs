@@ -584,13 +584,19 @@ impl Uring {
     }
 
     /// Completes every operation the kernel has posted a completion for.
+    ///
+    /// One reaper at a time: the issuer of a confined ring (the only thread
+    /// that may), or whoever holds the `reaped` lock — held from the copy
+    /// of the completions to the last of them handled, so that the
+    /// completions of one request are handled in the order the kernel
+    /// posted them, by one thread (a multishot receive's arrivals before
+    /// its final completion, which lets go of the request).
     pub(crate) fn drain(&self, owner: &Arc<Ring>) -> usize {
         if self.is_issuer() {
             if let Some(pool) = owner.pool() {
                 pool.settle_on_issuer();
             }
         }
-        // The issuer of a confined ring is the queue's only reader: no lock.
         let by_issuer = self.confinement.as_ref().and_then(|confinement| {
             confinement.reaped.with(|batch| {
                 // SAFETY: only the issuer reaps a confined ring (others may
@@ -602,23 +608,11 @@ impl Uring {
         if let Some(reaped) = by_issuer {
             return reaped;
         }
-        let mut batch = {
-            let mut kept = self.reaped.lock().unwrap_or_else(|p| p.into_inner());
-            // SAFETY: the `reaped` lock makes this thread the only reader of
-            // the completion queue.
-            unsafe { self.copy_completions(&mut kept) };
-            if kept.is_empty() {
-                return 0;
-            }
-            std::mem::take(&mut *kept)
-        };
-        let reaped = self.complete_all(owner, &mut batch);
-        // Kept for the next reap, unless another reaper's vector is there.
-        let mut kept = self.reaped.lock().unwrap_or_else(|p| p.into_inner());
-        if kept.capacity() < batch.capacity() {
-            *kept = batch;
-        }
-        reaped
+        let mut batch = self.reaped.lock().unwrap_or_else(|p| p.into_inner());
+        // SAFETY: the `reaped` lock, held until the batch is handled, makes
+        // this thread the only reader of the completion queue.
+        unsafe { self.copy_completions(&mut batch) };
+        self.complete_all(owner, &mut batch)
     }
 
     /// Copies the posted completions into `batch`, so the queue's slots are
@@ -647,12 +641,9 @@ impl Uring {
             }
             let arrival = cqueue::buffer_select(flags).filter(|_| result > 0);
             if cqueue::more(flags) {
-                // SAFETY: the kernel will post more completions for this
-                // request, so the ring's reference to the op stays alive; this
-                // only borrows it.
-                let op = unsafe { &*(user_data as *const Op) };
                 if let Some(bid) = arrival {
-                    super::arrived(op, Lease::new(owner.clone(), bid, result as usize));
+                    let op = counted_reference(user_data);
+                    super::arrived(&op, Lease::new(owner.clone(), bid, result as usize));
                 }
                 continue;
             }
@@ -669,6 +660,24 @@ impl Uring {
             super::complete(op, result);
         }
         reaped
+    }
+}
+
+/// A reference of its own to the op of a request the kernel is not done
+/// with (it posted a completion with `IORING_CQE_F_MORE`), for as long as
+/// one of its arrivals is handled: the ring's own reference is let go of
+/// only at the request's final completion, which the one reaper handles
+/// after this one.
+fn counted_reference(user_data: u64) -> Arc<Op> {
+    let op = user_data as *const Op;
+    // SAFETY: `user_data` is a reference made by `Arc::into_raw` in
+    // `Uring::submit`, which the ring holds until the final completion;
+    // that completion comes after this one and is handled after it by the
+    // same reaper (see `Uring::drain`), so the op is alive here. Counting
+    // one more reference leaves the ring's own untouched.
+    unsafe {
+        Arc::increment_strong_count(op);
+        Arc::from_raw(op)
     }
 }
 
@@ -733,15 +742,29 @@ fn entry_for(op: &Arc<Op>) -> io::Result<squeue::Entry> {
     }
 }
 
+/// The most bytes one entry's length may give.
+const MAX_LEN: u32 = i32::MAX as u32;
+
 /// The entry of an operation that uses the op's memory.
 fn data_entry(kind: &OpKind, fd: types::Fd, parts: &mut IoParts) -> squeue::Entry {
     // A stream send completes only when every byte is taken, as an
     // overlapped WSASend does: MSG_WAITALL.
     let stream_send = (libc::MSG_NOSIGNAL | libc::MSG_WAITALL) as u32;
-    match (kind, parts.single()) {
-        (OpKind::Recv, Some((ptr, len))) => opcode::Recv::new(fd, ptr, len as u32).build(),
-        (OpKind::Send, Some((ptr, len))) => opcode::Send::new(fd, ptr, len as u32)
+    // The kernel takes at most `i32::MAX` bytes in an entry's length (more
+    // is `EINVAL`): a larger single buffer is received into in part (a
+    // stream receive may complete short), and sent through a message
+    // header, whose iovec takes any length.
+    let single = parts.single();
+    let small = single.map(|(ptr, len)| (ptr, u32::try_from(len).ok().filter(|&l| l <= MAX_LEN)));
+    match (kind, small) {
+        (OpKind::Recv, Some((ptr, len))) => {
+            opcode::Recv::new(fd, ptr, len.unwrap_or(MAX_LEN)).build()
+        }
+        (OpKind::Send, Some((ptr, Some(len)))) => opcode::Send::new(fd, ptr, len)
             .flags(stream_send as i32)
+            .build(),
+        (OpKind::Send, Some((_, None))) => opcode::SendMsg::new(fd, parts.msg_ptr())
+            .flags(stream_send)
             .build(),
         (OpKind::Recv, None) => opcode::RecvMsg::new(fd, parts.msg_ptr()).build(),
         (OpKind::Send, None) => opcode::SendMsg::new(fd, parts.msg_ptr())
