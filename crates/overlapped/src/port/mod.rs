@@ -329,17 +329,28 @@ impl<T: Send + 'static> CompletionPort<T> {
     }
 
     /// What the one worker of a port made by [`CompletionPort::for_one_worker`]
-    /// must still do after the port closed, before its thread ends: reap the
+    /// must still do once it stops handling packets, before its thread
+    /// ends: until the port closes, take (and drop) what reaches it — only
+    /// it takes the packets its ring delivers to itself — then reap the
     /// ring, which only it can, until no socket uses it. `None` for other
     /// threads and ports, whose rings are reaped by a thread of their own.
     pub(crate) fn leftover_reaping(self) -> Option<impl FnOnce() + Send> {
-        let ring = self.shared.ring.clone();
-        if !ring.is_confined_to_this_thread() {
+        if !self.shared.ring.is_confined_to_this_thread() {
             return None;
         }
-        // Only the ring is kept: the port's own references go now.
-        drop(self);
-        Some(move || ring.reap_while_used())
+        Some(move || {
+            let mut dropped = Vec::new();
+            while self
+                .get_queued_completion_status_ex(&mut dropped, 64, crate::INFINITE)
+                .is_ok()
+            {
+                dropped.clear();
+            }
+            let ring = self.shared.ring.clone();
+            // Only the ring is kept: the port's own references go now.
+            drop(self);
+            ring.reap_while_used();
+        })
     }
 
     /// Runs `f`, holding back the operations it starts on this port's

@@ -11,7 +11,7 @@ use std::sync::{Arc, Weak};
 use bytes::{Bytes, BytesMut};
 
 use super::recv_buffer::RecvBuffer;
-use super::service::{now_millis, Io, Service, ServiceCore};
+use super::service::{now_millis, DisconnectNotice, Io, Service, ServiceCore};
 use crate::driver::buf::Tail;
 use crate::error::{ErrorExt, WSAENOBUFS, WSA_OPERATION_ABORTED};
 use crate::overlapped::Transfer;
@@ -20,11 +20,12 @@ use crate::sync::{Confined, ThreadKey};
 
 /// What a service's sessions do: the hooks of the classic IOCP session.
 ///
-/// Hooks run on the worker thread the session belongs to, one at a time,
-/// in order — all but `on_disconnected` when another thread disconnects the
-/// session ([`Session::disconnect`], `Service::stop`), which runs it there.
-/// A hook that panics disconnects its own session, with the panic as the
-/// reason; the worker goes on serving the others.
+/// Every hook runs on the worker thread the session belongs to, one at a
+/// time, in order — never inside a call the program makes on another
+/// thread ([`Session::send`], [`Session::disconnect`], `Service::stop`
+/// hand their work to the worker). A hook that panics disconnects its own
+/// session, with the panic as the logged reason; the worker goes on
+/// serving the others.
 pub trait SessionHandler: Send + Sync + 'static {
     /// The session is connected and its first receive is about to be posted.
     fn on_connected(&self, session: &Arc<Session>) {
@@ -414,9 +415,14 @@ impl Session {
         }
     }
 
-    /// Disconnects the session: in-flight operations are cancelled and
-    /// [`SessionHandler::on_disconnected`] runs. Only the first call does
-    /// anything.
+    /// Disconnects the session (`closesocket`): the connection ends at
+    /// once, whoever still holds the session (the peer sees the end of the
+    /// stream), in-flight operations are cancelled, and
+    /// [`SessionHandler::on_disconnected`] runs — on the session's worker,
+    /// after any hook already running there, never inside this call when
+    /// it is made on another thread (so it may be called while holding a
+    /// lock the hook takes). Only the first call does anything; the held
+    /// `Arc<Session>` is an inert handle afterwards (sends return `false`).
     pub fn disconnect(self: &Arc<Self>, reason: &str) {
         if self.disconnected.swap(true, Ordering::AcqRel) {
             return;
@@ -425,6 +431,20 @@ impl Session {
         if let Some(service) = self.service.upgrade() {
             service.forget(self.id);
         }
+        if self.is_on_worker() {
+            return self.announce_disconnect(reason);
+        }
+        // If the port is closed the notice is dropped here, and the hook
+        // runs here: the worker is gone with its service.
+        self.hand_to_worker(Io::Disconnected(DisconnectNotice::new(
+            self.clone(),
+            reason,
+        )));
+    }
+
+    /// Runs [`SessionHandler::on_disconnected`]: on the worker, or where
+    /// [`Session::disconnect`] decided.
+    pub(crate) fn announce_disconnect(self: &Arc<Self>, reason: &str) {
         self.handler.on_disconnected(self, reason);
     }
 

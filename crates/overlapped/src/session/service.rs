@@ -50,6 +50,48 @@ pub(crate) enum Io {
     Deliver(Box<(Arc<Session>, Bytes)>),
     /// Another thread closes a session gracefully.
     Drain(Arc<Session>),
+    /// Another thread disconnected a session: its `on_disconnected` runs
+    /// here (or wherever the notice is dropped, if never dispatched).
+    Disconnected(Box<DisconnectNotice>),
+    /// The service stops: disconnect this worker's sessions and leave.
+    Stop,
+}
+
+/// A session's `on_disconnected`, due on its worker. It runs when the
+/// worker dispatches the notice, or — should the worker be gone and the
+/// notice dropped with its port — where it is dropped: the hook runs
+/// exactly once either way.
+pub(crate) struct DisconnectNotice {
+    session: Arc<Session>,
+    reason: String,
+    announced: bool,
+}
+
+impl DisconnectNotice {
+    pub(crate) fn new(session: Arc<Session>, reason: &str) -> Box<DisconnectNotice> {
+        Box::new(DisconnectNotice {
+            session,
+            reason: reason.to_owned(),
+            announced: false,
+        })
+    }
+
+    fn announce(&mut self) {
+        if !std::mem::replace(&mut self.announced, true) {
+            self.session.announce_disconnect(&self.reason);
+        }
+    }
+}
+
+impl Drop for DisconnectNotice {
+    fn drop(&mut self) {
+        if !self.announced {
+            let id = self.session.id();
+            let _ = crate::boundary::catch(&format!("on_disconnected of session {id}"), || {
+                self.announce()
+            });
+        }
+    }
 }
 
 /// Tunables of a [`Service`].
@@ -280,11 +322,16 @@ impl ServiceCore {
             let sweep = next_sweep.is_some_and(|at| at <= now);
             if !due.is_empty() || sweep {
                 drop(timers);
+                // Nothing of the program's runs here (hooks go to the
+                // workers), but the timer must outlive any panic all the
+                // same: without it no idle session is dropped and no
+                // deferred accept comes back.
                 for (_, listener) in due {
-                    listener.rearm();
+                    let _ = crate::boundary::catch("re-arming an accept", || listener.rearm());
                 }
                 if sweep {
-                    self.drop_stalled_sessions();
+                    let _ =
+                        crate::boundary::catch("the idle sweep", || self.drop_stalled_sessions());
                     next_sweep = sweep_every.map(|every| now + every);
                 }
                 timers = self.timers();
@@ -446,11 +493,26 @@ impl ServiceCore {
                 session.on_handed_over(data)
             }
             Io::Drain(session) => session.on_drain(),
+            Io::Disconnected(mut notice) => notice.announce(),
+            Io::Stop => self.disconnect_sessions_of(current_thread(), "service stopped"),
         }
     }
 
-    /// A worker thread: dispatches the packets of its port until the port
-    /// closes.
+    /// Disconnects the sessions of the worker running on `worker`, there.
+    fn disconnect_sessions_of(&self, worker: ThreadKey, reason: &str) {
+        let sessions: Vec<Arc<Session>> = self
+            .sessions()
+            .values()
+            .filter(|session| self.worker_of(session.id()) == worker)
+            .cloned()
+            .collect();
+        for session in sessions {
+            self.run_guarded(session.id(), || session.disconnect(reason));
+        }
+    }
+
+    /// A worker thread: dispatches the packets of its port until the
+    /// service stops it (or the port closes).
     fn work(self: Arc<Self>, port: &CompletionPort<Io>) {
         let mut batch = Vec::with_capacity(64);
         let mut receiving = Receiving::default();
@@ -459,12 +521,17 @@ impl ServiceCore {
             .get_queued_completion_status_ex(&mut batch, 64, INFINITE)
             .is_ok()
         {
+            let mut stopping = false;
             // What the handlers start goes to the kernel in one submission.
             port.submit_batch(|| {
                 for packet in batch.drain(..) {
+                    stopping |= matches!(packet.record, Some(Io::Stop));
                     self.dispatch_guarded(packet, &mut receiving);
                 }
             });
+            if stopping {
+                return;
+            }
         }
     }
 }
@@ -694,27 +761,42 @@ impl Service {
         }
     }
 
-    /// Stops the service: stops listening, disconnects every session,
-    /// closes the ports and waits until no worker runs the service's code
-    /// any more. A worker then stays on its own until the kernel has
-    /// finished the requests left on its ring (the cancellations of
-    /// sessions the program still holds), which only it can reap.
+    /// Stops the service: stops listening, disconnects every session (each
+    /// worker disconnects its own, so every `on_disconnected` runs on its
+    /// worker), closes the ports and waits until no worker runs the
+    /// service's code any more. A worker then stays on its own until the
+    /// kernel has finished the requests left on its ring (the cancellations
+    /// of sessions the program still holds), which only it can reap.
+    ///
+    /// Called from a hook, on a worker, it disconnects that worker's
+    /// sessions there and does not wait for it (it leaves once the hook
+    /// returns).
     pub fn stop(&self) {
         self.stop_listening();
-        for session in self.sessions() {
-            session.disconnect("service stopped");
-        }
         self.core.stop_timers();
-        for port in &self.core.ports {
-            port.close();
+        let me = current_thread();
+        for (index, port) in self.core.ports.iter().enumerate() {
+            let worker = self.core.worker_threads.get().map(|w| w[index]);
+            if worker == Some(me) {
+                self.core.disconnect_sessions_of(me, "service stopped");
+            } else if port.post(0, 0, Some(Io::Stop)).is_err() {
+                // Stopped already.
+            }
         }
         let workers =
             std::mem::take(&mut *self.core.workers.lock().unwrap_or_else(|p| p.into_inner()));
-        let me = thread::current().id();
         for worker in workers {
-            if worker.thread.thread().id() != me {
+            if worker.key != me {
                 worker.wait();
             }
+        }
+        for port in &self.core.ports {
+            port.close();
+        }
+        // Sessions a worker did not get to (one it was handed as it left):
+        // with the ports closed, their hooks run here.
+        for session in self.sessions() {
+            session.disconnect("service stopped");
         }
     }
 }
