@@ -18,9 +18,8 @@ use std::time::Duration;
 use polling::{Event, Events, PollMode, Poller};
 
 use super::buf_ring::{Lease, POOL_BUFFER_SIZE};
-use super::op::{Direction, IoParts, Op, OpKind};
+use super::op::{Claim, Direction, IoParts, Op, OpKind};
 use super::ring::Ring;
-use super::sync::lock;
 use super::sys;
 
 pub(crate) struct Epoll {
@@ -95,65 +94,87 @@ impl Epoll {
 
     /// Takes `op` over: completes it at once where that needs no waiting,
     /// otherwise queues it on its socket and arms the socket.
-    pub(crate) fn submit(&self, ring: &Ring, op: &Arc<Op>) -> io::Result<()> {
-        op.mark_submitted();
+    ///
+    /// `claim` holds the op's memory; on failure the op was not submitted,
+    /// and the claim comes back.
+    pub(crate) fn submit<'a>(
+        &self,
+        ring: &Ring,
+        op: &'a Arc<Op>,
+        mut claim: Claim<'a>,
+    ) -> Result<(), (io::Error, Claim<'a>)> {
         if let OpKind::Cancel(target) = &op.kind {
+            claim.submit();
             let mut state = self.state();
             let result = cancel(&mut state, target);
-            return self.finish_now(ring, state, op, result);
+            self.finish_now(ring, state, op, result);
+            return Ok(());
         }
-        let socket = op
-            .socket
-            .as_ref()
-            .ok_or_else(|| io::Error::from_raw_os_error(libc::EBADF))?;
+        let Some(socket) = op.socket.as_ref() else {
+            return Err((io::Error::from_raw_os_error(libc::EBADF), claim));
+        };
         let fd = socket.sock.as_raw_fd();
+        let connected = match &op.kind {
+            // Started now, with the op's memory (the address).
+            OpKind::Connect => match start_connect(&socket.sock, &mut claim) {
+                Ok(connected) => connected,
+                Err(e) => return Err((e, claim)),
+            },
+            _ => None,
+        };
         let mut state = self.state();
         let immediate = match &op.kind {
             OpKind::CancelAll => Some(self.cancel_all(&mut state, fd)),
             OpKind::Shutdown(how) => Some(shutdown(&socket.sock, *how)),
-            OpKind::Connect => start_connect(op)?,
+            OpKind::Connect => connected,
             OpKind::Accept => {
                 // Accepting must not block the reaper when another accept
                 // took the connection first.
                 let waiting = state.sockets.entry(fd).or_default();
                 if !waiting.nonblocking {
-                    socket.sock.set_nonblocking(true)?;
+                    if let Err(e) = socket.sock.set_nonblocking(true) {
+                        return Err((e, claim));
+                    }
                     waiting.nonblocking = true;
                 }
                 None
             }
             _ => None,
         };
+        // This backend's from now on: the reaper performs it under the
+        // state's lock, which this thread holds until it is queued.
+        claim.submit();
         if let Some(result) = immediate {
-            return self.finish_now(ring, state, op, result);
+            self.finish_now(ring, state, op, result);
+            return Ok(());
         }
         let waiting = state.sockets.entry(fd).or_default();
         match waits_for(&op.kind) {
             Direction::Recv => waiting.readers.push_back(op.clone()),
             Direction::Send => waiting.writers.push_back(op.clone()),
         }
-        let armed = self.arm(fd, waiting);
-        if armed.is_err() {
-            // Not armed, so it would never complete: take it back.
-            let waiting = state.sockets.entry(fd).or_default();
-            waiting.readers.retain(|o| !Arc::ptr_eq(o, op));
-            waiting.writers.retain(|o| !Arc::ptr_eq(o, op));
-        }
-        armed
+        let Err(e) = self.arm(fd, waiting) else {
+            return Ok(());
+        };
+        // Not armed, so it would never complete: take it back.
+        let waiting = state.sockets.entry(fd).or_default();
+        waiting.readers.retain(|o| !Arc::ptr_eq(o, op));
+        waiting.writers.retain(|o| !Arc::ptr_eq(o, op));
+        drop(state);
+        // SAFETY: it was taken out of the queues, under the lock, before the
+        // reaper could perform it: the backend never had it.
+        let claim = unsafe { op.abandon() };
+        Err((
+            e,
+            claim.expect("an op this thread submitted is still submitted"),
+        ))
     }
 
     /// Completes `op` with `result` at the next reap, and wakes the reaper.
-    fn finish_now(
-        &self,
-        ring: &Ring,
-        mut state: MutexGuard<'_, State>,
-        op: &Arc<Op>,
-        result: i32,
-    ) -> io::Result<()> {
+    fn finish_now(&self, ring: &Ring, mut state: MutexGuard<'_, State>, op: &Arc<Op>, result: i32) {
         state.ready.push(Finished::Complete(op.clone(), result));
         drop(state);
         ring.wake();
-        Ok(())
     }
 
     /// Arms `fd` for what its waiting operations need, if not armed so.
@@ -231,7 +252,7 @@ impl Epoll {
     /// The state's lock is let go of meanwhile: a completion may start the
     /// next operation of its lane, which takes it.
     pub(crate) fn drain(&self, ring: &Arc<Ring>) -> usize {
-        let mut finished = lock(&self.reaping);
+        let mut finished = self.reaping.lock().unwrap_or_else(|p| p.into_inner());
         {
             let mut state = self.state();
             finished.append(&mut state.ready);
@@ -334,16 +355,18 @@ fn attempt(ring: &Arc<Ring>, op: &Op) -> Attempt {
     let sock = &socket.sock;
     let outcome = match op.kind {
         OpKind::Recv | OpKind::RecvFrom | OpKind::Send | OpKind::SendTo | OpKind::Accept => {
-            let perform = |parts: &mut IoParts| {
-                // SAFETY: the op owns these buffers, header and address until
-                // it completes, and this thread owns the op (below).
-                unsafe { attempt_now(&op.kind, sock, parts) }
-            };
-            // SAFETY: a submitted op's memory belongs to this backend, and
-            // the reaper performs it under the backend's lock (held by our
+            // SAFETY: a submitted op waiting in this backend's queues is
+            // performed by the reaper under the backend's lock (held by our
             // caller); no kernel request holds it (this backend makes none).
-            let attempt = unsafe { op.with_parts(perform) };
-            attempt.unwrap_or(Ok(Some(-libc::EINVAL)))
+            let Some(mut claim) = (unsafe { op.claim_from_backend() }) else {
+                return Attempt::Done(-libc::EINVAL);
+            };
+            claim.with_memory(|parts| match parts {
+                // SAFETY: the claim makes the memory this thread's for the
+                // call.
+                Some(parts) => unsafe { attempt_now(&op.kind, sock, parts) },
+                None => Ok(Some(-libc::EINVAL)),
+            })
         }
         OpKind::Connect => match sock.take_error() {
             Ok(Some(e)) => Ok(Some(-e.raw_os_error().unwrap_or(libc::ECONNREFUSED))),
@@ -466,20 +489,14 @@ fn shutdown(sock: &socket2::Socket, how: i32) -> i32 {
 
 /// Starts a non-blocking connect: `Some(result)` if it finished at once,
 /// `None` if it is in progress (it then waits for writability).
-fn start_connect(op: &Op) -> io::Result<Option<i32>> {
-    let Some(socket) = &op.socket else {
-        return Err(io::Error::from_raw_os_error(libc::EBADF));
-    };
-    socket.sock.set_nonblocking(true)?;
-    let connect = |parts: &mut IoParts| {
-        let (addr, len) = parts.addr_ptrs();
+fn start_connect(sock: &socket2::Socket, claim: &mut Claim<'_>) -> io::Result<Option<i32>> {
+    sock.set_nonblocking(true)?;
+    let started = claim.with_memory(|parts| {
+        let (addr, len) = parts?.addr_ptrs();
         // SAFETY: the address buffer and its length belong to the op's
-        // header, live and unshared for the call.
-        unsafe { sys::connect_now(&socket.sock, addr, len) }
-    };
-    // SAFETY: the op is being submitted to this backend, under its lock
-    // (held by our caller): its memory belongs to this thread.
-    let started = unsafe { op.with_parts(connect) };
+        // header, which the claim makes this thread's for the call.
+        Some(unsafe { sys::connect_now(sock, addr, len) })
+    });
     let started = started.ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
     Ok(match started {
         Ok(true) => Some(0),

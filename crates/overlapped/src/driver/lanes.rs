@@ -396,3 +396,180 @@ mod tests {
         );
     }
 }
+
+/// loom models: nothing a start submits escapes a concurrent close.
+///
+/// The ring is modelled as what matters here, the order in which entries
+/// reach the kernel's submission queue: a confined ring, written by its
+/// issuer and fed by other threads through the real [`HandOver`]. The
+/// check: an operation that reached the queue has a cancel after it.
+///
+/// Tried and seen failing: `still_open` as a plain acquire load (the
+/// issuer then misses the handed-over entry and its cancel goes first),
+/// the issuer pushing its own entry without taking the handed-over ones
+/// first, and no `still_open` check at all.
+///
+/// [`HandOver`]: super::hand_over::HandOver
+#[cfg(all(test, loom))]
+mod loom_models {
+    use loom::sync::{Arc, Mutex};
+    use loom::thread;
+
+    use super::*;
+    use crate::driver::hand_over::HandOver;
+
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    enum Entry {
+        Op(u8),
+        Cancel(u8),
+        CancelAll,
+    }
+
+    /// A confined ring, as far as the order of its submissions goes.
+    #[derive(Default)]
+    struct Ring {
+        queue: Mutex<Vec<Entry>>,
+        hand_over: HandOver<Entry>,
+    }
+
+    impl Default for HandOver<Entry> {
+        fn default() -> Self {
+            HandOver::new()
+        }
+    }
+
+    impl Ring {
+        /// `Uring::push` on the issuer: what was handed over goes first.
+        fn submit_on_issuer(&self, entry: Entry) {
+            let mut queue = self.queue.lock().unwrap();
+            let taken = self.hand_over.take(|e| {
+                queue.push(*e);
+                Ok::<(), ()>(())
+            });
+            assert!(taken.is_ok());
+            queue.push(entry);
+        }
+
+        /// `Uring::push` on any other thread.
+        fn submit_elsewhere(&self, entry: Entry) {
+            self.hand_over.push(entry);
+        }
+
+        /// The issuer's next flush.
+        fn flush(&self) {
+            let mut queue = self.queue.lock().unwrap();
+            let _ = self.hand_over.take(|e| {
+                queue.push(*e);
+                Ok::<(), ()>(())
+            });
+        }
+
+        /// Whether every operation in the queue has a cancel after it.
+        fn every_op_is_cancelled_after(&self) -> bool {
+            let queue = self.queue.lock().unwrap();
+            queue.iter().enumerate().all(|(at, entry)| match entry {
+                Entry::Op(id) => queue[at + 1..]
+                    .iter()
+                    .any(|later| matches!(later, Entry::CancelAll) || *later == Entry::Cancel(*id)),
+                _ => true,
+            })
+        }
+    }
+
+    /// `driver::start` of operation `id` on `lanes`, submitting with `submit`.
+    fn start(lanes: &Lanes<u8>, id: u8, submit: impl Fn(Entry)) {
+        if let Admission::Go = lanes.enter(Direction::Recv, &id) {
+            submit(Entry::Op(id));
+            if !lanes.still_open() {
+                submit(Entry::Cancel(id));
+            }
+        }
+    }
+
+    /// `driver::close` on `lanes`.
+    fn close(lanes: &Lanes<u8>, submit: impl Fn(Entry)) -> Vec<u8> {
+        let closed = lanes.close();
+        if closed.in_kernel {
+            submit(Entry::CancelAll);
+        }
+        closed.waiting
+    }
+
+    #[test]
+    fn a_start_handed_over_to_the_issuer_as_it_closes_the_socket_is_cancelled() {
+        loom::model(|| {
+            let lanes = Arc::new(Lanes::new());
+            let ring = Arc::new(Ring::default());
+            let starter = {
+                let (lanes, ring) = (lanes.clone(), ring.clone());
+                thread::spawn(move || start(&lanes, 1, |e| ring.submit_elsewhere(e)))
+            };
+            // This thread is the issuer, and closes.
+            close(&lanes, |e| ring.submit_on_issuer(e));
+            starter.join().unwrap();
+            ring.flush();
+            assert!(ring.every_op_is_cancelled_after());
+        });
+    }
+
+    #[test]
+    fn a_start_on_the_issuer_as_another_thread_closes_the_socket_is_cancelled() {
+        loom::model(|| {
+            let lanes = Arc::new(Lanes::new());
+            let ring = Arc::new(Ring::default());
+            let closer = {
+                let (lanes, ring) = (lanes.clone(), ring.clone());
+                thread::spawn(move || close(&lanes, |e| ring.submit_elsewhere(e)))
+            };
+            start(&lanes, 1, |e| ring.submit_on_issuer(e));
+            closer.join().unwrap();
+            ring.flush();
+            assert!(ring.every_op_is_cancelled_after());
+        });
+    }
+
+    #[test]
+    fn an_operation_handed_the_lane_as_the_socket_closes_is_aborted_or_cancelled() {
+        loom::model(|| {
+            let lanes = Arc::new(Lanes::new());
+            let ring = Arc::new(Ring::default());
+            // Operation 1 holds the lane; 2 waits behind it.
+            assert!(matches!(lanes.enter(Direction::Recv, &1), Admission::Go));
+            ring.submit_on_issuer(Entry::Op(1));
+            assert!(matches!(
+                lanes.enter(Direction::Recv, &2),
+                Admission::Queued
+            ));
+            let aborted = Arc::new(Mutex::new(Vec::new()));
+            // 1 completes elsewhere, and that thread starts 2.
+            let completer = {
+                let (lanes, ring, aborted) = (lanes.clone(), ring.clone(), aborted.clone());
+                thread::spawn(move || {
+                    lanes.leave(Direction::Recv, |next| match next {
+                        Next::Idle => true,
+                        Next::Op { op, closing: true } => {
+                            aborted.lock().unwrap().push(op);
+                            false
+                        }
+                        Next::Op { op, .. } => {
+                            ring.submit_elsewhere(Entry::Op(op));
+                            if !lanes.still_open() {
+                                ring.submit_elsewhere(Entry::Cancel(op));
+                            }
+                            true
+                        }
+                    });
+                })
+            };
+            let waiting = close(&lanes, |e| ring.submit_on_issuer(e));
+            aborted.lock().unwrap().extend(waiting);
+            completer.join().unwrap();
+            ring.flush();
+            let queue = ring.queue.lock().unwrap().clone();
+            let submitted_2 = queue.contains(&Entry::Op(2));
+            let aborted_2 = aborted.lock().unwrap().contains(&2);
+            assert!(submitted_2 != aborted_2, "2 is submitted or aborted, once");
+            assert!(ring.every_op_is_cancelled_after());
+        });
+    }
+}

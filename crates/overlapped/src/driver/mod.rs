@@ -21,7 +21,7 @@
 pub(crate) mod buf;
 pub(crate) mod buf_ring;
 pub(crate) mod epoll;
-#[cfg(test)]
+#[cfg(all(test, not(loom)))]
 pub(crate) mod fault;
 pub(crate) mod hand_over;
 pub(crate) mod lanes;
@@ -83,37 +83,43 @@ pub(crate) fn start(op: &Arc<Op>) -> io::Result<Option<Outcome>> {
         Admission::Queued => return Ok(None),
         Admission::Closing => return Err(error::aborted()),
     }
+    let Some(mut claim) = op.claim() else {
+        leave_lane(socket, direction);
+        return Err(error::invalid_parameter(
+            "the operation was started already",
+        ));
+    };
     // Inside a batch the kernel gets every operation: its own first attempt
     // costs nothing extra there, while ours would cost a system call.
     if !ring.is_batching() {
-        match try_now(op, &socket.sock) {
+        match try_now(&mut claim, &op.kind, &socket.sock) {
             Ok(None) => {}
             Ok(Some(outcome)) => {
-                op.finish(outcome);
+                op.finish_claimed(claim, |_| outcome);
                 leave_lane(socket, direction);
                 return Ok(Some(outcome));
             }
             Err(e) => {
+                drop(claim);
                 leave_lane(socket, direction);
                 return Err(e);
             }
         }
     }
-    if let Err(e) = submit(socket, op) {
-        op.mark_queued();
-        // SAFETY: the submit failed, so the op is this thread's again.
-        let sent_early = unsafe { op.with_parts(|parts| parts.sent_early) }.unwrap_or(0);
+    if let Err((e, mut claim)) = submit(socket, op, claim) {
+        let sent_early = claim.with_memory(|parts| parts.map_or(0, |p| p.sent_early));
         if sent_early > 0 {
             // Part of it went out on the fast path: it did start, and
             // completes now with what it sent and the error.
             let errno = e.raw_os_error().unwrap_or(libc::EIO);
-            op.finish(Outcome {
+            op.finish_claimed(claim, |_| Outcome {
                 bytes: sent_early,
                 ..Outcome::failed(errno)
             });
             leave_lane(socket, direction);
             return Ok(None);
         }
+        drop(claim);
         leave_lane(socket, direction);
         return Err(e);
     }
@@ -121,12 +127,17 @@ pub(crate) fn start(op: &Arc<Op>) -> io::Result<Option<Outcome>> {
     Ok(None)
 }
 
-/// Hands `op` to the ring its socket's operations go to now, and notes
-/// which one that was, for a cancel.
-fn submit(socket: &Socket, op: &Arc<Op>) -> io::Result<()> {
+/// Hands `op`, whose memory `claim` holds, to the ring its socket's
+/// operations go to now, and notes which one that was, for a cancel. On
+/// failure the op was not submitted, and the claim comes back.
+fn submit<'a>(
+    socket: &Socket,
+    op: &'a Arc<Op>,
+    claim: op::Claim<'a>,
+) -> Result<(), (io::Error, op::Claim<'a>)> {
     let moved = socket.is_moved();
     op.note_ring(moved);
-    socket.ring_of(moved).submit(op)
+    socket.ring_of(moved).submit(op, claim)
 }
 
 /// `op` was just handed to the kernel: if its socket began closing
@@ -145,14 +156,19 @@ fn cancel_if_closed_meanwhile(socket: &Socket, op: &Arc<Op>) {
 
 /// Starts an operation that takes no lane: several may be in the kernel.
 fn start_unordered(op: &Arc<Op>, socket: &Socket) -> io::Result<Option<Outcome>> {
+    let Some(claim) = op.claim() else {
+        return Err(error::invalid_parameter(
+            "the operation was started already",
+        ));
+    };
     if !socket.enter_unordered() {
         return Err(error::aborted());
     }
     if let OpKind::RecvMulti = op.kind {
         socket.set_multishot(op);
     }
-    if let Err(e) = submit(socket, op) {
-        op.mark_queued();
+    if let Err((e, claim)) = submit(socket, op, claim) {
+        drop(claim);
         socket.leave_unordered();
         return Err(e);
     }
@@ -160,13 +176,23 @@ fn start_unordered(op: &Arc<Op>, socket: &Socket) -> io::Result<Option<Outcome>>
     Ok(None)
 }
 
+/// Submits a request that names no memory of its own (a cancel).
+fn submit_request(ring: &ring::Ring, request: &Arc<Op>) -> io::Result<()> {
+    let claim = request
+        .claim()
+        .ok_or_else(|| error::invalid_parameter("a request was submitted twice"))?;
+    ring.submit(request, claim).map_err(|(e, _)| e)
+}
+
 /// One non-blocking attempt, the fast path Windows also takes. `Ok(None)`
 /// means the kernel must wait for the socket. Called by the thread starting
-/// `op`, which holds its lane.
-fn try_now(op: &Op, sock: &socket2::Socket) -> io::Result<Option<Outcome>> {
-    // SAFETY: the thread starting an operation owns its memory until it is
-    // submitted: it is in no queue and no kernel request yet.
-    let attempt = unsafe { op.with_parts(|parts| attempt_now(&op.kind, sock, parts)) };
+/// the operation, which holds its lane and, through `claim`, its memory.
+fn try_now(
+    claim: &mut op::Claim<'_>,
+    kind: &OpKind,
+    sock: &socket2::Socket,
+) -> io::Result<Option<Outcome>> {
+    let attempt = claim.with_memory(|parts| parts.map(|parts| attempt_now(kind, sock, parts)));
     attempt.transpose().map(Option::flatten)
 }
 
@@ -257,7 +283,9 @@ pub(crate) fn complete(op: Arc<Op>, result: i32) {
             return;
         }
     }
-    op.finish_with(|parts| outcome_of(&op.kind, parts, result));
+    // SAFETY: the backend calls this with the final completion of the
+    // operation's request: it let go of the memory.
+    unsafe { op.finish_from_backend(|parts| outcome_of(&op.kind, parts, result)) };
     let Some(socket) = &op.socket else { return };
     if let Some(direction) = op.kind.direction() {
         leave_lane(socket, direction);
@@ -269,40 +297,40 @@ pub(crate) fn complete(op: Arc<Op>, result: i32) {
 /// A stream send completes only once every byte is taken, as an
 /// overlapped `WSASend` does; the kernel takes at most about 2 GiB per
 /// request (`MAX_RW_COUNT`), so a larger send is handed to it again for
-/// the rest. Whether it was (the op is then in the kernel again).
+/// the rest. Whether it was (the op is then the kernel's again, or done).
 fn send_the_rest(op: &Arc<Op>, sent: usize) -> bool {
-    // SAFETY: the kernel posted the request's completion, so it let go of
-    // the memory, and the op is not finished: the thread handling the
-    // completion, this one, owns it.
-    let more = unsafe {
-        op.with_parts(|parts| {
-            let more = parts.remaining() > sent;
-            if more {
-                parts.advance(sent);
-            }
-            more
-        })
-    };
-    let Some(socket) = op.socket.as_ref().filter(|_| more == Some(true)) else {
+    let Some(socket) = &op.socket else {
         return false;
     };
-    match submit(socket, op) {
-        Ok(()) => {
-            cancel_if_closed_meanwhile(socket, op);
+    // SAFETY: the kernel posted the request's final completion, which this
+    // thread handles: it let go of the memory.
+    let Some(mut claim) = (unsafe { op.claim_from_backend() }) else {
+        return false;
+    };
+    let more = claim.with_memory(|parts| match parts {
+        Some(parts) if parts.remaining() > sent => {
+            parts.advance(sent);
             true
         }
-        Err(e) => {
+        _ => false,
+    });
+    if !more {
+        return false;
+    }
+    match submit(socket, op, claim) {
+        Ok(()) => cancel_if_closed_meanwhile(socket, op),
+        Err((e, claim)) => {
             let errno = e.raw_os_error().unwrap_or(libc::EIO);
-            op.finish_with(|parts| Outcome {
+            op.finish_claimed(claim, |parts| Outcome {
                 bytes: parts.map_or(0, |p| p.sent_early),
                 ..Outcome::failed(errno)
             });
             if let Some(direction) = op.kind.direction() {
                 leave_lane(socket, direction);
             }
-            true
         }
     }
+    true
 }
 
 /// What the kernel's `result` means for an operation of `kind`.
@@ -360,20 +388,28 @@ fn leave_lane(socket: &Socket, direction: Direction) {
     socket.leave_lane(direction, |next| match next {
         Next::Idle => true,
         Next::Op { op, closing: true } => {
-            op.finish(Outcome::aborted());
+            op.finish_idle(Outcome::aborted());
             false
         }
-        Next::Op { op, .. } => match submit(socket, &op) {
-            Ok(()) => {
-                cancel_if_closed_meanwhile(socket, &op);
-                true
+        Next::Op { op, .. } => {
+            let Some(claim) = op.claim() else {
+                // Finished already (a cancel took it out of the lane).
+                return false;
+            };
+            match submit(socket, &op, claim) {
+                Ok(()) => {
+                    cancel_if_closed_meanwhile(socket, &op);
+                    true
+                }
+                Err((e, claim)) => {
+                    // It was reported pending, so it must complete: with
+                    // this error.
+                    let errno = e.raw_os_error().unwrap_or(libc::EIO);
+                    op.finish_claimed(claim, |_| Outcome::failed(errno));
+                    false
+                }
             }
-            Err(e) => {
-                // It was reported pending, so it must complete: with this error.
-                op.finish(Outcome::failed(e.raw_os_error().unwrap_or(libc::EIO)));
-                false
-            }
-        },
+        }
     });
 }
 
@@ -386,10 +422,10 @@ pub(crate) fn cancel(target: &Arc<Op>, wait: bool) -> io::Result<()> {
     if target.is_done() {
         return Err(error::not_found());
     }
-    if let Some(direction) = target.kind.direction().filter(|_| target.is_queued()) {
+    if let Some(direction) = target.kind.direction().filter(|_| target.is_idle()) {
         // Still waiting behind another operation: the kernel never saw it.
         if socket.unqueue(direction, target) {
-            target.finish(Outcome::aborted());
+            target.finish_idle(Outcome::aborted());
             return Ok(());
         }
     }
@@ -402,7 +438,7 @@ pub(crate) fn cancel(target: &Arc<Op>, wait: bool) -> io::Result<()> {
     // To the ring the target went to: the socket may have joined a port
     // since.
     let ring = socket.ring_of(target.on_moved_ring());
-    ring.submit(&request)?;
+    submit_request(ring, &request)?;
     if !wait {
         return Ok(());
     }
@@ -438,7 +474,7 @@ pub(crate) fn close(socket: &Arc<Socket>) {
     end_connection(&socket.sock);
     let ring = socket.ring().clone();
     for op in waiting {
-        op.finish(Outcome::aborted());
+        op.finish_idle(Outcome::aborted());
     }
     if !in_kernel {
         return;
@@ -458,7 +494,7 @@ pub(crate) fn close(socket: &Arc<Socket>) {
             op::Notify::Silent,
             None,
         );
-        if let Err(e) = ring.submit(&request) {
+        if let Err(e) = submit_request(&ring, &request) {
             tracing::error!("cannot cancel the operations of a closed socket: {e}");
         }
     }

@@ -32,7 +32,7 @@ use std::time::Duration;
 
 use super::buf_ring::{BufRing, POOL_BUFFERS};
 use super::epoll::Epoll;
-use super::op::Op;
+use super::op::{Claim, Op};
 use super::sys;
 use super::uring::Uring;
 use crate::backend::{self, Backend};
@@ -259,13 +259,18 @@ impl Ring {
         }
     }
 
-    /// Hands `op` to the backend, which marks it submitted and keeps a
-    /// reference to it until its completion has been reaped.
-    pub(crate) fn submit(&self, op: &Arc<Op>) -> io::Result<()> {
+    /// Hands `op`, whose memory `claim` holds, to the backend, which keeps
+    /// a reference to it until its completion has been reaped. On failure
+    /// the op was not submitted, and the claim comes back.
+    pub(crate) fn submit<'a>(
+        &self,
+        op: &'a Arc<Op>,
+        claim: Claim<'a>,
+    ) -> Result<(), (io::Error, Claim<'a>)> {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         let submitted = match &self.engine {
-            Engine::Uring(uring) => uring.submit(op, self.is_batching()),
-            Engine::Epoll(epoll) => epoll.submit(self, op),
+            Engine::Uring(uring) => uring.submit(op, claim, self.is_batching()),
+            Engine::Epoll(epoll) => epoll.submit(self, op, claim),
         };
         if submitted.is_err() {
             self.in_flight.fetch_sub(1, Ordering::AcqRel);
@@ -275,7 +280,7 @@ impl Ring {
 
     /// Fills the submission queue with no-ops the kernel is not told of,
     /// so that the next entry cannot be written without an enter.
-    #[cfg(test)]
+    #[cfg(all(test, not(loom)))]
     pub(crate) fn fill_submission_queue_for_test(&self) {
         if let Engine::Uring(uring) = &self.engine {
             uring.fill_submission_queue_for_test();
@@ -283,7 +288,7 @@ impl Ring {
     }
 
     /// Whether the ring is an io_uring (not the epoll backend).
-    #[cfg(test)]
+    #[cfg(all(test, not(loom)))]
     pub(crate) fn is_uring(&self) -> bool {
         matches!(self.engine, Engine::Uring(_))
     }

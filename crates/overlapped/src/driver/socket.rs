@@ -3,12 +3,11 @@
 //! lanes (one ordered lane per direction, see [`super::lanes`]).
 
 use std::os::fd::AsRawFd;
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 
 use super::lanes::{Admission, Closed, Direction, Lanes, Next};
 use super::op::Op;
 use super::ring::Ring;
-use super::sync::lock;
 
 /// The driver's side of a socket. Each in-flight operation holds an `Arc` of
 /// it, so the descriptor is closed only after the last completion.
@@ -97,15 +96,20 @@ impl Socket {
         self.lanes.leave_unordered();
     }
 
+    fn multishot(&self) -> MutexGuard<'_, Weak<Op>> {
+        // A single assignment, which a panic cannot leave half done.
+        self.multishot.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Notes the multishot receive just started, for
     /// [`Socket::running_multishot`].
     pub(crate) fn set_multishot(&self, op: &Arc<Op>) {
-        *lock(&self.multishot) = Arc::downgrade(op);
+        *self.multishot() = Arc::downgrade(op);
     }
 
     /// The multishot receive last started, if it is still there.
     pub(crate) fn running_multishot(&self) -> Option<Arc<Op>> {
-        lock(&self.multishot).upgrade()
+        self.multishot().upgrade()
     }
 
     /// Takes `target` out of its lane's queue if it waits there; whether it

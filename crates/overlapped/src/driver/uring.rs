@@ -16,7 +16,7 @@ use io_uring::{cqueue, opcode, squeue, types, IoUring, Probe};
 
 use super::buf_ring::{BufRing, Lease, POOL_GROUP};
 use super::hand_over::HandOver;
-use super::op::{IoParts, Op, OpKind};
+use super::op::{Claim, IoParts, Op, OpKind};
 use super::ring::Ring;
 use super::sync::Confined;
 use super::sys;
@@ -146,7 +146,7 @@ impl Confinement {
     }
 
     fn ring_doorbell(&self) -> io::Result<()> {
-        #[cfg(test)]
+        #[cfg(all(test, not(loom)))]
         if let Some(injected) = super::fault::doorbell() {
             return Err(injected);
         }
@@ -319,9 +319,20 @@ impl Uring {
     /// error means the entry was not written, and the op is the caller's
     /// again; once written, the entry reaches the kernel with the next
     /// enter even if this one failed, so the op stays the ring's.
-    pub(crate) fn submit(&self, op: &Arc<Op>, batching: bool) -> io::Result<()> {
-        let entry = entry_for(op)?;
+    pub(crate) fn submit<'a>(
+        &self,
+        op: &'a Arc<Op>,
+        mut claim: Claim<'a>,
+        batching: bool,
+    ) -> Result<(), (io::Error, Claim<'a>)> {
+        let entry = match claim.with_memory(|parts| entry_for(op, parts)) {
+            Ok(entry) => entry,
+            Err(e) => return Err((e, claim)),
+        };
         let user_data = Arc::into_raw(op.clone()) as u64;
+        // The kernel's from here: it may complete the request as soon as
+        // the entry is written.
+        claim.submit();
         match self.push(entry.user_data(user_data), batching) {
             Pushed::Entered => Ok(()),
             Pushed::Written(e) => {
@@ -332,7 +343,9 @@ impl Uring {
                 // SAFETY: the entry was not written, so the kernel will never
                 // complete it; this takes back the reference made above.
                 drop(unsafe { Arc::from_raw(user_data as *const Op) });
-                Err(e)
+                // SAFETY: as above, the kernel never saw the request.
+                let claim = unsafe { op.abandon() };
+                Err((e, claim.expect("a refused submission is still submitted")))
             }
         }
     }
@@ -409,7 +422,7 @@ impl Uring {
     }
 
     /// See `Ring::fill_submission_queue_for_test`.
-    #[cfg(test)]
+    #[cfg(all(test, not(loom)))]
     pub(crate) fn fill_submission_queue_for_test(&self) {
         let _guard = self.submit_lock.lock().unwrap_or_else(|p| p.into_inner());
         let nop = opcode::Nop::new().build().user_data(WAKE_NOP);
@@ -442,7 +455,7 @@ impl Uring {
     /// asks for completions (`IORING_ENTER_GETEVENTS`), which is when the
     /// kernel finishes the work it deferred for this thread.
     fn enter_submit(&self) -> io::Result<()> {
-        #[cfg(test)]
+        #[cfg(all(test, not(loom)))]
         if let Some(injected) = super::fault::enter() {
             return Err(injected);
         }
@@ -711,35 +724,25 @@ fn confined_elsewhere() -> io::Error {
     )
 }
 
-/// Builds the submission entry and marks the op submitted. Its pointers
-/// stay valid until the completion, because the op owns the memory and the
-/// ring owns the op.
-fn entry_for(op: &Arc<Op>) -> io::Result<squeue::Entry> {
+/// Builds the submission entry of `op` from its memory, which the caller
+/// has claimed. Its pointers stay valid until the completion, because the
+/// op owns the memory and the ring owns the op.
+fn entry_for(op: &Op, parts: Option<&mut IoParts>) -> io::Result<squeue::Entry> {
     let fd = op
         .socket
         .as_ref()
         .map(|s| types::Fd(s.sock.as_raw_fd()))
         .ok_or_else(|| io::Error::from_raw_os_error(libc::EBADF));
-    // SAFETY: the thread submitting an operation owns its memory until it
-    // is marked submitted (it holds the lane, or the op is unordered and
-    // new); the entry is built before that.
-    unsafe {
-        op.submit_with(|parts| {
-            let entry = match (&op.kind, parts) {
-                (OpKind::Cancel(target), _) => {
-                    opcode::AsyncCancel::new(Arc::as_ptr(target) as u64).build()
-                }
-                (OpKind::CancelAll, _) => {
-                    opcode::AsyncCancel2::new(types::CancelBuilder::fd(fd?).all()).build()
-                }
-                (OpKind::Shutdown(how), _) => opcode::Shutdown::new(fd?, *how).build(),
-                (OpKind::RecvMulti, _) => opcode::RecvMulti::new(fd?, POOL_GROUP).build(),
-                (kind, Some(parts)) => data_entry(kind, fd?, parts),
-                (_, None) => return Err(io::Error::from_raw_os_error(libc::EINVAL)),
-            };
-            Ok(entry)
-        })
-    }
+    Ok(match (&op.kind, parts) {
+        (OpKind::Cancel(target), _) => opcode::AsyncCancel::new(Arc::as_ptr(target) as u64).build(),
+        (OpKind::CancelAll, _) => {
+            opcode::AsyncCancel2::new(types::CancelBuilder::fd(fd?).all()).build()
+        }
+        (OpKind::Shutdown(how), _) => opcode::Shutdown::new(fd?, *how).build(),
+        (OpKind::RecvMulti, _) => opcode::RecvMulti::new(fd?, POOL_GROUP).build(),
+        (kind, Some(parts)) => data_entry(kind, fd?, parts),
+        (_, None) => return Err(io::Error::from_raw_os_error(libc::EINVAL)),
+    })
 }
 
 /// The most bytes one entry's length may give.

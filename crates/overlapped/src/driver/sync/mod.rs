@@ -23,10 +23,10 @@ pub(crate) mod cell;
 pub(crate) mod confined;
 
 #[cfg(not(loom))]
-pub(crate) use std::sync::{atomic, Mutex, MutexGuard};
+pub(crate) use std::sync::{atomic, Condvar, Mutex, MutexGuard};
 
 #[cfg(loom)]
-pub(crate) use loom::sync::{atomic, Mutex, MutexGuard};
+pub(crate) use loom::sync::{atomic, Condvar, Mutex, MutexGuard};
 
 pub(crate) use confined::{current_thread, Confined, ThreadKey};
 
