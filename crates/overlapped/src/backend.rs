@@ -83,7 +83,7 @@ fn choose(requested: &str) -> io::Result<Backend> {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
 

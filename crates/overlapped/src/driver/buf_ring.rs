@@ -5,13 +5,13 @@
 
 use std::io;
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
 
 use io_uring::IoUring;
 
+use super::pool_tail::PoolTail;
 use super::ring::Ring;
-use super::sync::Confined;
 use super::sys;
 
 /// Buffers in a ring's pool unless its owner asks for fewer (a power of
@@ -63,31 +63,18 @@ enum Picker {
     Kernel {
         /// The ring of entries the kernel reads, page aligned.
         entries: NonNull<PoolEntry>,
-        /// Our copy of the tail while no thread owns the pool; the shared
-        /// one is published after each refill.
-        tail: Mutex<Refills>,
-        /// The tail, once the issuer of a confined ring owns the pool: the
-        /// thread that reaps every arrival gives most buffers back itself,
-        /// with no lock.
-        owned_tail: Confined<u16>,
-        /// `tail.returned` holds buffers for the owner to put back.
-        returned_pending: AtomicBool,
+        /// Who writes the entries: any thread under a lock, until the
+        /// issuer of a confined ring owns the pool and writes alone.
+        tail: PoolTail,
     },
     /// The epoll backend, from a free list.
     User { free: Mutex<Vec<u16>> },
 }
 
-/// Who writes the entries while no thread owns the pool, and what other
-/// threads give back once one does.
-struct Refills {
-    tail: u16,
-    returned: Vec<u16>,
-}
-
 // SAFETY: the entries and buffers are plain memory shared with the kernel;
-// the entries are written under `tail`'s lock until a thread owns the pool
-// (it takes ownership under that lock), then only by that thread through
-// `owned_tail`; a buffer is read only by the holder of its `Lease`.
+// the entries are written by one thread at a time, as `PoolTail` lets them
+// (under its lock until a thread owns the pool, then only by that thread);
+// a buffer is read only by the holder of its `Lease`.
 unsafe impl Send for BufRing {}
 // SAFETY: as above.
 unsafe impl Sync for BufRing {}
@@ -135,12 +122,7 @@ impl BufRing {
             buffers,
             picker: Picker::Kernel {
                 entries,
-                tail: Mutex::new(Refills {
-                    tail: 0,
-                    returned: Vec::new(),
-                }),
-                owned_tail: Confined::new(0),
-                returned_pending: AtomicBool::new(false),
+                tail: PoolTail::new(),
             },
         };
         for bid in 0..buffers {
@@ -186,73 +168,34 @@ impl BufRing {
 
     /// Gives buffer `bid` back to whoever picks the buffers.
     pub(crate) fn recycle(&self, bid: u16) {
-        let (entries, tail, owned_tail, returned_pending) = match &self.picker {
-            Picker::Kernel {
-                entries,
-                tail,
-                owned_tail,
-                returned_pending,
-            } => (*entries, tail, owned_tail, returned_pending),
+        let (entries, tail) = match &self.picker {
+            Picker::Kernel { entries, tail } => (*entries, tail),
             Picker::User { free } => {
                 free.lock().unwrap_or_else(|p| p.into_inner()).push(bid);
                 return;
             }
         };
-        let by_owner = owned_tail.with(|owned| {
-            // SAFETY: the owner alone writes the entries now.
-            unsafe { self.refill(entries, owned, &[bid]) };
+        // SAFETY: `PoolTail` calls the writer with one writer at a time.
+        tail.give_back(bid, |tail, bids| unsafe {
+            self.refill(entries, tail, bids)
         });
-        if by_owner.is_some() {
-            return;
-        }
-        let mut refills = tail.lock().unwrap_or_else(|p| p.into_inner());
-        if owned_tail.is_claimed() {
-            // Owned by another thread: it puts the buffer back.
-            refills.returned.push(bid);
-            returned_pending.store(true, Ordering::Release);
-            return;
-        }
-        // SAFETY: no thread owns the pool, and the lock is held.
-        unsafe { self.refill(entries, &mut refills.tail, &[bid]) };
     }
 
     /// Makes the calling thread, the issuer of the confined ring the pool
     /// belongs to, the only writer of its entries; then puts back what
     /// other threads gave back meanwhile. Called by the issuer at each reap.
     pub(crate) fn settle_on_issuer(&self) {
-        let Picker::Kernel {
-            entries,
-            tail,
-            owned_tail,
-            returned_pending,
-        } = &self.picker
-        else {
+        let Picker::Kernel { entries, tail } = &self.picker else {
             return;
         };
-        if !owned_tail.is_owned_here() {
-            let refills = tail.lock().unwrap_or_else(|p| p.into_inner());
-            if owned_tail.claim() {
-                owned_tail.with(|owned| *owned = refills.tail);
-            }
-            return;
-        }
-        if !returned_pending.swap(false, Ordering::AcqRel) {
-            return;
-        }
-        let mut refills = tail.lock().unwrap_or_else(|p| p.into_inner());
-        owned_tail.with(|owned| {
-            // SAFETY: the owner alone writes the entries now.
-            unsafe { self.refill(*entries, owned, &refills.returned) };
-        });
-        // Cleared, not taken: its room is kept for the next buffers.
-        refills.returned.clear();
+        // SAFETY: `PoolTail` calls the writer with one writer at a time.
+        tail.settle_on_owner(|tail, bids| unsafe { self.refill(*entries, tail, bids) });
     }
 
     /// Writes `bids` into the entries at `tail` and publishes the new tail.
     ///
     /// # Safety
-    /// The caller must be the only writer of the entries (under `tail`'s
-    /// lock while no thread owns the pool, or the owner).
+    /// The caller must be the only writer of the entries (see `PoolTail`).
     unsafe fn refill(&self, entries: NonNull<PoolEntry>, tail: &mut u16, bids: &[u16]) {
         for &bid in bids {
             let slot = usize::from(*tail & (self.buffers - 1));
@@ -374,7 +317,7 @@ impl std::fmt::Debug for Lease {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
 

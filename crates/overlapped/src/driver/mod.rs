@@ -26,6 +26,7 @@ pub(crate) mod fault;
 pub(crate) mod hand_over;
 pub(crate) mod lanes;
 pub(crate) mod op;
+pub(crate) mod pool_tail;
 pub(crate) mod ring;
 pub(crate) mod socket;
 pub(crate) mod sync;

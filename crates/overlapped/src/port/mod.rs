@@ -34,14 +34,15 @@
 //! port's lock, which only packets posted by other threads take.
 
 mod socket;
+mod wake;
 
 pub use socket::{PortListener, PortStream};
+use wake::Wake;
 
 use std::collections::VecDeque;
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -146,8 +147,6 @@ struct Queue<T> {
 
 pub(crate) struct Shared<T> {
     queue: Mutex<Queue<T>>,
-    /// `queue.packets.len()`, readable without the lock.
-    queued: AtomicUsize,
     /// `queue.closed`, readable without the lock.
     closed: AtomicBool,
     /// The packets the worker of a confined ring delivers to itself — all
@@ -157,14 +156,11 @@ pub(crate) struct Shared<T> {
     ready: Condvar,
     concurrency: usize,
     ring: Arc<Ring>,
-    /// Wakes the reaper for a posted packet or a close. Kept apart from the
-    /// ring's own eventfd, which other reapers of the ring may clear.
-    wake: Event,
-    /// `wake` was set since the reaper last reset it.
-    wake_pending: AtomicBool,
-    /// The owner of `local` reaps (and may sleep) without the lock: a post
-    /// from another thread must wake it.
-    owner_reaping: AtomicBool,
+    /// Wakes the reaper for a posted packet or a close (its signal is kept
+    /// apart from the ring's own eventfd, which other reapers of the ring
+    /// may clear), and tells the owner of `local`, which reaps and sleeps
+    /// without the lock, of packets posted meanwhile.
+    wake: Wake<Event>,
 }
 
 impl<T> Shared<T> {
@@ -188,12 +184,11 @@ impl<T> Shared<T> {
                 return;
             }
             queue.packets.push_back(packet);
-            // Before `owner_reaping` is read (both sequentially consistent):
-            // an owner about to sleep either sees the packet or is woken.
-            self.queued.store(queue.packets.len(), Ordering::SeqCst);
+            // An owner about to sleep either sees the packet or is woken.
+            let owner_reaping = self.wake.published(queue.packets.len());
             // The reaper itself queues the packets it reaps: no need to wake it.
-            let asleep_elsewhere = queue.reaper.is_some_and(|id| id != current_thread())
-                || self.owner_reaping.load(Ordering::SeqCst);
+            let asleep_elsewhere =
+                queue.reaper.is_some_and(|id| id != current_thread()) || owner_reaping;
             (queue.waiting > 0, asleep_elsewhere)
         };
         if wake_waiter {
@@ -205,12 +200,9 @@ impl<T> Shared<T> {
     }
 
     fn wake_reaper(&self) {
-        if let Err(e) = self.wake.set() {
+        if let Err(e) = self.wake.wake() {
             tracing::error!("cannot wake a completion port's reaper: {e}");
         }
-        // After the signal: a reaper that sees the flag also finds the
-        // signal to clear.
-        self.wake_pending.store(true, Ordering::Release);
     }
 
     /// Closes the port: wakes everyone and retires the ring.
@@ -219,7 +211,7 @@ impl<T> Shared<T> {
             let mut queue = self.lock();
             queue.closed = true;
             self.closed.store(true, Ordering::Release);
-            self.queued.store(0, Ordering::Release);
+            self.wake.set_queued(0);
             std::mem::take(&mut queue.packets)
         };
         self.ready.notify_all();
@@ -295,15 +287,12 @@ impl<T: Send + 'static> CompletionPort<T> {
                 waiting: 0,
                 reaper: None,
             }),
-            queued: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
             local: Confined::new(VecDeque::new()),
             ready: Condvar::new(),
             concurrency,
             ring,
-            wake: Event::new()?,
-            wake_pending: AtomicBool::new(false),
-            owner_reaping: AtomicBool::new(false),
+            wake: Wake::new(Event::new()?),
         });
         Ok(CompletionPort {
             handle: Arc::new(Handle {
@@ -443,7 +432,7 @@ impl<T: Send + 'static> CompletionPort<T> {
                 .local
                 .with(|local| hand_out(local, max, put))
                 .unwrap_or(0);
-            let posted = shared.queued.load(Ordering::Acquire) > 0;
+            let posted = shared.wake.posted();
             if taken == max || (taken > 0 && !posted) {
                 return Ok(taken);
             }
@@ -458,7 +447,7 @@ impl<T: Send + 'static> CompletionPort<T> {
             }
             if taken > 0 || !queue.packets.is_empty() || last_look {
                 taken += hand_out(&mut queue.packets, max - taken, put);
-                shared.queued.store(queue.packets.len(), Ordering::Release);
+                shared.wake.set_queued(queue.packets.len());
                 return Ok(taken);
             }
             let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
@@ -467,13 +456,12 @@ impl<T: Send + 'static> CompletionPort<T> {
             if queue.reaper.is_none() && shared.ring.may_reap() {
                 queue.reaper = Some(current_thread());
                 // Reset under the lock: a post or close after this point
-                // takes the lock first, then sets it again. Only when it was
-                // set, which saves a system call per wait.
-                if shared.wake_pending.swap(false, Ordering::AcqRel) {
-                    shared.wake.reset()?;
-                }
+                // takes the lock first, then sets it again.
+                shared.wake.clear()?;
                 drop(queue);
-                let reaped = shared.ring.reap(left, Some(shared.wake.as_raw_fd()));
+                let reaped = shared
+                    .ring
+                    .reap(left, Some(shared.wake.signal().as_raw_fd()));
                 if shared.ring.is_confined_to_this_thread() {
                     // From now on this thread delivers every completion.
                     shared.local.claim();
@@ -510,18 +498,18 @@ impl<T: Send + 'static> CompletionPort<T> {
     fn reap_as_owner(&self, deadline: Option<Instant>) -> io::Result<bool> {
         let shared = &*self.shared;
         let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-        shared.owner_reaping.store(true, Ordering::SeqCst);
-        // Reset before looking at the queue: a post the look misses sets
-        // the event after this, so the sleep below ends at once.
-        if shared.wake_pending.swap(false, Ordering::AcqRel) {
-            shared.wake.reset()?;
-        }
-        let posted = shared.queued.load(Ordering::SeqCst) > 0;
-        let reaped = match posted || shared.closed.load(Ordering::Acquire) {
-            true => Ok(0),
-            false => shared.ring.reap(left, Some(shared.wake.as_raw_fd())),
+        // A post the look misses rings the signal, so the sleep below ends
+        // at once (see `wake`).
+        let posted = shared.wake.owner_about_to_sleep();
+        let reaped = match posted {
+            Ok(true) => Ok(0),
+            Ok(false) if shared.closed.load(Ordering::Acquire) => Ok(0),
+            Ok(false) => shared
+                .ring
+                .reap(left, Some(shared.wake.signal().as_raw_fd())),
+            Err(e) => Err(e),
         };
-        shared.owner_reaping.store(false, Ordering::Release);
+        shared.wake.owner_awake();
         reaped?;
         Ok(left == Some(Duration::ZERO))
     }
@@ -599,7 +587,7 @@ impl<T> fmt::Debug for CompletionPort<T> {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
     use crate::ErrorExt;
@@ -629,8 +617,7 @@ mod tests {
         assert_eq!(port.shared.local.is_owned_here(), confined);
 
         posted(&port, 2);
-        let in_shared_queue = port.shared.queued.load(Ordering::Acquire);
-        assert_eq!(in_shared_queue, if confined { 0 } else { 1 });
+        assert_eq!(port.shared.wake.posted(), !confined);
         assert_eq!(next_key(&port), Some(2));
     }
 
@@ -667,7 +654,7 @@ mod tests {
         }
         let other = port.clone();
         let poster = std::thread::spawn(move || {
-            while !other.shared.owner_reaping.load(Ordering::SeqCst) {
+            while !other.shared.wake.owner_reaping() {
                 std::thread::yield_now();
             }
             let registered = other.shared.lock().reaper.is_some();

@@ -853,7 +853,7 @@ impl fmt::Debug for Session {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(loom)))]
 mod backpressure {
     use super::{Reading, SendQueue};
 
@@ -935,7 +935,7 @@ mod backpressure {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(loom)))]
 mod copies {
     use super::{SendQueue, COPY_CHUNK};
 

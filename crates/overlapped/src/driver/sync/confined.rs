@@ -8,9 +8,8 @@
 
 use std::cell::Cell;
 use std::num::NonZeroU64;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::OnceLock;
 
+use super::atomic;
 use super::cell::UnsafeCell;
 
 /// A thread, as the driver tells threads apart: a number given to each
@@ -22,9 +21,10 @@ pub(crate) struct ThreadKey(NonZeroU64);
 /// The current thread's key. Asked once per submission, so it is a
 /// thread-local read, not `thread::current()` (which clones a handle).
 pub(crate) fn current_thread() -> ThreadKey {
-    static NEXT: AtomicU64 = AtomicU64::new(1);
+    // std's, not loom's: a key is a name, not something to model.
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
     fn next() -> ThreadKey {
-        let key = NEXT.fetch_add(1, Ordering::Relaxed);
+        let key = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         ThreadKey(NonZeroU64::new(key).expect("thread keys do not wrap"))
     }
     #[cfg(not(loom))]
@@ -40,8 +40,9 @@ pub(crate) fn current_thread() -> ThreadKey {
 
 /// A value only its owner thread uses, with no lock.
 pub(crate) struct Confined<T> {
-    /// The thread that claimed it; unset, nobody may use it.
-    owner: OnceLock<ThreadKey>,
+    /// The key of the thread that claimed it (see [`ThreadKey`]); 0 while
+    /// unclaimed, when nobody may use it. Set once.
+    owner: atomic::AtomicU64,
     /// The owner is inside [`Confined::with`]: a nested call is turned away
     /// instead of making a second `&mut` to the value.
     in_use: Cell<bool>,
@@ -49,15 +50,14 @@ pub(crate) struct Confined<T> {
 }
 
 // SAFETY: `value` and `in_use` are only reached through `with`, which lets
-// only the owner thread in, one call at a time; `owner` is a `OnceLock`,
-// safe to share. Every other thread touches neither, so sharing the cell is
+// only the owner thread in, one call at a time; `owner` is an atomic. Every other thread touches neither, so sharing the cell is
 // like sending the value to the owner once: `T: Send` suffices.
 unsafe impl<T: Send> Sync for Confined<T> {}
 
 impl<T> Confined<T> {
     pub(crate) fn new(value: T) -> Confined<T> {
         Confined {
-            owner: OnceLock::new(),
+            owner: atomic::AtomicU64::new(0),
             in_use: Cell::new(false),
             value: UnsafeCell::new(value),
         }
@@ -65,25 +65,37 @@ impl<T> Confined<T> {
 
     /// A value that thread `owner` alone will use.
     pub(crate) fn owned_by(owner: ThreadKey, value: T) -> Confined<T> {
-        let confined = Confined::new(value);
-        let _ = confined.owner.set(owner);
-        confined
+        Confined {
+            owner: atomic::AtomicU64::new(owner.0.get()),
+            in_use: Cell::new(false),
+            value: UnsafeCell::new(value),
+        }
     }
 
     /// Makes the current thread the owner, unless there is one already.
     /// Returns whether the current thread is the owner.
     pub(crate) fn claim(&self) -> bool {
-        *self.owner.get_or_init(current_thread) == current_thread()
+        let me = current_thread().0.get();
+        match self.owner.compare_exchange(
+            0,
+            me,
+            atomic::Ordering::AcqRel,
+            atomic::Ordering::Acquire,
+        ) {
+            Ok(_) => true,
+            Err(owner) => owner == me,
+        }
     }
 
     /// Whether some thread has claimed it.
     pub(crate) fn is_claimed(&self) -> bool {
-        self.owner.get().is_some()
+        self.owner.load(atomic::Ordering::Acquire) != 0
     }
 
-    /// Whether the current thread is the owner.
+    /// Whether the current thread is the owner. (Relaxed: only the owner's
+    /// own claim can make it true, and a thread sees its own writes.)
     pub(crate) fn is_owned_here(&self) -> bool {
-        self.owner.get() == Some(&current_thread())
+        self.owner.load(atomic::Ordering::Relaxed) == current_thread().0.get()
     }
 
     /// Runs `f` on the value if the current thread owns it and is not
