@@ -396,22 +396,29 @@ unsafe fn attempt_now(
 ) -> io::Result<Option<i32>> {
     let stream = matches!(kind, OpKind::Recv | OpKind::Send);
     let single = parts.single().filter(|_| stream);
-    // SAFETY (all calls below): per the contract, the buffers, header and
-    // address buffer are live, owned by the op and unshared for the call.
+    // Per the contract, the buffers, header and address buffer are live,
+    // owned by the op and unshared for the call: each call below reads or
+    // writes only them.
     let transferred = match (kind, single) {
+        // SAFETY: `ptr` and `len` describe the op's one buffer (above).
         (OpKind::Recv, Some((ptr, len))) => unsafe { sys::recv_now(sock, ptr, len, 0) },
+        // SAFETY: the header and what it points at are the op's (above).
         (OpKind::Recv, None) => unsafe { sys::recvmsg_now(sock, parts.msg_ptr(), 0) },
+        // SAFETY: as above.
         (OpKind::RecvFrom, _) => unsafe {
             sys::recvmsg_now(sock, parts.msg_ptr(), libc::MSG_TRUNC)
         },
+        // SAFETY: `ptr` and `len` describe the op's one buffer (above).
         (OpKind::Send, Some((ptr, len))) => unsafe {
             sys::send_now(sock, ptr, len, libc::MSG_NOSIGNAL)
         },
+        // SAFETY: the header and what it points at are the op's (above).
         (OpKind::Send | OpKind::SendTo, _) => unsafe {
             sys::sendmsg_now(sock, parts.msg_ptr(), libc::MSG_NOSIGNAL)
         },
         (OpKind::Accept, _) => {
             let (addr, len) = parts.addr_ptrs();
+            // SAFETY: the address buffer and its length are the op's.
             return unsafe { sys::accept_now(sock, addr, len) };
         }
         _ => return Ok(Some(-libc::EINVAL)),

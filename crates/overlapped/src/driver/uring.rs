@@ -357,12 +357,12 @@ impl Uring {
             }
             return Ok(());
         }
-        // SAFETY: on a confined ring only the issuer, this thread, writes
-        // the submission queue.
-        if confinement
-            .handed_over
-            .take(|entry| unsafe { self.push_entry(entry) })?
-        {
+        let earlier = confinement.handed_over.take(|entry| {
+            // SAFETY: on a confined ring only the issuer, this thread,
+            // writes the submission queue.
+            unsafe { self.push_entry(entry) }
+        });
+        if earlier? {
             self.held_back.store(true, Ordering::Relaxed);
         }
         if !self.held_back.swap(false, Ordering::AcqRel) {
