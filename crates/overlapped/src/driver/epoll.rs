@@ -27,7 +27,7 @@ pub(crate) struct Epoll {
     state: Mutex<State>,
     /// Held by the one thread reaping (see [`Epoll::drain`]), with the
     /// vector it collects completions into, kept between reaps.
-    reaping: Mutex<Vec<Finished>>,
+    reaping: Mutex<Vec<Reaped>>,
 }
 
 #[derive(Default)]
@@ -36,7 +36,7 @@ struct State {
     sockets: HashMap<RawFd, Waiting>,
     /// Completions made at submission (cancellations, shutdowns, connects
     /// that finished at once), for the next reap.
-    ready: Vec<Finished>,
+    ready: Vec<Reaped>,
     events: Events,
 }
 
@@ -62,7 +62,7 @@ struct Interest {
 }
 
 /// What the reaper hands to the driver, in order.
-enum Finished {
+enum Reaped {
     Complete(Arc<Op>, i32),
     Arrival(Arc<Op>, Lease),
 }
@@ -172,7 +172,7 @@ impl Epoll {
 
     /// Completes `op` with `result` at the next reap, and wakes the reaper.
     fn finish_now(&self, ring: &Ring, mut state: MutexGuard<'_, State>, op: &Arc<Op>, result: i32) {
-        state.ready.push(Finished::Complete(op.clone(), result));
+        state.ready.push(Reaped::Complete(op.clone(), result));
         drop(state);
         ring.wake();
     }
@@ -238,7 +238,7 @@ impl Epoll {
             .collect();
         let count = cancelled.len() as i32;
         for op in cancelled {
-            state.ready.push(Finished::Complete(op, -libc::ECANCELED));
+            state.ready.push(Reaped::Complete(op, -libc::ECANCELED));
         }
         count
     }
@@ -261,8 +261,8 @@ impl Epoll {
         let count = finished.len();
         for item in finished.drain(..) {
             match item {
-                Finished::Arrival(op, lease) => super::arrived(&op, lease),
-                Finished::Complete(op, result) => {
+                Reaped::Arrival(op, lease) => super::arrived(&op, lease),
+                Reaped::Complete(op, result) => {
                     ring.completed_one();
                     super::complete(op, result);
                 }
@@ -271,7 +271,7 @@ impl Epoll {
         count
     }
 
-    fn progress_ready(&self, ring: &Arc<Ring>, state: &mut State, out: &mut Vec<Finished>) {
+    fn progress_ready(&self, ring: &Arc<Ring>, state: &mut State, out: &mut Vec<Reaped>) {
         let State {
             sockets, events, ..
         } = state;
@@ -296,7 +296,7 @@ impl Epoll {
                 // The socket cannot be watched any more: fail what waits on it.
                 let errno = e.raw_os_error().unwrap_or(libc::EIO);
                 for op in waiting.readers.drain(..).chain(waiting.writers.drain(..)) {
-                    out.push(Finished::Complete(op, -errno));
+                    out.push(Reaped::Complete(op, -errno));
                 }
             }
         }
@@ -326,13 +326,13 @@ const ARRIVALS_PER_EVENT: usize = 16;
 
 /// Carries out the operations at the head of `queue` while the socket lets
 /// them complete.
-fn progress(ring: &Arc<Ring>, queue: &mut VecDeque<Arc<Op>>, out: &mut Vec<Finished>) {
+fn progress(ring: &Arc<Ring>, queue: &mut VecDeque<Arc<Op>>, out: &mut Vec<Reaped>) {
     let mut arrivals = 0;
     while let Some(op) = queue.front() {
         match attempt(ring, op) {
             Attempt::Wait => return,
             Attempt::Arrival(lease) => {
-                out.push(Finished::Arrival(op.clone(), lease));
+                out.push(Reaped::Arrival(op.clone(), lease));
                 arrivals += 1;
                 if arrivals == ARRIVALS_PER_EVENT {
                     return;
@@ -340,7 +340,7 @@ fn progress(ring: &Arc<Ring>, queue: &mut VecDeque<Arc<Op>>, out: &mut Vec<Finis
             }
             Attempt::Done(result) => {
                 if let Some(op) = queue.pop_front() {
-                    out.push(Finished::Complete(op, result));
+                    out.push(Reaped::Complete(op, result));
                 }
             }
         }
@@ -474,7 +474,7 @@ fn cancel(state: &mut State, target: &Arc<Op>) -> i32 {
     for queue in [&mut waiting.readers, &mut waiting.writers] {
         if let Some(at) = queue.iter().position(|op| Arc::ptr_eq(op, target)) {
             if let Some(op) = queue.remove(at) {
-                state.ready.push(Finished::Complete(op, -libc::ECANCELED));
+                state.ready.push(Reaped::Complete(op, -libc::ECANCELED));
                 return 0;
             }
         }

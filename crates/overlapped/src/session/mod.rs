@@ -10,7 +10,10 @@ pub mod framing;
 mod listener;
 mod packet;
 mod recv_buffer;
+mod send_queue;
 mod service;
+mod timers;
+mod worker;
 
 pub use connection::{Session, SessionHandler};
 pub use listener::Listener;

@@ -16,8 +16,8 @@ use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard, OnceLock};
-use std::thread::{self, JoinHandle};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::thread;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -26,6 +26,8 @@ use rustc_hash::FxHashMap;
 use super::connection::{Session, SessionHandler, SessionLimits};
 use super::listener::Listener;
 use super::recv_buffer::RecvBuffer;
+use super::timers::Timers;
+use super::worker::Worker;
 use crate::event::INFINITE;
 use crate::net::{TcpListener, TcpStream};
 use crate::port::{Completion, CompletionPort};
@@ -168,65 +170,6 @@ pub struct ShutdownReport {
     pub bytes_sent: u64,
 }
 
-/// A thread of the service.
-struct Worker {
-    thread: JoinHandle<()>,
-    /// The thread, as the driver knows it (see `sync::ThreadKey`).
-    key: ThreadKey,
-    /// Says, once the thread has stopped running the service's code,
-    /// whether it stays to reap its confined ring (then it is not waited
-    /// for); disconnected if the thread ended without saying (a panic).
-    stopped: mpsc::Receiver<bool>,
-}
-
-impl Worker {
-    /// Starts a thread that runs `body`, then whatever `body` leaves it to
-    /// do after the service (the reaping of a confined ring).
-    fn spawn<F, A>(name: String, body: F) -> io::Result<Worker>
-    where
-        F: FnOnce() -> Option<A> + Send + 'static,
-        A: FnOnce(),
-    {
-        let (stopping, stopped) = mpsc::channel::<bool>();
-        let (starting, started) = mpsc::channel::<ThreadKey>();
-        let thread = thread::Builder::new().name(name).spawn(move || {
-            let _ = starting.send(current_thread());
-            let afterwards = body();
-            // The receiver may be gone with a service that was never stopped.
-            let _ = stopping.send(afterwards.is_some());
-            drop(stopping);
-            if let Some(afterwards) = afterwards {
-                afterwards();
-            }
-        })?;
-        let key = started
-            .recv()
-            .map_err(|_| io::Error::other("a service thread ended as it started"))?;
-        Ok(Worker {
-            thread,
-            key,
-            stopped,
-        })
-    }
-
-    /// Waits until the thread has stopped running the service's code, then
-    /// for it to end, unless it stays to reap a confined ring.
-    fn wait(self) {
-        // An error means the thread ended without saying (a panic).
-        if self.stopped.recv() != Ok(true) {
-            let _ = self.thread.join();
-        }
-    }
-}
-
-/// Work for the service's timer thread.
-#[derive(Default)]
-struct Timers {
-    /// Accepts to post again once the moment passes (accept back-off).
-    deferred_accepts: Vec<(Instant, Arc<Listener>)>,
-    stopped: bool,
-}
-
 pub(crate) struct ServiceCore {
     /// One port per worker, reaped by that worker alone.
     ports: Vec<CompletionPort<Io>>,
@@ -240,13 +183,17 @@ pub(crate) struct ServiceCore {
     worker_threads: OnceLock<Vec<ThreadKey>>,
     /// Bytes the sessions' sends delivered; each session holds a handle.
     bytes_sent: Arc<AtomicU64>,
-    timers: Mutex<Timers>,
-    timers_changed: Condvar,
+    timers: Timers,
 }
 
 impl ServiceCore {
     fn sessions(&self) -> MutexGuard<'_, FxHashMap<u64, Arc<Session>>> {
         self.sessions.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The sessions open now.
+    pub(crate) fn session_snapshot(&self) -> Vec<Arc<Session>> {
+        self.sessions().values().cloned().collect()
     }
 
     /// Drops a disconnected session from the table.
@@ -291,97 +238,9 @@ impl ServiceCore {
         self.sessions().len()
     }
 
-    fn timers(&self) -> MutexGuard<'_, Timers> {
-        self.timers.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     /// Posts an accept of `listener` again after `delay`.
     pub(crate) fn defer_accept(&self, listener: Arc<Listener>, delay: Duration) {
-        self.timers()
-            .deferred_accepts
-            .push((Instant::now() + delay, listener));
-        self.timers_changed.notify_all();
-    }
-
-    /// The timer thread: re-arms deferred accepts and disconnects sessions
-    /// that stalled past the idle timeout.
-    fn keep_time(self: Arc<Self>) {
-        let sweep_every = self
-            .config
-            .idle_timeout
-            .map(|t| (t / 4).clamp(Duration::from_millis(10), Duration::from_secs(1)));
-        let mut next_sweep = sweep_every.map(|every| Instant::now() + every);
-        let mut timers = self.timers();
-        while !timers.stopped {
-            let now = Instant::now();
-            let (due, later): (Vec<_>, Vec<_>) = timers
-                .deferred_accepts
-                .drain(..)
-                .partition(|(at, _)| *at <= now);
-            timers.deferred_accepts = later;
-            let sweep = next_sweep.is_some_and(|at| at <= now);
-            if !due.is_empty() || sweep {
-                drop(timers);
-                // Nothing of the program's runs here (hooks go to the
-                // workers), but the timer must outlive any panic all the
-                // same: without it no idle session is dropped and no
-                // deferred accept comes back.
-                for (_, listener) in due {
-                    let _ = crate::boundary::catch("re-arming an accept", || listener.rearm());
-                }
-                if sweep {
-                    let _ =
-                        crate::boundary::catch("the idle sweep", || self.drop_stalled_sessions());
-                    next_sweep = sweep_every.map(|every| now + every);
-                }
-                timers = self.timers();
-                continue;
-            }
-            let wake_at = timers
-                .deferred_accepts
-                .iter()
-                .map(|(at, _)| *at)
-                .chain(next_sweep)
-                .min();
-            timers = match wake_at {
-                Some(at) => {
-                    let wait = at.saturating_duration_since(now);
-                    self.timers_changed
-                        .wait_timeout(timers, wait)
-                        .unwrap_or_else(|p| p.into_inner())
-                        .0
-                }
-                None => self
-                    .timers_changed
-                    .wait(timers)
-                    .unwrap_or_else(|p| p.into_inner()),
-            };
-        }
-    }
-
-    fn drop_stalled_sessions(&self) {
-        let Some(limit) = self.config.idle_timeout else {
-            return;
-        };
-        let limit = limit.as_millis() as u64;
-        let now = now_millis();
-        let stalled: Vec<Arc<Session>> = self
-            .sessions()
-            .values()
-            .filter(|s| s.stalled_for(now) > limit)
-            .cloned()
-            .collect();
-        for session in stalled {
-            session.disconnect(&format!(
-                "idle timeout: no complete packet for {} ms (limit {limit} ms)",
-                session.stalled_for(now)
-            ));
-        }
-    }
-
-    fn stop_timers(&self) {
-        self.timers().stopped = true;
-        self.timers_changed.notify_all();
+        self.timers.defer_accept(listener, delay);
     }
 
     /// The port of the first worker, which the listener reports to.
@@ -602,8 +461,7 @@ impl Service {
             workers: Mutex::new(Vec::new()),
             worker_threads: OnceLock::new(),
             bytes_sent: Arc::new(AtomicU64::new(0)),
-            timers: Mutex::new(Timers::default()),
-            timers_changed: Condvar::new(),
+            timers: Timers::default(),
         });
         if core.multishot() {
             // A confined ring takes registrations only from its worker once
@@ -619,7 +477,7 @@ impl Service {
         {
             let core = core.clone();
             workers.push(Worker::spawn("service-timer".into(), move || {
-                core.keep_time();
+                core.timers.keep_time(&core);
                 None::<fn()>
             })?);
         }
@@ -773,7 +631,7 @@ impl Service {
     /// returns).
     pub fn stop(&self) {
         self.stop_listening();
-        self.core.stop_timers();
+        self.core.timers.stop();
         let me = current_thread();
         for (index, port) in self.core.ports.iter().enumerate() {
             let worker = self.core.worker_threads.get().map(|w| w[index]);

@@ -1,0 +1,257 @@
+//! A session's send queue: what waits behind the one gathered send in
+//! flight, the bytes held against the session's cap, and where reading
+//! stands when the queue is too full (backpressure).
+
+use std::mem;
+
+use bytes::{Bytes, BytesMut};
+
+use super::recv_buffer::RecvBuffer;
+
+/// Sends waiting for the one in flight.
+#[derive(Default)]
+pub(super) struct SendQueue {
+    pub(super) pending: Vec<Bytes>,
+    pub(super) in_flight: bool,
+    /// Bytes queued or in flight, held against the session's cap.
+    pub(super) queued: usize,
+    /// The vector of the last finished send, kept to queue the next batch
+    /// in without allocating.
+    pub(super) spare: Vec<Bytes>,
+    /// Where [`Session::send_copy`] copies to: each copy is split off as its
+    /// own `Bytes`, and the memory is reused once the copies are sent.
+    pub(super) copies: BytesMut,
+    /// The receive buffer, parked while the queue is too full to read more
+    /// (backpressure); posted again once the queue drains.
+    pub(super) parked_recv: Option<RecvBuffer>,
+    /// The same backpressure for a multishot receive, which has no buffer to
+    /// park: it is cancelled, and posted again once the queue drains.
+    pub(super) multishot: Reading,
+}
+
+/// Where a session's multishot receive stands with respect to backpressure.
+///
+/// Between the cancel and its end, arrivals the kernel had already taken
+/// from the socket keep coming — as much as the socket's receive buffer
+/// held, which can be megabytes. They are the peer's bytes, already
+/// acknowledged by TCP, so they are queued even past the cap; the overshoot
+/// is bounded by that buffer and lasts until the end comes back, after
+/// which the cap holds again.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(super) enum Reading {
+    /// Receiving.
+    #[default]
+    On,
+    /// The queue passed half its cap: the receive was cancelled and its end
+    /// has not come back yet.
+    Stopping,
+    /// The receive ended; it is posted again when the queue drains.
+    Stopped,
+    /// The queue drained while the cancel was on its way: post the receive
+    /// again when its end comes back.
+    Resuming,
+}
+
+impl Reading {
+    /// A cancel is on its way: arrivals may still come.
+    pub(super) fn is_stopping(self) -> bool {
+        matches!(self, Reading::Stopping | Reading::Resuming)
+    }
+}
+
+/// Bytes a session sets aside at a time for [`Session::send_copy`]: room
+/// for many small replies, little for an idle session (none until its
+/// first copy). A larger copy is allocated on its own.
+const COPY_CHUNK: usize = 1024;
+
+/// Most buffers in one gathered send: the kernel refuses more iovecs than
+/// this in one call (`UIO_MAXIOV`) with `EMSGSIZE`.
+const MAX_GATHER: usize = 1024;
+
+impl SendQueue {
+    /// A copy of `data` in the queue's reused memory; a large one gets memory
+    /// of its own, so the session does not keep that much for good.
+    pub(super) fn copy(&mut self, data: &[u8]) -> Bytes {
+        if data.len() > COPY_CHUNK {
+            return Bytes::copy_from_slice(data);
+        }
+        if self.copies.capacity() < data.len() {
+            // Takes the memory back if every earlier copy is gone.
+            self.copies.reserve(data.len().max(COPY_CHUNK));
+        }
+        self.copies.extend_from_slice(data);
+        self.copies.split().freeze()
+    }
+
+    /// The next gathered send: everything pending, or its first
+    /// [`MAX_GATHER`] buffers, in the spare vector when there is one.
+    pub(super) fn take_batch(&mut self) -> Vec<Bytes> {
+        let mut batch = mem::take(&mut self.spare);
+        if self.pending.len() <= MAX_GATHER {
+            mem::swap(&mut batch, &mut self.pending);
+        } else {
+            batch.extend(self.pending.drain(..MAX_GATHER));
+        }
+        batch
+    }
+
+    /// Whether the queue just passed half of `cap`, so that the multishot
+    /// receive must be cancelled (backpressure).
+    pub(super) fn stop_reading(&mut self, cap: usize) -> bool {
+        if self.queued <= cap / 2 {
+            return false;
+        }
+        match self.multishot {
+            Reading::On => {
+                self.multishot = Reading::Stopping;
+                true
+            }
+            // Its cancel is still on the way: just do not post it again.
+            Reading::Resuming => {
+                self.multishot = Reading::Stopping;
+                false
+            }
+            Reading::Stopping | Reading::Stopped => false,
+        }
+    }
+
+    /// Once the queue is down to a quarter of `cap`: the parked receive
+    /// buffer to post again, and whether to post the multishot receive again.
+    pub(super) fn resume_reading(&mut self, cap: usize) -> (Option<RecvBuffer>, bool) {
+        if self.queued > cap / 4 {
+            return (None, false);
+        }
+        let restart_multishot = match self.multishot {
+            Reading::Stopped => {
+                self.multishot = Reading::On;
+                true
+            }
+            Reading::Stopping => {
+                self.multishot = Reading::Resuming;
+                false
+            }
+            Reading::On | Reading::Resuming => false,
+        };
+        (self.parked_recv.take(), restart_multishot)
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod backpressure {
+    use super::{Reading, SendQueue};
+
+    const CAP: usize = 1000;
+
+    fn queue_holding(bytes: usize) -> SendQueue {
+        SendQueue {
+            queued: bytes,
+            ..SendQueue::default()
+        }
+    }
+
+    #[test]
+    fn passing_half_the_cap_cancels_the_receive_once() {
+        let mut queue = queue_holding(CAP / 2 + 1);
+        assert!(queue.stop_reading(CAP));
+        assert_eq!(queue.multishot, Reading::Stopping);
+        assert!(
+            !queue.stop_reading(CAP),
+            "a second cancel while one is on its way"
+        );
+    }
+
+    #[test]
+    fn at_half_the_cap_reading_goes_on() {
+        let mut queue = queue_holding(CAP / 2);
+        assert!(!queue.stop_reading(CAP));
+        assert_eq!(queue.multishot, Reading::On);
+    }
+
+    #[test]
+    fn draining_before_the_cancel_comes_back_resumes_when_it_does() {
+        let mut queue = queue_holding(CAP);
+        queue.stop_reading(CAP);
+        queue.queued = CAP / 4;
+        assert!(!queue.resume_reading(CAP).1, "its end is not back yet");
+        assert_eq!(queue.multishot, Reading::Resuming);
+        assert!(queue.multishot.is_stopping(), "arrivals may still come");
+    }
+
+    #[test]
+    fn draining_after_the_receive_ended_posts_it_again() {
+        let mut queue = queue_holding(CAP);
+        queue.stop_reading(CAP);
+        queue.multishot = Reading::Stopped;
+        queue.queued = CAP / 4 + 1;
+        assert!(!queue.resume_reading(CAP).1, "still over a quarter");
+        queue.queued = CAP / 4;
+        assert!(queue.resume_reading(CAP).1);
+        assert_eq!(queue.multishot, Reading::On);
+    }
+
+    #[test]
+    fn filling_up_again_while_resuming_keeps_it_stopped() {
+        let mut queue = queue_holding(CAP);
+        queue.stop_reading(CAP);
+        queue.queued = 0;
+        queue.resume_reading(CAP);
+        queue.queued = CAP;
+        assert!(
+            !queue.stop_reading(CAP),
+            "the first cancel is still on its way"
+        );
+        assert_eq!(queue.multishot, Reading::Stopping);
+    }
+
+    #[test]
+    fn a_gathered_send_takes_at_most_1024_buffers_in_order() {
+        let mut queue = SendQueue {
+            pending: (0..1500u16)
+                .map(|i| bytes::Bytes::copy_from_slice(&i.to_le_bytes()))
+                .collect(),
+            ..SendQueue::default()
+        };
+        let first = queue.take_batch();
+        assert_eq!((first.len(), queue.pending.len()), (1024, 476));
+        assert_eq!(&first[1023][..], &1023u16.to_le_bytes());
+        assert_eq!(&queue.pending[0][..], &1024u16.to_le_bytes());
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod copies {
+    use super::{SendQueue, COPY_CHUNK};
+
+    #[test]
+    fn small_copies_reuse_the_same_memory_once_sent() {
+        let mut queue = SendQueue::default();
+        let first = queue.copy(&[1; 64]);
+        let start = first.as_ptr();
+        drop(first);
+        // Fill the chunk, each copy sent (dropped) before the next.
+        for _ in 1..COPY_CHUNK / 64 {
+            drop(queue.copy(&[2; 64]));
+        }
+        let again = queue.copy(&[3; 64]);
+        assert_eq!(again.as_ptr(), start, "the chunk was taken back");
+        assert_eq!(&again[..], &[3; 64]);
+    }
+
+    #[test]
+    fn a_copy_still_queued_is_not_overwritten() {
+        let mut queue = SendQueue::default();
+        let held = queue.copy(&[7; 64]);
+        for _ in 0..COPY_CHUNK {
+            drop(queue.copy(&[9; 64]));
+        }
+        assert_eq!(&held[..], &[7; 64]);
+    }
+
+    #[test]
+    fn a_copy_larger_than_the_chunk_is_not_kept_by_the_session() {
+        let mut queue = SendQueue::default();
+        let large = queue.copy(&[5; COPY_CHUNK + 1]);
+        assert_eq!(large.len(), COPY_CHUNK + 1);
+        assert_eq!(queue.copies.capacity(), 0);
+    }
+}

@@ -1,0 +1,116 @@
+//! A service's timer thread: accepts re-armed after a back-off, and the
+//! sweep that disconnects sessions stalled past the idle timeout.
+
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use super::connection::Session;
+use super::listener::Listener;
+use super::service::{now_millis, ServiceCore};
+
+/// What the timer thread waits for.
+#[derive(Default)]
+struct Due {
+    /// Accepts to post again once the moment passes (accept back-off).
+    deferred_accepts: Vec<(Instant, Arc<Listener>)>,
+    stopped: bool,
+}
+
+#[derive(Default)]
+pub(super) struct Timers {
+    due: Mutex<Due>,
+    changed: Condvar,
+}
+
+impl Timers {
+    fn due(&self) -> MutexGuard<'_, Due> {
+        // Updates are single pushes, drains and flag writes.
+        self.due.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Posts an accept of `listener` again after `delay`.
+    pub(super) fn defer_accept(&self, listener: Arc<Listener>, delay: Duration) {
+        self.due()
+            .deferred_accepts
+            .push((Instant::now() + delay, listener));
+        self.changed.notify_all();
+    }
+
+    /// Ends the timer thread.
+    pub(super) fn stop(&self) {
+        self.due().stopped = true;
+        self.changed.notify_all();
+    }
+
+    /// The timer thread of `core`: re-arms deferred accepts and disconnects
+    /// sessions that stalled past the idle timeout, until stopped.
+    ///
+    /// Nothing of the program's runs here (hooks go to the workers), but
+    /// the thread outlives any panic all the same: without it no idle
+    /// session would be dropped and no deferred accept would come back.
+    pub(super) fn keep_time(&self, core: &ServiceCore) {
+        let sweep_every = core
+            .config()
+            .idle_timeout
+            .map(|t| (t / 4).clamp(Duration::from_millis(10), Duration::from_secs(1)));
+        let mut next_sweep = sweep_every.map(|every| Instant::now() + every);
+        let mut due = self.due();
+        while !due.stopped {
+            let now = Instant::now();
+            let (ready, later): (Vec<_>, Vec<_>) = due
+                .deferred_accepts
+                .drain(..)
+                .partition(|(at, _)| *at <= now);
+            due.deferred_accepts = later;
+            let sweep = next_sweep.is_some_and(|at| at <= now);
+            if !ready.is_empty() || sweep {
+                drop(due);
+                for (_, listener) in ready {
+                    let _ = crate::boundary::catch("re-arming an accept", || listener.rearm());
+                }
+                if sweep {
+                    let _ =
+                        crate::boundary::catch("the idle sweep", || drop_stalled_sessions(core));
+                    next_sweep = sweep_every.map(|every| now + every);
+                }
+                due = self.due();
+                continue;
+            }
+            let wake_at = due
+                .deferred_accepts
+                .iter()
+                .map(|(at, _)| *at)
+                .chain(next_sweep)
+                .min();
+            due = match wake_at {
+                Some(at) => {
+                    let wait = at.saturating_duration_since(now);
+                    let waited = self.changed.wait_timeout(due, wait);
+                    waited.unwrap_or_else(|p| p.into_inner()).0
+                }
+                None => self.changed.wait(due).unwrap_or_else(|p| p.into_inner()),
+            };
+        }
+    }
+}
+
+/// Disconnects the sessions of `core` that completed no packet for longer
+/// than its idle timeout.
+fn drop_stalled_sessions(core: &ServiceCore) {
+    let Some(limit) = core.config().idle_timeout else {
+        return;
+    };
+    let limit = limit.as_millis() as u64;
+    let now = now_millis();
+    let stalled: Vec<Arc<Session>> = core
+        .session_snapshot()
+        .into_iter()
+        .filter(|s| s.stalled_for(now) > limit)
+        .collect();
+    for session in stalled {
+        session.disconnect(&format!(
+            "idle timeout: no complete packet for {} ms (limit {limit} ms)",
+            session.stalled_for(now)
+        ));
+    }
+}
