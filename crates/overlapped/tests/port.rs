@@ -346,3 +346,30 @@ fn cancelling_when_no_multishot_receive_runs_is_not_found() {
         Some(ERROR_NOT_FOUND)
     );
 }
+
+#[test]
+fn a_worker_that_panics_holding_a_packet_leaves_the_port_to_the_others() {
+    let port = port();
+    port.post(1, 0, Some(Record::Mine(1))).unwrap();
+    let doomed = {
+        let port = port.clone();
+        thread::spawn(move || {
+            let _packet = port.get_queued_completion_status(SOON).unwrap();
+            panic!("a worker's bug while handling its packet");
+        })
+    };
+    assert!(doomed.join().is_err());
+    // The port goes on: another worker gets the packets that follow,
+    // completions included.
+    let (ours, mut peer) = pair();
+    let stream = port.associate(ours, 2);
+    stream.recv(vec![vec![0u8; 8]], Record::Recv).unwrap();
+    peer.write_all(b"after").unwrap();
+    let survivor = {
+        let port = port.clone();
+        thread::spawn(move || port.get_queued_completion_status(SOON).unwrap())
+    };
+    let packet = survivor.join().unwrap().expect("a packet");
+    assert_eq!((packet.key, packet.bytes()), (2, 5));
+    assert_eq!(packet.record, Some(Record::Recv));
+}

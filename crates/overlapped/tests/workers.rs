@@ -202,3 +202,69 @@ fn every_hook_of_a_session_runs_on_the_worker_it_belongs_to() {
     assert_eq!(workers_seen.len(), 2, "both workers serve sessions");
     service.stop();
 }
+
+/// Echoes each frame's payload as a frame, but panics on frame id 13.
+struct FragilePackets;
+
+impl overlapped::session::PacketHandler for FragilePackets {
+    fn on_packet(&self, session: &Arc<Session>, id: u16, payload: &[u8]) -> Result<(), String> {
+        assert!(id != 13, "a packet handler bug");
+        session.send(overlapped::session::framing::encode(id, &[payload]).unwrap());
+        Ok(())
+    }
+}
+
+#[test]
+fn a_panicking_packet_handler_disconnects_only_its_own_session() {
+    use overlapped::session::{framing, PacketSession};
+    let service = with_workers(1, || Arc::new(PacketSession::new(FragilePackets, 4096)));
+    let mut culprit = connect(&service);
+    let mut bystander = connect(&service);
+    wait_for_sessions(&service, 2);
+    culprit.write_all(&framing::encode(13, &[b"boom"]).unwrap()).unwrap();
+    let mut rest = Vec::new();
+    assert_eq!(culprit.read_to_end(&mut rest).ok(), Some(0));
+    let ping = framing::encode(1, &[b"ping"]).unwrap();
+    bystander.write_all(&ping).unwrap();
+    let mut echoed = vec![0; ping.len()];
+    bystander.read_exact(&mut echoed).unwrap();
+    assert_eq!(echoed, &ping[..]);
+    service.stop();
+}
+
+/// Echoes, and panics in `on_sent` after the first reply to a client that
+/// sent `boom`.
+struct FragileOnSent;
+
+impl SessionHandler for FragileOnSent {
+    fn on_recv(&self, session: &Arc<Session>, data: &[u8]) -> Result<usize, String> {
+        session.send_copy(data);
+        Ok(data.len())
+    }
+    fn on_sent(&self, _: &Arc<Session>, bytes: usize) {
+        assert!(bytes != 4 + 1, "a bug in on_sent");
+    }
+}
+
+#[test]
+fn a_panicking_on_sent_disconnects_only_its_own_session() {
+    let service = with_workers(1, || Arc::new(FragileOnSent));
+    let mut culprit = connect(&service);
+    let mut bystander = connect(&service);
+    wait_for_sessions(&service, 2);
+    // Five bytes echoed in one send make its on_sent panic.
+    culprit.write_all(b"boom!").unwrap();
+    let mut rest = Vec::new();
+    let _ = culprit.read_to_end(&mut rest);
+    assert!(rest.len() <= 5, "the echo, then the end of the stream");
+    bystander.write_all(b"ping").unwrap();
+    let mut echoed = [0; 4];
+    bystander.read_exact(&mut echoed).unwrap();
+    assert_eq!(&echoed, b"ping");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while service.session_count() > 1 {
+        assert!(Instant::now() < deadline, "the culprit was not disconnected");
+        thread::sleep(Duration::from_millis(5));
+    }
+    service.stop();
+}
