@@ -221,7 +221,9 @@ fn a_panicking_packet_handler_disconnects_only_its_own_session() {
     let mut culprit = connect(&service);
     let mut bystander = connect(&service);
     wait_for_sessions(&service, 2);
-    culprit.write_all(&framing::encode(13, &[b"boom"]).unwrap()).unwrap();
+    culprit
+        .write_all(&framing::encode(13, &[b"boom"]).unwrap())
+        .unwrap();
     let mut rest = Vec::new();
     assert_eq!(culprit.read_to_end(&mut rest).ok(), Some(0));
     let ping = framing::encode(1, &[b"ping"]).unwrap();
@@ -263,7 +265,10 @@ fn a_panicking_on_sent_disconnects_only_its_own_session() {
     assert_eq!(&echoed, b"ping");
     let deadline = Instant::now() + Duration::from_secs(10);
     while service.session_count() > 1 {
-        assert!(Instant::now() < deadline, "the culprit was not disconnected");
+        assert!(
+            Instant::now() < deadline,
+            "the culprit was not disconnected"
+        );
         thread::sleep(Duration::from_millis(5));
     }
     service.stop();

@@ -8,13 +8,19 @@
 //!
 //! Life of an operation:
 //! 1. The model builds an [`Op`] holding its buffers ([`op::IoParts`]).
-//! 2. [`start`] tries the call once without blocking, as Windows does: if the
-//!    data (or buffer space) is there, the operation completes at once.
-//!    Otherwise it goes to the kernel, or, if an earlier operation of the same
-//!    direction is still there, waits in the socket's lane.
-//! 3. The backend's completion thread calls [`complete`], which records the
-//!    outcome, signals the event, and hands the next queued operation of
-//!    that direction to the kernel.
+//! 2. [`start`] takes the socket's lane for its direction (or queues behind
+//!    the operation that has it, see [`lanes`]) and claims the operation's
+//!    memory ([`op::Claim`]); it tries the call once without blocking, as
+//!    Windows does: if the data (or buffer space) is there, the operation
+//!    completes at once. Otherwise it goes to the kernel, and the starter
+//!    asks the lanes whether the socket began closing meanwhile (then it
+//!    cancels what it submitted: nothing starts on a closing socket).
+//! 3. The backend's reaper calls [`complete`], which records the outcome,
+//!    signals the event or delivers to the sink, and hands the next queued
+//!    operation of that direction to the kernel.
+//!
+//! `docs/design.md` ("Promises held by code") lists the invariants and the
+//! code that enforces each.
 
 #![allow(unsafe_code)]
 
