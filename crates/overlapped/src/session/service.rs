@@ -9,7 +9,6 @@
 //! after another, in order. Any thread may still start operations on any
 //! session (a broadcast, a timer); they are handed over to its worker.
 
-use std::any::Any;
 use std::collections::hash_map::Entry;
 use std::fmt;
 use std::io;
@@ -28,6 +27,7 @@ use super::listener::Listener;
 use super::recv_buffer::RecvBuffer;
 use super::timers::Timers;
 use super::worker::Worker;
+use crate::boundary::panic_message;
 use crate::event::INFINITE;
 use crate::net::{TcpListener, TcpStream};
 use crate::port::{Completion, CompletionPort};
@@ -418,17 +418,6 @@ impl Receiving {
     /// Session `id`'s multishot receive ended: no arrival of it follows.
     fn ended(&mut self, id: u64) {
         self.sessions.remove(&id);
-    }
-}
-
-/// The message a panic was raised with, when it is text.
-fn panic_message(panic: &(dyn Any + Send)) -> &str {
-    if let Some(text) = panic.downcast_ref::<&str>() {
-        text
-    } else if let Some(text) = panic.downcast_ref::<String>() {
-        text
-    } else {
-        "(not a text message)"
     }
 }
 
