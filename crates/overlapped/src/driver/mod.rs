@@ -284,6 +284,11 @@ fn recv_outcome(kind: &OpKind, parts: &op::IoParts, n: usize) -> Outcome {
 /// one the close's own shutdown ended first.
 pub(crate) fn complete(op: Arc<Op>, result: i32) {
     let closed = op.kind.is_io() && op.socket.as_ref().is_some_and(|s| s.is_closing());
+    if closed && matches!(op.kind, OpKind::Accept) && result >= 0 {
+        // SAFETY: a successful accept's result is a new descriptor that
+        // nothing else owns; dropping it closes the connection it accepted.
+        drop(unsafe { OwnedFd::from_raw_fd(result) });
+    }
     let result = if closed { -libc::ECANCELED } else { result };
     if let (OpKind::Send, Ok(sent @ 1..)) = (&op.kind, usize::try_from(result)) {
         if send_the_rest(&op, sent) {

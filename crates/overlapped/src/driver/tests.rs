@@ -257,3 +257,45 @@ fn one_reaper_at_a_time_handles_a_rings_completions_in_the_order_they_were_poste
         "a second reaper handled the final completion while an arrival was delivered"
     );
 }
+
+#[test]
+fn an_accept_that_completes_as_its_listener_closes_closes_the_connection() {
+    use std::io::Read;
+    let ring = Ring::new(false).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let socket = Socket::new(listener.into(), ring.clone());
+    let accept = Op::new(
+        OpKind::Accept,
+        Some(socket.clone()),
+        Notify::Silent,
+        Some(IoParts::for_address(None)),
+    );
+    assert!(matches!(start(&accept), Ok(None)));
+    let mut client = TcpStream::connect(addr).unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    // The accept has completed in the kernel; the listener closes before
+    // the completion is reaped.
+    close(&socket);
+    while !accept.is_done() {
+        ring.reap(Some(Duration::from_millis(100)), None).unwrap();
+    }
+    assert_eq!(accept.outcome().unwrap().error, Some(libc::ECANCELED));
+    // The connection it accepted was closed, not leaked. (A blocking read
+    // on the ring's own thread may be interrupted by the kernel's task
+    // work for it: read again.)
+    let read = loop {
+        match client.read(&mut [0; 8]) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            other => break other,
+        }
+    };
+    let ended = match &read {
+        Ok(0) => true,
+        Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+        Ok(_) => false,
+    };
+    assert!(ended, "the accepted connection stayed open: {read:?}");
+}
