@@ -68,3 +68,52 @@ fn invalid_utf8_chat_disconnects_its_sender_only() {
 fn empty_chat_disconnects_its_sender_only() {
     hostile_frame_drops_only_its_sender(&frame(C_CHAT, b""), "chat text is empty");
 }
+
+#[test]
+fn every_join_gets_its_welcome_before_any_chat_while_two_clients_chat_on_two_workers() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    let server = room(&["--threads", "2"]);
+    let chatting = Arc::new(AtomicBool::new(true));
+    // Two clients chat as fast as they can, so that broadcasts are under
+    // way on both workers while others join.
+    let chatters: Vec<_> = (0..2)
+        .map(|_| {
+            let (mut stream, id) = join(&server);
+            let chatting = chatting.clone();
+            std::thread::spawn(move || {
+                while chatting.load(Ordering::Relaxed) {
+                    stream.write_all(&frame(C_CHAT, b"busy")).unwrap();
+                    // Read until our own line comes back (the other's are
+                    // in between).
+                    loop {
+                        let (kind, payload) = common::chat::read_frame(&mut stream);
+                        if kind == common::chat::S_CHAT && payload[..8] == id.to_le_bytes() {
+                            break;
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut out_of_order = 0;
+    for _ in 0..300 {
+        let mut joiner = TcpStream::connect(server.addr).unwrap();
+        joiner
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let (kind, _) = common::chat::read_frame(&mut joiner);
+        if kind != common::chat::S_WELCOME {
+            out_of_order += 1;
+        }
+    }
+    chatting.store(false, Ordering::Relaxed);
+    for chatter in chatters {
+        chatter.join().unwrap();
+    }
+    assert_eq!(
+        out_of_order, 0,
+        "joins that got a chat before their welcome, of 300"
+    );
+}

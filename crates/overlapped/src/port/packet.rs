@@ -46,7 +46,7 @@ impl<T> Completion<T> {
         self.result.as_ref().map_or(0, |t| t.bytes)
     }
 
-    /// The bytes of one arrival of [`PortStream::recv_multishot`], in a
+    /// The bytes of one arrival of [`PortStream::recv_multishot`](super::PortStream::recv_multishot), in a
     /// buffer of the port's pool that goes back to the pool with the packet.
     pub fn received(&self) -> Option<&[u8]> {
         match &self.memory {
@@ -68,7 +68,7 @@ impl<T> Completion<T> {
         self.take_parts()?.try_into_buffers()
     }
 
-    /// The connection an accept produced ([`PortListener::accept`]), with
+    /// The connection an accept produced ([`PortListener::accept`](super::PortListener::accept)), with
     /// the peer's address.
     pub fn take_accepted(&mut self) -> Option<(TcpStream, SocketAddr)> {
         let fd = self.take_parts()?.take_accepted()?;

@@ -11,7 +11,8 @@ use std::sync::{Arc, Weak};
 use bytes::Bytes;
 
 use super::recv_buffer::RecvBuffer;
-use super::send_queue::{Reading, SendQueue};
+use super::send_gate::SendGate;
+use super::send_queue::SendQueue;
 use super::service::{now_millis, DisconnectNotice, Io, Service, ServiceCore};
 use crate::driver::buf::Tail;
 use crate::error::{ErrorExt, WSAENOBUFS, WSA_OPERATION_ABORTED};
@@ -110,9 +111,11 @@ pub struct Session {
     /// When the session last had no incomplete packet pending (ms on the
     /// service clock): the idle timeout runs from here.
     last_progress: AtomicU64,
-    /// A graceful close is under way: no new sends, received bytes are
-    /// discarded, and the write side shuts once the queue is flushed.
-    draining: AtomicBool,
+    /// Whether a graceful close is under way (no new sends, received bytes
+    /// are discarded, and the write side shuts once the queue is flushed),
+    /// and how many sends other threads handed to the worker that it has
+    /// not queued yet.
+    gate: SendGate,
     /// The write side was shut down.
     write_shut: AtomicBool,
 }
@@ -164,7 +167,7 @@ impl Session {
             max_send_queue,
             bytes_sent,
             last_progress: AtomicU64::new(now_millis()),
-            draining: AtomicBool::new(false),
+            gate: SendGate::new(),
             write_shut: AtomicBool::new(false),
         })
     }
@@ -214,27 +217,41 @@ impl Session {
     }
 
     fn queue_send(self: &Arc<Self>, data: Outgoing<'_>) -> bool {
-        if !self.is_connected() || self.draining.load(Ordering::Acquire) {
+        if !self.is_connected() || self.gate.is_draining() {
             return false;
         }
-        match self.queue_here(data) {
-            Ok(queued) => queued,
+        let data = match self.queue_here(data) {
+            Ok(queued) => return queued,
             // Another thread, or a send from inside the queue's own update.
-            Err(data) => {
-                self.hand_to_worker(Io::Deliver(Box::new((self.clone(), data.into_owned()))))
-            }
+            Err(data) => data,
+        };
+        // Counted before it is handed over, unless the close came first:
+        // a graceful close then waits for it (see `send_gate`).
+        if !self.gate.admit() {
+            return false;
         }
+        let handed = self.hand_to_worker(Io::Deliver(Box::new((self.clone(), data.into_owned()))));
+        if !handed {
+            self.gate.handed_over();
+        }
+        handed
     }
 
     /// Bytes another thread handed over, queued here on the worker. They
     /// were taken before any graceful close that came after them, so they
-    /// are sent even if the session is closing now.
+    /// are sent even if the session is closing now, and the close shuts
+    /// the write side only after them.
     pub(crate) fn on_handed_over(self: &Arc<Self>, data: Bytes) {
+        let queued = self.is_connected() && self.queue_here(Outgoing::Shared(data)).is_ok();
+        self.gate.handed_over();
         if !self.is_connected() {
             return;
         }
-        if self.queue_here(Outgoing::Shared(data)).is_err() {
-            self.disconnect("its send queue was reached off its worker thread");
+        if !queued {
+            return self.disconnect("its send queue was reached off its worker thread");
+        }
+        if self.gate.is_draining() {
+            self.shut_write_once_flushed();
         }
     }
 
@@ -266,6 +283,14 @@ impl Session {
             };
         }
         queue.queued += data.len();
+        if !queue.started {
+            // Nothing goes out before what `on_connected` sends.
+            queue.early.push(data);
+            return Enqueued::Queued {
+                batch: None,
+                stop_reading: false,
+            };
+        }
         queue.pending.push(data);
         let stop_reading = self.multishot && queue.stop_reading(self.max_send_queue);
         let batch = (!queue.in_flight).then(|| {
@@ -327,38 +352,38 @@ impl Session {
     /// are discarded until the peer closes, which disconnects the session.
     /// The Winsock way of a graceful close: `shutdown(SD_SEND)` once the
     /// last `WSASend` completed, `WSARecv` until it returns 0, `closesocket`.
+    ///
+    /// Every send that returned `true` before this call — from any thread —
+    /// reaches the peer before the end of the stream.
     pub fn close_gracefully(self: &Arc<Self>) {
-        if self.draining.swap(true, Ordering::AcqRel) {
+        if !self.gate.begin_drain() {
             return;
         }
-        self.shut_write_once_flushed();
+        if self.is_on_worker() {
+            self.shut_write_once_flushed();
+        } else if !self.hand_to_worker(Io::Drain(self.clone())) {
+            self.shut_write();
+        }
     }
 
-    /// Shuts the write side if no send is in flight; otherwise the last
-    /// send's completion does. Off the worker, the worker is asked to.
+    /// On the worker: shuts the write side if nothing is left to send — no
+    /// send in flight, none handed over on its way; otherwise the last of
+    /// them does.
     fn shut_write_once_flushed(self: &Arc<Self>) {
-        match self.send.with(|queue| !queue.in_flight) {
-            Some(true) => self.shut_write(),
-            Some(false) => {}
-            None => {
-                if !self.hand_to_worker(Io::Drain(self.clone())) {
-                    self.shut_write();
-                }
-            }
+        if self.send.with(|queue| queue.in_flight) == Some(false) && !self.gate.has_handed_over() {
+            self.shut_write();
         }
     }
 
     /// [`Session::close_gracefully`] on the worker, which another thread
     /// asked to.
     pub(crate) fn on_drain(self: &Arc<Self>) {
-        if self.send.with(|queue| queue.in_flight) != Some(true) {
-            self.shut_write();
-        }
+        self.shut_write_once_flushed();
     }
 
     /// Whether a graceful close is under way.
     pub fn is_closing(&self) -> bool {
-        self.draining.load(Ordering::Acquire)
+        self.gate.is_draining()
     }
 
     fn shut_write(self: &Arc<Self>) {
@@ -419,13 +444,48 @@ impl Session {
         if !self.is_on_worker() {
             return self.disconnect("started off its worker thread");
         }
+        if !self.is_connected() {
+            // Disconnected before it started: its `on_disconnected` is due
+            // (or ran), and `on_connected` never comes after it.
+            return;
+        }
+        // What `on_connected` sends goes out first, then what was sent to
+        // the session before it started (a broadcast, another thread).
+        let early = self.send.with(|queue| {
+            queue.started = true;
+            mem::take(&mut queue.early)
+        });
         self.handler.on_connected(self);
+        if !self.is_connected() {
+            return;
+        }
+        if let Some(early) = early.filter(|early| !early.is_empty()) {
+            self.send_early(early);
+        }
         if self.multishot {
-            return self.post_multishot();
+            let post = self
+                .send
+                .with(|queue| queue.start_reading(self.max_send_queue));
+            if post == Some(true) {
+                self.post_multishot();
+            }
+            return;
         }
         let buffer = self.recv.with(|slot| slot.buffer.take()).flatten();
         if let Some(buffer) = buffer {
-            self.post_recv(buffer);
+            self.post_recv_unless_backlogged(buffer);
+        }
+    }
+
+    /// Queues the sends that waited for the session to start, after what
+    /// `on_connected` queued.
+    fn send_early(self: &Arc<Self>, early: Vec<Bytes>) {
+        let batch = self.send.with(|queue| {
+            queue.early = early;
+            queue.release_early()
+        });
+        if let Some(Some(batch)) = batch {
+            self.post_send(batch);
         }
     }
 
@@ -470,19 +530,7 @@ impl Session {
                 }
                 Ok(())
             }),
-            Some(buffer) => {
-                if buffer.append(bytes) {
-                    self.handler
-                        .on_recv(self, buffer.readable())
-                        .and_then(|consumed| {
-                            buffer
-                                .consume(consumed)
-                                .map_err(|e| format!("handler error: {e}"))
-                        })
-                } else {
-                    Err("receive buffer full: a packet larger than the buffer".into())
-                }
-            }
+            Some(buffer) => self.receive_into(buffer, bytes),
         };
         // An idle session pins no receive buffer.
         if slot
@@ -496,6 +544,37 @@ impl Session {
             self.made_progress();
         }
         outcome
+    }
+
+    /// Hands `bytes`, after what `buffer` holds of an incomplete packet, to
+    /// the handler — in pieces as room allows, the handler consuming whole
+    /// packets between them, so that any packet that fits the buffer is
+    /// received whole however the arrivals cut it.
+    fn receive_into(
+        self: &Arc<Self>,
+        buffer: &mut RecvBuffer,
+        mut bytes: &[u8],
+    ) -> Result<(), String> {
+        while !bytes.is_empty() {
+            let room = buffer.room();
+            if room == 0 {
+                return Err("receive buffer full: a packet larger than the buffer".into());
+            }
+            let (piece, rest) = bytes.split_at(bytes.len().min(room));
+            if !buffer.append(piece) {
+                return Err("receive buffer full: a packet larger than the buffer".into());
+            }
+            let consumed = self.handler.on_recv(self, buffer.readable())?;
+            buffer
+                .consume(consumed)
+                .map_err(|e| format!("handler error: {e}"))?;
+            if !self.is_connected() || self.is_closing() {
+                // Nothing more is handed to a session its handler ended.
+                return Ok(());
+            }
+            bytes = rest;
+        }
+        Ok(())
     }
 
     /// The multishot receive ended.
@@ -517,17 +596,7 @@ impl Session {
     /// `true` if the receive stays stopped, or was posted again because the
     /// queue drained meanwhile.
     fn multishot_ended_for_backpressure(self: &Arc<Self>) -> bool {
-        let resume = self.send.with(|queue| match queue.multishot {
-            Reading::On => None,
-            Reading::Stopping | Reading::Stopped => {
-                queue.multishot = Reading::Stopped;
-                Some(false)
-            }
-            Reading::Resuming => {
-                queue.multishot = Reading::On;
-                Some(true)
-            }
-        });
+        let resume = self.send.with(SendQueue::multishot_ended);
         let Some(Some(resume)) = resume else {
             return false;
         };
@@ -671,7 +740,7 @@ impl Session {
         }
         match batch {
             Some(batch) => self.post_send(batch),
-            None if self.is_closing() => self.shut_write(),
+            None if self.is_closing() => self.shut_write_once_flushed(),
             None => {}
         }
     }

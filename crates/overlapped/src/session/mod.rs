@@ -4,12 +4,32 @@
 //!
 //! Send buffers are [`bytes::Bytes`]: a broadcast encodes its packet once
 //! and every session's send queue holds a reference to the same bytes.
+//!
+//! ## A session's life, in order
+//! For every session, on the worker thread it belongs to:
+//! 1. [`SessionHandler::on_connected`] exactly once — if, and only if, the
+//!    session was started (a session disconnected before its start never
+//!    sees it);
+//! 2. then what it receives and what it sends, in the order they were
+//!    accepted: nothing sent to it (a broadcast, another thread's send)
+//!    reaches the peer before what `on_connected` sent;
+//! 3. then [`SessionHandler::on_disconnected`] exactly once, and nothing
+//!    after it — no hook, no frame to a [`PacketHandler`], no send.
+//!
+//! Hooks never run inside a call made on another thread (sends, closes and
+//! disconnects from elsewhere are handed to the worker). A send that
+//! returned `true` — from any thread — reaches the peer before a graceful
+//! close ([`Session::close_gracefully`], [`Service::shutdown`]) ends the
+//! stream. No order of events switches the send-queue cap off
+//! ([`ServiceConfig::max_send_queue`]). `crates/overlapped/tests/
+//! session_order.rs` holds a test for each of these.
 
 mod connection;
 pub mod framing;
 mod listener;
 mod packet;
 mod recv_buffer;
+mod send_gate;
 mod send_queue;
 mod service;
 mod timers;

@@ -13,7 +13,8 @@ pub trait PacketHandler: Send + Sync + 'static {
     }
 
     /// A whole frame arrived. An error disconnects the session, with the
-    /// error as the logged reason.
+    /// error as the logged reason. Once the handler has disconnected the
+    /// session or begun its graceful close, no later frame reaches it.
     fn on_packet(&self, session: &Arc<Session>, id: u16, payload: &[u8]) -> Result<(), String>;
 
     /// The session is gone; called exactly once.
@@ -53,6 +54,12 @@ impl<H: PacketHandler> SessionHandler for PacketSession<H> {
         {
             consumed += frame.wire_len();
             self.handler.on_packet(session, frame.id, frame.payload)?;
+            if !session.is_connected() || session.is_closing() {
+                // The handler ended the session (a kick, a logout): the
+                // frames after this one are dropped unread, as every byte
+                // received from then on is.
+                return Ok(data.len());
+            }
         }
         Ok(consumed)
     }

@@ -66,6 +66,12 @@ impl RecvBuffer {
         self.data.len() - self.write
     }
 
+    /// Bytes it can take in: the free space once the unread bytes are
+    /// moved to the front (what [`RecvBuffer::append`] does when it must).
+    pub fn room(&self) -> usize {
+        self.data.len() - (self.write - self.read)
+    }
+
     /// The buffer's size.
     pub fn capacity(&self) -> usize {
         self.data.len()

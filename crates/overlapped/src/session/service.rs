@@ -15,7 +15,7 @@ use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -168,6 +168,11 @@ pub struct ShutdownReport {
     /// Bytes the service's sends delivered to the kernel over its life:
     /// all of them reach the peers that closed cleanly.
     pub bytes_sent: u64,
+    /// The shutdown was asked for on one of the service's own worker
+    /// threads (from a hook), which cannot wait for the sessions it serves
+    /// itself: it goes on on a thread of its own, and the counts above are
+    /// 0. [`Service::wait`] waits for it; the final counts are logged.
+    pub in_background: bool,
 }
 
 pub(crate) struct ServiceCore {
@@ -184,11 +189,22 @@ pub(crate) struct ServiceCore {
     /// Bytes the sessions' sends delivered; each session holds a handle.
     bytes_sent: Arc<AtomicU64>,
     timers: Timers,
+    /// `stop` has finished: what [`Service::wait`] waits for.
+    stopped: Mutex<bool>,
+    stopped_changed: Condvar,
 }
 
 impl ServiceCore {
     fn sessions(&self) -> MutexGuard<'_, FxHashMap<u64, Arc<Session>>> {
         self.sessions.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether the current thread is one of the service's workers.
+    fn is_worker_thread(&self) -> bool {
+        let me = current_thread();
+        self.worker_threads
+            .get()
+            .is_some_and(|workers| workers.contains(&me))
     }
 
     /// The sessions open now.
@@ -451,6 +467,8 @@ impl Service {
             worker_threads: OnceLock::new(),
             bytes_sent: Arc::new(AtomicU64::new(0)),
             timers: Timers::default(),
+            stopped: Mutex::new(false),
+            stopped_changed: Condvar::new(),
         });
         if core.multishot() {
             // A confined ring takes registrations only from its worker once
@@ -517,7 +535,11 @@ impl Service {
     ) -> io::Result<Service> {
         let service = Service::start(config, factory)?;
         for _ in 0..count {
-            service.connect(addr)?;
+            if let Err(e) = service.connect(addr) {
+                // No handle reaches the caller: its threads must not outlive it.
+                service.stop();
+                return Err(e);
+            }
         }
         Ok(service)
     }
@@ -575,24 +597,81 @@ impl Service {
     /// `timeout` for the peers to close, then stops the service, dropping
     /// whatever session is left.
     pub fn shutdown(&self, timeout: Duration) -> ShutdownReport {
+        if self.core.is_worker_thread() {
+            return self.shutdown_in_background(timeout);
+        }
         let deadline = Instant::now() + timeout;
         self.stop_listening();
-        let sessions = self.sessions();
-        let total = sessions.len();
-        tracing::info!("stopped accepting; closing {total} sessions gracefully");
-        for session in &sessions {
-            session.close_gracefully();
-        }
-        drop(sessions);
-        while self.session_count() > 0 && Instant::now() < deadline {
+        let mut closing = rustc_hash::FxHashSet::default();
+        loop {
+            // Each round closes whatever joined since the last (an accept
+            // that completed as the listener stopped).
+            for session in self.sessions() {
+                if closing.insert(session.id()) {
+                    session.close_gracefully();
+                }
+            }
+            if self.session_count() == 0 || Instant::now() >= deadline {
+                break;
+            }
             thread::sleep(Duration::from_millis(10));
         }
+        tracing::info!(
+            "stopped accepting; closed {} sessions gracefully",
+            closing.len()
+        );
         let forced = self.session_count();
         self.stop();
         ShutdownReport {
-            closed: total.saturating_sub(forced),
+            closed: closing.len().saturating_sub(forced),
             forced,
             bytes_sent: self.bytes_sent(),
+            in_background: false,
+        }
+    }
+
+    /// [`Service::shutdown`] asked for on a worker thread: it goes on on a
+    /// thread of its own, so that this worker serves its sessions while
+    /// they close.
+    fn shutdown_in_background(&self, timeout: Duration) -> ShutdownReport {
+        let service = self.clone();
+        let spawned = thread::Builder::new()
+            .name("service-shutdown".into())
+            .spawn(move || {
+                let report = service.shutdown(timeout);
+                tracing::info!(
+                    "shutdown: {} sessions closed cleanly, {} dropped at the deadline",
+                    report.closed,
+                    report.forced
+                );
+            });
+        if let Err(e) = spawned {
+            tracing::error!("cannot start the shutdown's thread ({e}); stopping at once");
+            self.stop();
+        }
+        ShutdownReport {
+            closed: 0,
+            forced: 0,
+            bytes_sent: self.bytes_sent(),
+            in_background: true,
+        }
+    }
+
+    /// Waits until the service has stopped ([`Service::stop`], or the end
+    /// of a [`Service::shutdown`], from any thread). On one of the
+    /// service's own worker threads it returns at once: that worker must go
+    /// on serving for the service to stop.
+    pub fn wait(&self) {
+        if self.core.is_worker_thread() {
+            return;
+        }
+        let mut stopped = lock_ignoring_poison(&self.core.stopped);
+        while !*stopped {
+            stopped = self
+                .core
+                .stopped_changed
+                .wait(stopped)
+                .unwrap_or_else(|p| p.into_inner());
         }
     }
 
@@ -645,7 +724,15 @@ impl Service {
         for session in self.sessions() {
             session.disconnect("service stopped");
         }
+        *lock_ignoring_poison(&self.core.stopped) = true;
+        self.core.stopped_changed.notify_all();
     }
+}
+
+/// Locks `mutex` whether or not a thread panicked holding it: the flags and
+/// tables of a service are single writes a panic cannot leave half done.
+fn lock_ignoring_poison<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl fmt::Debug for Service {
