@@ -36,6 +36,12 @@ pub const WSAENOBUFS: u32 = 10055;
 pub const WSAECONNABORTED: u32 = 10053;
 /// `WSAECONNRESET`: the peer reset the connection.
 pub const WSAECONNRESET: u32 = 10054;
+/// `WSAENOTSOCK`: not a socket — or one already closed.
+pub const WSAENOTSOCK: u32 = 10038;
+/// `WSAESHUTDOWN`: that direction of the socket was shut down.
+pub const WSAESHUTDOWN: u32 = 10058;
+/// `WSAETIMEDOUT`: the connection attempt timed out.
+pub const WSAETIMEDOUT: u32 = 10060;
 /// `WSAENOTCONN`: the socket is not connected.
 pub const WSAENOTCONN: u32 = 10057;
 /// `WSAECONNREFUSED`: nobody listens at the address.
@@ -68,44 +74,94 @@ pub trait ErrorExt {
     /// The Winsock code for this error, when there is a counterpart:
     /// 995 for an aborted operation, 10054 for a reset, and so on.
     fn winsock_code(&self) -> Option<u32>;
+
+    /// What the failed operation transferred all the same, where Windows
+    /// fills it in beside the error: the bytes and sender of a datagram
+    /// too large for the buffers (`WSAEMSGSIZE`), the bytes a send took
+    /// before it failed.
+    fn transfer(&self) -> Option<crate::Transfer>;
 }
 
 impl ErrorExt for io::Error {
+    fn transfer(&self) -> Option<crate::Transfer> {
+        let failed = self.get_ref()?.downcast_ref::<FailedTransfer>()?;
+        Some(failed.transfer)
+    }
+
     fn winsock_code(&self) -> Option<u32> {
         if let Some(code) = self.get_ref().and_then(|e| e.downcast_ref::<WinsockCode>()) {
             return Some(code.code);
+        }
+        if let Some(failed) = self
+            .get_ref()
+            .and_then(|e| e.downcast_ref::<FailedTransfer>())
+        {
+            return winsock_code_of_errno(failed.errno);
         }
         self.raw_os_error().and_then(winsock_code_of_errno)
     }
 }
 
+/// An operation's error with what it transferred all the same (see
+/// [`ErrorExt::transfer`]), carried inside `io::Error`.
+#[derive(Debug)]
+pub struct FailedTransfer {
+    errno: i32,
+    transfer: crate::Transfer,
+}
+
+impl FailedTransfer {
+    /// The errno the operation failed with.
+    pub fn errno(&self) -> i32 {
+        self.errno
+    }
+}
+
+impl fmt::Display for FailedTransfer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let cause = io::Error::from_raw_os_error(self.errno);
+        write!(f, "{cause} after {} bytes", self.transfer.bytes)
+    }
+}
+
+impl std::error::Error for FailedTransfer {}
+
 /// Maps a Linux errno to the Winsock code a Windows program would see.
 pub fn winsock_code_of_errno(errno: i32) -> Option<u32> {
     let code = match errno {
         libc::ECANCELED => WSA_OPERATION_ABORTED,
-        libc::EBADF | libc::ENOTSOCK => 10038,
+        libc::EBADF | libc::ENOTSOCK => WSAENOTSOCK,
         libc::EINTR => 10004,
         libc::EACCES => 10013,
         libc::EFAULT => 10014,
         libc::EINVAL => 10022,
         libc::EMFILE | libc::ENFILE => 10024,
         libc::EAGAIN => 10035,
-        libc::EINPROGRESS => 10036,
+        // A non-blocking connect under way: WSAEWOULDBLOCK on Windows
+        // (its 10036, WSAEINPROGRESS, means a blocking call is running).
+        libc::EINPROGRESS => 10035,
         libc::EALREADY => 10037,
         libc::EDESTADDRREQ => 10039,
         libc::EMSGSIZE => WSAEMSGSIZE,
+        libc::EPROTOTYPE => 10041,
+        libc::ENOPROTOOPT => 10042,
+        libc::EPROTONOSUPPORT => 10043,
+        libc::EOPNOTSUPP => 10045,
+        libc::EAFNOSUPPORT => 10047,
         libc::EADDRINUSE => 10048,
         libc::EADDRNOTAVAIL => 10049,
         libc::ENETDOWN => 10050,
         libc::ENETUNREACH => 10051,
+        libc::ENETRESET => 10052,
         libc::ECONNABORTED | libc::EPIPE => WSAECONNABORTED,
         libc::ECONNRESET => WSAECONNRESET,
         libc::ENOBUFS | libc::ENOMEM => WSAENOBUFS,
         libc::EISCONN => 10056,
         libc::ENOTCONN => WSAENOTCONN,
-        libc::ESHUTDOWN => 10058,
-        libc::ETIMEDOUT => 10060,
+        libc::ESHUTDOWN => WSAESHUTDOWN,
+        libc::ETIMEDOUT => WSAETIMEDOUT,
         libc::ECONNREFUSED => WSAECONNREFUSED,
+        libc::EHOSTDOWN => 10064,
         libc::EHOSTUNREACH => 10065,
         _ => return None,
     };
@@ -166,6 +222,22 @@ pub(crate) fn not_found() -> io::Error {
         ERROR_NOT_FOUND,
         "no pending operation to cancel",
     )
+}
+
+/// 10038: the socket was closed (`closesocket` was called on it).
+pub(crate) fn closed_socket() -> io::Error {
+    with_code(
+        io::ErrorKind::NotConnected,
+        WSAENOTSOCK,
+        "the socket was closed",
+    )
+}
+
+/// The error of an operation that failed with `errno` after transferring
+/// what `transfer` says: reachable through [`ErrorExt::transfer`].
+pub(crate) fn with_transfer(errno: i32, transfer: crate::Transfer) -> io::Error {
+    let kind = io::Error::from_raw_os_error(errno).kind();
+    io::Error::new(kind, FailedTransfer { errno, transfer })
 }
 
 /// Turns an errno reported by the kernel for an operation into an error,

@@ -131,8 +131,16 @@ pub fn wait_for_multiple_events(
     };
     let deadline = timeout.map(|t| Instant::now() + t);
     loop {
-        if alertable && routine::run_queued() {
-            return Ok(WaitResult::IoCompletion);
+        // The objects first, as Windows checks them: an event already
+        // signaled is returned, and queued routines wait for the next
+        // alertable wait.
+        if alertable {
+            if let Some(seen) = signaled_now(&fds, wait_all)? {
+                return Ok(seen);
+            }
+            if routine::run_queued() {
+                return Ok(WaitResult::IoCompletion);
+            }
         }
         let seen = if wait_all {
             wait_all_signaled(&fds, routines, deadline)?
@@ -144,6 +152,16 @@ pub fn wait_for_multiple_events(
         }
         // `None`: routines were queued; the loop runs them.
     }
+}
+
+/// Whether the wait is satisfied right now, without waiting.
+fn signaled_now(fds: &[RawFd], wait_all: bool) -> io::Result<Option<WaitResult>> {
+    let ready = sys::poll_readable(fds, Some(Duration::ZERO))?;
+    Ok(match wait_all {
+        true if ready.iter().all(|&r| r) => Some(WaitResult::Signaled(0)),
+        false => ready.iter().position(|&r| r).map(WaitResult::Signaled),
+        true => None,
+    })
 }
 
 fn remaining(deadline: Option<Instant>) -> Option<Duration> {

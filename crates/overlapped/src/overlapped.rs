@@ -40,10 +40,38 @@ pub struct Overlapped<B = Vec<u8>> {
 pub struct Transfer {
     /// Bytes received or sent.
     pub bytes: usize,
-    /// Receive flags as `recvmsg` reports them in `msg_flags` (Linux values).
+    /// Receive flags as `recvmsg` reports them in `msg_flags` (Linux
+    /// values; [`Transfer::winsock_flags`] gives Winsock's).
     pub flags: u32,
     /// The sender of a datagram, for [`crate::UdpSocket::recv_from`].
     pub source: Option<SocketAddr>,
+}
+
+/// Winsock's `MSG_TRUNC`: the datagram was longer than the buffers.
+pub const MSG_TRUNC: u32 = 0x0100;
+/// Winsock's `MSG_CTRUNC`: the control data was longer than its buffer.
+pub const MSG_CTRUNC: u32 = 0x0200;
+/// Winsock's `MSG_OOB`: out-of-band data.
+pub const MSG_OOB: u32 = 0x0001;
+
+impl Transfer {
+    /// Whether a datagram was longer than the buffers (and cut short).
+    pub fn is_truncated(&self) -> bool {
+        self.flags & libc::MSG_TRUNC as u32 != 0
+    }
+
+    /// [`Transfer::flags`] in Winsock's values (`lpFlags`): [`MSG_TRUNC`],
+    /// [`MSG_CTRUNC`], [`MSG_OOB`]; Linux-only flags are left out.
+    pub fn winsock_flags(&self) -> u32 {
+        [
+            (libc::MSG_TRUNC, MSG_TRUNC),
+            (libc::MSG_CTRUNC, MSG_CTRUNC),
+            (libc::MSG_OOB, MSG_OOB),
+        ]
+        .into_iter()
+        .filter(|&(linux, _)| self.flags & linux as u32 != 0)
+        .fold(0, |flags, (_, winsock)| flags | winsock)
+    }
 }
 
 impl From<Outcome> for Transfer {

@@ -94,28 +94,34 @@ pub(crate) fn unregister(id: u64) {
     THREAD.with(|thread| thread.routines.borrow_mut().remove(&id));
 }
 
-/// Runs every routine queued on this thread when called; returns whether any
-/// ran. Routines queued while these run (for example by an operation a
-/// routine started that completed at once) wait for the next alertable wait.
-/// A routine that panics is logged and the others still run: the panic
-/// costs that one operation's report, not the thread's other routines.
+/// Runs the routines queued on this thread until none is left — those
+/// queued while they run too (a routine that starts an operation which
+/// completes at once), as Windows delivers APCs until the queue is empty;
+/// returns whether any ran. A routine that panics is logged and the others
+/// still run: the panic costs that one operation's report, not the
+/// thread's other routines.
 pub(crate) fn run_queued() -> bool {
     let Ok(queue) = current_queue() else {
         return false;
     };
-    // Reset before taking, so a push after the take leaves the event set.
-    let _ = queue.wake.reset();
-    let ready = std::mem::take(&mut *queue.ready.lock().unwrap_or_else(|p| p.into_inner()));
-    let ran = !ready.is_empty();
-    for (id, outcome, parts) in ready {
-        // Take the routine out before calling it: it may start operations
-        // that register routines of their own.
-        let routine = THREAD.with(|thread| thread.routines.borrow_mut().remove(&id));
-        if let Some(routine) = routine {
-            let _ = crate::boundary::catch("a completion routine", || routine(outcome, parts));
+    let mut ran = false;
+    loop {
+        // Reset before taking, so a push after the take leaves the event set.
+        let _ = queue.wake.reset();
+        let ready = std::mem::take(&mut *queue.ready.lock().unwrap_or_else(|p| p.into_inner()));
+        if ready.is_empty() {
+            return ran;
+        }
+        ran = true;
+        for (id, outcome, parts) in ready {
+            // Take the routine out before calling it: it may start
+            // operations that register routines of their own.
+            let routine = THREAD.with(|thread| thread.routines.borrow_mut().remove(&id));
+            if let Some(routine) = routine {
+                let _ = crate::boundary::catch("a completion routine", || routine(outcome, parts));
+            }
         }
     }
-    ran
 }
 
 /// `SleepEx`: sleeps for `timeout` ([`crate::INFINITE`] = forever). When

@@ -32,7 +32,7 @@ fn a_port_receive_started_while_another_thread_closes_the_stream_always_ends() {
             s.spawn(|| {
                 both.wait();
                 stagger(round);
-                stream.close();
+                let _ = stream.close();
             });
             both.wait();
             stream.recv(vec![vec![0u8; 16]], round)
@@ -80,7 +80,7 @@ fn closing_a_port_stream_ends_the_connection_while_the_stream_is_held() {
     let (ours, mut peer) = pair();
     let stream = port.associate(ours, 1);
     stream.recv(vec![vec![0u8; 16]], ()).unwrap();
-    stream.close();
+    stream.close().unwrap();
     assert_eq!(peer.read(&mut [0; 16]).unwrap(), 0);
     drop(stream);
 }

@@ -307,7 +307,7 @@ fn closing_a_stream_ends_its_multishot_receive_with_aborted() {
     let port = port();
     let stream = port.associate(ours, 4);
     stream.recv_multishot(Record::Recv).unwrap();
-    stream.close();
+    stream.close().unwrap();
     let last = port.get_queued_completion_status(SOON).unwrap().unwrap();
     assert_eq!(last.record, Some(Record::Recv));
     assert_eq!(

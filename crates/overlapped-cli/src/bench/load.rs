@@ -75,7 +75,7 @@ impl Conn {
         if self.alive {
             self.alive = false;
             tally.errors += 1;
-            self.stream.close();
+            let _ = self.stream.close();
         }
     }
 

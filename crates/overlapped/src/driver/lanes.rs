@@ -105,6 +105,8 @@ pub(crate) struct Closed<T> {
     /// Whether any operation held a lane or was counted: the caller
     /// cancels whatever the kernel has for the socket.
     pub(crate) in_kernel: bool,
+    /// Whether it was closing already (a second `closesocket`).
+    pub(crate) again: bool,
 }
 
 /// The operations waiting in the lanes.
@@ -262,13 +264,32 @@ impl<T: Clone> Lanes<T> {
         before != waiting.len()
     }
 
+    /// `CancelIoEx` with no `OVERLAPPED`: empties both queues, leaving the
+    /// socket open. What waited comes back, and `in_kernel` says whether
+    /// anything holds a lane or is counted.
+    pub(crate) fn take_waiting(&self) -> Closed<T> {
+        let state = self.state.load(Ordering::Acquire);
+        let in_kernel = state & LaneBits::both_busy() != 0 || state >= UNORDERED;
+        let queues = &mut *self.queues();
+        let waiting = queues.recv.drain(..).chain(queues.send.drain(..)).collect();
+        Closed {
+            waiting,
+            in_kernel,
+            again: state & CLOSING != 0,
+        }
+    }
+
     /// `closesocket`: marks the socket closing and empties both queues.
     pub(crate) fn close(&self) -> Closed<T> {
         let before = self.state.fetch_or(CLOSING, Ordering::AcqRel);
         let in_kernel = before & LaneBits::both_busy() != 0 || before >= UNORDERED;
         let queues = &mut *self.queues();
         let waiting = queues.recv.drain(..).chain(queues.send.drain(..)).collect();
-        Closed { waiting, in_kernel }
+        Closed {
+            waiting,
+            in_kernel,
+            again: before & CLOSING != 0,
+        }
     }
 }
 

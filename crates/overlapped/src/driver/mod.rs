@@ -70,9 +70,7 @@ pub(crate) fn start(op: &Arc<Op>) -> io::Result<Option<Outcome>> {
         return Err(error::invalid_parameter("not a socket operation"));
     };
     op.reset_notification()?;
-    if socket.is_closing() {
-        return Err(error::aborted());
-    }
+    refuse_on(socket, &op.kind)?;
     let ring = socket.ring();
     if ring.is_retired() {
         return Err(error::invalid_handle(
@@ -88,7 +86,7 @@ pub(crate) fn start(op: &Arc<Op>) -> io::Result<Option<Outcome>> {
     match socket.enter_lane(direction, op) {
         Admission::Go => {}
         Admission::Queued => return Ok(None),
-        Admission::Closing => return Err(error::aborted()),
+        Admission::Closing => return Err(error::closed_socket()),
     }
     let Some(mut claim) = op.claim() else {
         leave_lane(socket, direction);
@@ -101,14 +99,27 @@ pub(crate) fn start(op: &Arc<Op>) -> io::Result<Option<Outcome>> {
     if !ring.is_batching() {
         match try_now(&mut claim, &op.kind, &socket.sock) {
             Ok(None) => {}
-            Ok(Some(outcome)) => {
+            Ok(Some(outcome)) if outcome.error.is_none() => {
                 op.finish_claimed(claim, |_| outcome);
                 leave_lane(socket, direction);
                 return Ok(Some(outcome));
             }
+            Ok(Some(failed)) => {
+                // It failed at once (a datagram too large for the buffers):
+                // as on Windows, the call fails and nothing is reported
+                // later; the error keeps what it received, the buffers
+                // (given back with it) hold it.
+                drop(claim);
+                leave_lane(socket, direction);
+                let errno = failed.error.unwrap_or(libc::EIO);
+                return Err(error::with_transfer(errno, failed.into()));
+            }
             Err(e) => {
                 drop(claim);
                 leave_lane(socket, direction);
+                if e.raw_os_error() == Some(libc::ECONNRESET) {
+                    socket.note_reset();
+                }
                 return Err(e);
             }
         }
@@ -161,6 +172,26 @@ fn cancel_if_closed_meanwhile(socket: &Socket, op: &Arc<Op>) {
     }
 }
 
+/// Refuses to start an operation the socket can no longer carry out, with
+/// the error Windows gives: 10038 once it is closed, 10054 for good once
+/// the peer reset it, 10058 in a direction the program shut down.
+fn refuse_on(socket: &Socket, kind: &OpKind) -> io::Result<()> {
+    if socket.is_closing() {
+        return Err(error::closed_socket());
+    }
+    let direction = match kind {
+        OpKind::RecvMulti => Some(Direction::Recv),
+        kind => kind.direction(),
+    };
+    if direction.is_some() && socket.was_reset() {
+        return Err(io::Error::from_raw_os_error(libc::ECONNRESET));
+    }
+    if direction.is_some_and(|d| socket.is_shut(d)) {
+        return Err(io::Error::from_raw_os_error(libc::ESHUTDOWN));
+    }
+    Ok(())
+}
+
 /// Starts an operation that takes no lane: several may be in the kernel.
 fn start_unordered(op: &Arc<Op>, socket: &Socket) -> io::Result<Option<Outcome>> {
     let Some(claim) = op.claim() else {
@@ -169,7 +200,7 @@ fn start_unordered(op: &Arc<Op>, socket: &Socket) -> io::Result<Option<Outcome>>
         ));
     };
     if !socket.enter_unordered() {
-        return Err(error::aborted());
+        return Err(error::closed_socket());
     }
     if let OpKind::RecvMulti = op.kind {
         socket.set_multishot(op);
@@ -283,6 +314,7 @@ fn recv_outcome(kind: &OpKind, parts: &op::IoParts, n: usize) -> Outcome {
 /// as every operation pending at `closesocket` does on Windows — even
 /// one the close's own shutdown ended first.
 pub(crate) fn complete(op: Arc<Op>, result: i32) {
+    let result = remembering_a_reset(&op, result);
     let closed = op.kind.is_io() && op.socket.as_ref().is_some_and(|s| s.is_closing());
     if closed && matches!(op.kind, OpKind::Accept) && result >= 0 {
         // SAFETY: a successful accept's result is a new descriptor that
@@ -303,6 +335,28 @@ pub(crate) fn complete(op: Arc<Op>, result: i32) {
         leave_lane(socket, direction);
     } else if op.kind.is_unordered() {
         socket.leave_unordered();
+    }
+}
+
+/// A reset is reported to every later call, as on Windows ("the socket is
+/// no longer usable"), where the kernel reports it once: the receive after
+/// it reads the end of the stream, the send after it `EPIPE`.
+fn remembering_a_reset(op: &Op, result: i32) -> i32 {
+    let Some(socket) = op.socket.as_ref().filter(|_| op.kind.direction().is_some()) else {
+        return result;
+    };
+    if result == -libc::ECONNRESET {
+        socket.note_reset();
+        return result;
+    }
+    let after_reset = match op.kind.direction() {
+        Some(Direction::Recv) => result == 0,
+        _ => result == -libc::EPIPE,
+    };
+    if after_reset && socket.was_reset() {
+        -libc::ECONNRESET
+    } else {
+        result
     }
 }
 
@@ -481,19 +535,34 @@ pub(crate) fn cancel_multishot(socket: &Socket) -> io::Result<()> {
 /// them. The descriptor itself closes when the last of them has
 /// completed; until then its number stays taken, but the connection is
 /// gone.
-pub(crate) fn close(socket: &Arc<Socket>) {
-    let lanes::Closed { waiting, in_kernel } = socket.close();
+///
+/// `false` if the socket was closed already (Windows: `WSAENOTSOCK`).
+pub(crate) fn close(socket: &Arc<Socket>) -> bool {
+    let lanes::Closed {
+        waiting,
+        in_kernel,
+        again,
+    } = socket.close();
+    if again {
+        return false;
+    }
     end_connection(&socket.sock);
-    let ring = socket.ring().clone();
     for op in waiting {
         op.finish_idle(Outcome::aborted());
     }
     if !in_kernel {
-        return;
+        return true;
     }
+    cancel_everything_in_the_kernel(socket);
+    true
+}
+
+/// Asks every ring that may hold requests of `socket` to cancel them all
+/// (`ASYNC_CANCEL` by descriptor).
+fn cancel_everything_in_the_kernel(socket: &Arc<Socket>) {
     // Operations started before the socket joined a port are still in the
     // process-wide ring: cancel there too.
-    let mut rings = vec![ring];
+    let mut rings = vec![socket.ring().clone()];
     if let Ok(global) = backend() {
         if !Arc::ptr_eq(global, &rings[0]) {
             rings.push(global.clone());
@@ -507,9 +576,28 @@ pub(crate) fn close(socket: &Arc<Socket>) {
             None,
         );
         if let Err(e) = submit_request(&ring, &request) {
-            tracing::error!("cannot cancel the operations of a closed socket: {e}");
+            tracing::error!("cannot cancel the operations of a socket: {e}");
         }
     }
+}
+
+/// `CancelIoEx(s, NULL)`: every operation pending on the socket — waiting
+/// in its lanes, or in the kernel — completes with "aborted"; the socket
+/// stays open. "Not found" (1168) when none is pending.
+pub(crate) fn cancel_all(socket: &Arc<Socket>) -> io::Result<()> {
+    let lanes::Closed {
+        waiting, in_kernel, ..
+    } = socket.take_waiting();
+    if waiting.is_empty() && !in_kernel {
+        return Err(error::not_found());
+    }
+    for op in waiting {
+        op.finish_idle(Outcome::aborted());
+    }
+    if in_kernel {
+        cancel_everything_in_the_kernel(socket);
+    }
+    Ok(())
 }
 
 /// Ends the connection of a socket being closed, without closing its

@@ -3,6 +3,7 @@
 //! lanes (one ordered lane per direction, see [`super::lanes`]).
 
 use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 
 use super::lanes::{Admission, Closed, Direction, Lanes, Next};
@@ -21,7 +22,17 @@ pub struct Socket {
     /// The multishot receive last started, so that it can be cancelled
     /// (weak: the op holds the socket, not the other way round).
     multishot: Mutex<Weak<Op>>,
+    /// What happened to the connection that every later call reports, as
+    /// Windows does: `RESET`, `SHUT_READ`, `SHUT_WRITE`.
+    conditions: AtomicU8,
 }
+
+/// The peer reset the connection: every later call fails with 10054.
+const RESET: u8 = 1;
+/// The program shut the receiving side down: later receives fail with 10058.
+const SHUT_READ: u8 = 2;
+/// The program shut the sending side down: later sends fail with 10058.
+const SHUT_WRITE: u8 = 4;
 
 impl Socket {
     pub(crate) fn new(sock: socket2::Socket, ring: Arc<Ring>) -> Arc<Socket> {
@@ -31,6 +42,7 @@ impl Socket {
             moved: OnceLock::new(),
             lanes: Lanes::new(),
             multishot: Mutex::new(Weak::new()),
+            conditions: AtomicU8::new(0),
         })
     }
 
@@ -60,6 +72,35 @@ impl Socket {
             (true, Some(ring)) => ring,
             _ => &self.home,
         }
+    }
+
+    /// Notes that the peer reset the connection.
+    pub(crate) fn note_reset(&self) {
+        self.conditions.fetch_or(RESET, Ordering::Release);
+    }
+
+    /// Whether the peer reset the connection.
+    pub(crate) fn was_reset(&self) -> bool {
+        self.conditions.load(Ordering::Acquire) & RESET != 0
+    }
+
+    /// Notes that the program shut down one or both directions.
+    pub(crate) fn note_shutdown(&self, how: std::net::Shutdown) {
+        let shut = match how {
+            std::net::Shutdown::Read => SHUT_READ,
+            std::net::Shutdown::Write => SHUT_WRITE,
+            std::net::Shutdown::Both => SHUT_READ | SHUT_WRITE,
+        };
+        self.conditions.fetch_or(shut, Ordering::Release);
+    }
+
+    /// Whether the program shut down the direction `direction` moves data.
+    pub(crate) fn is_shut(&self, direction: Direction) -> bool {
+        let shut = match direction {
+            Direction::Recv => SHUT_READ,
+            Direction::Send => SHUT_WRITE,
+        };
+        self.conditions.load(Ordering::Acquire) & shut != 0
     }
 
     /// Whether `closesocket` was called.
@@ -116,6 +157,12 @@ impl Socket {
     /// did. An operation not found there is in the kernel or done.
     pub(crate) fn unqueue(&self, direction: Direction, target: &Arc<Op>) -> bool {
         self.lanes.unqueue(direction, |op| Arc::ptr_eq(op, target))
+    }
+
+    /// `CancelIoEx` with no `OVERLAPPED` on the lanes: see
+    /// [`Lanes::take_waiting`].
+    pub(crate) fn take_waiting(&self) -> Closed<Arc<Op>> {
+        self.lanes.take_waiting()
     }
 
     /// `closesocket` on the lanes: see [`Lanes::close`].

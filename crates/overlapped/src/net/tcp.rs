@@ -97,7 +97,12 @@ impl TcpStream {
             Type::STREAM,
             Some(Protocol::TCP),
         )?;
-        sock.connect_timeout(&(*addr).into(), timeout)?;
+        sock.connect_timeout(&(*addr).into(), timeout)
+            .map_err(|e| match (e.kind(), e.raw_os_error()) {
+                // Expiry carries no errno; Windows reports WSAETIMEDOUT.
+                (io::ErrorKind::TimedOut, None) => io::Error::from_raw_os_error(libc::ETIMEDOUT),
+                _ => e,
+            })?;
         TcpStream::from_socket(sock)
     }
 
@@ -216,10 +221,24 @@ impl TcpStream {
         cancel(&self.socket, overlapped)
     }
 
+    /// Cancels every operation pending on this socket, whatever notifies
+    /// it — event, completion routine or completion port
+    /// (`CancelIoEx(s, NULL)`); the socket stays open. Each completes with
+    /// `WSA_OPERATION_ABORTED` (995); `ERROR_NOT_FOUND` (1168) when none
+    /// was pending.
+    pub fn cancel_all(&self) -> io::Result<()> {
+        driver::cancel_all(&self.socket)
+    }
+
     /// Shuts down one or both directions (`shutdown`); `Shutdown::Write`
     /// sends FIN after the data already queued.
+    ///
+    /// As on Windows, a later send after `Shutdown::Write` (or a receive
+    /// after `Shutdown::Read`) fails at once with `WSAESHUTDOWN` (10058).
     pub fn shutdown(&self, how: Shutdown) -> io::Result<()> {
-        self.socket.sock.shutdown(how)
+        self.socket.sock.shutdown(how)?;
+        self.socket.note_shutdown(how);
+        Ok(())
     }
 
     /// Closes the socket (`closesocket`); the same as dropping it.

@@ -71,6 +71,12 @@ impl UdpSocket {
         cancel(&self.socket, overlapped)
     }
 
+    /// Cancels every operation pending on this socket
+    /// (`CancelIoEx(s, NULL)`); see [`crate::TcpStream::cancel_all`].
+    pub fn cancel_all(&self) -> io::Result<()> {
+        crate::driver::cancel_all(&self.socket)
+    }
+
     /// Closes the socket (`closesocket`); the same as dropping it.
     pub fn close(self) {}
 

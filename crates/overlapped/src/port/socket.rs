@@ -113,6 +113,15 @@ impl<T: Send + 'static> PortStream<T> {
         driver::cancel_multishot(self.socket())
     }
 
+    /// Cancels every operation pending on this stream (`CancelIoEx(s,
+    /// NULL)`), the multishot receive included; the stream stays open. Each
+    /// reports 995 through the port; `ERROR_NOT_FOUND` (1168) when none was
+    /// pending. (A single operation cannot be named: its record moved into
+    /// it, and the port hands out no `OVERLAPPED` address.)
+    pub fn cancel_all(&self) -> io::Result<()> {
+        driver::cancel_all(self.socket())
+    }
+
     /// Starts a graceful disconnect (`DisconnectEx`): queued data is sent,
     /// then FIN; a pending receive completes with 0 bytes.
     pub fn disconnect(&self, record: T) -> Result<Started, (io::Error, T)> {
@@ -161,14 +170,19 @@ impl<T: Send + 'static> PortStream<T> {
         }
     }
 
-    /// Closes the socket now (`closesocket`), keeping the handle: nothing
-    /// more starts, and operations in flight complete with 995. Safe to call
-    /// more than once.
-    pub fn close(&self) {
-        driver::close(self.socket());
+    /// Closes the socket now (`closesocket`), keeping the handle: the
+    /// connection ends at once, nothing more starts (a start fails with
+    /// `WSAENOTSOCK`, 10038), and operations in flight complete with 995.
+    /// A second call fails with `WSAENOTSOCK`, as on Windows.
+    pub fn close(&self) -> io::Result<()> {
+        match driver::close(self.socket()) {
+            true => Ok(()),
+            false => Err(crate::error::closed_socket()),
+        }
     }
 
-    /// Shuts down one or both directions at once (`shutdown`).
+    /// Shuts down one or both directions at once (`shutdown`); later
+    /// operations in a direction shut down fail with `WSAESHUTDOWN` (10058).
     pub fn shutdown(&self, how: Shutdown) -> io::Result<()> {
         self.stream.shutdown(how)
     }

@@ -325,7 +325,7 @@ impl Session {
         if self.disconnected.swap(true, Ordering::AcqRel) {
             return;
         }
-        self.stream.close();
+        let _ = self.stream.close();
         if let Some(service) = self.service.upgrade() {
             service.forget(self.id);
         }

@@ -79,8 +79,14 @@ impl Outcome {
         Outcome::failed(libc::ECANCELED)
     }
 
+    /// The outcome as a result; an error keeps what the operation
+    /// transferred all the same (bytes, a datagram's sender), as Windows
+    /// fills them in beside the error.
     pub(crate) fn into_result(self) -> io::Result<Outcome> {
         match self.error {
+            Some(errno) if self.bytes > 0 || self.source.is_some() => {
+                Err(error::with_transfer(errno, self.into()))
+            }
             Some(errno) => Err(error::from_errno(errno)),
             None => Ok(self),
         }
