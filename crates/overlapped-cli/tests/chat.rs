@@ -117,3 +117,18 @@ fn every_join_gets_its_welcome_before_any_chat_while_two_clients_chat_on_two_wor
         "joins that got a chat before their welcome, of 300"
     );
 }
+
+#[test]
+fn a_client_that_chats_then_half_closes_gets_its_own_line_back() {
+    let server = chat_server();
+    for round in 0..20 {
+        let (mut client, id) = join(&server);
+        client.write_all(&frame(C_CHAT, b"last words")).unwrap();
+        client.shutdown(std::net::Shutdown::Write).unwrap();
+        let (kind, payload) = common::chat::read_frame(&mut client);
+        assert_eq!(kind, common::chat::S_CHAT, "round {round}");
+        assert_eq!(payload[..8], id.to_le_bytes(), "round {round}");
+        assert_eq!(&payload[8..], b"last words", "round {round}");
+        assert!(is_dropped(&mut client), "round {round}: then the end of the stream");
+    }
+}

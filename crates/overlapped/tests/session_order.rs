@@ -447,3 +447,48 @@ both_receive_modes!(no_frame_after_kick: no_frame_reaches_on_packet_after_on_dis
 both_receive_modes!(shutdown_from_a_hook: shutdown_called_from_a_hook_closes_every_session_without_stalling_its_worker, shutdown_called_from_a_hook_closes_every_session_without_stalling_its_worker_single_recv);
 
 both_receive_modes!(large_hello_keeps_the_cap: a_hello_over_half_the_send_cap_leaves_the_cap_enforced, a_hello_over_half_the_send_cap_leaves_the_cap_enforced_single_recv);
+
+/// Echoes what it receives.
+struct Echo;
+
+impl SessionHandler for Echo {
+    fn on_recv(&self, session: &Arc<Session>, data: &[u8]) -> Result<usize, String> {
+        session.send_copy(data);
+        Ok(data.len())
+    }
+}
+
+fn half_close_keeps_every_reply(multishot: bool) {
+    let service = Service::server(
+        "127.0.0.1:0",
+        one_worker(multishot),
+        Arc::new(|| Arc::new(Echo)),
+    )
+    .unwrap();
+    for round in 0..5 {
+        let mut client = common::connect_to(&service);
+        let data: Vec<u8> = (0..1 << 20).map(|i| (i % 253) as u8).collect();
+        let mut writer = client.try_clone().unwrap();
+        let sending = thread::spawn(move || {
+            writer.write_all(&data).unwrap();
+            // No more input; the client still reads its echo.
+            writer.shutdown(std::net::Shutdown::Write).unwrap();
+            data
+        });
+        let mut echoed = Vec::new();
+        client.read_to_end(&mut echoed).unwrap();
+        let data = sending.join().unwrap();
+        assert_eq!(
+            echoed.len(),
+            data.len(),
+            "round {round}: the echo was cut short"
+        );
+        assert!(echoed == data, "round {round}: the echo differs");
+    }
+    service.stop();
+}
+
+both_receive_modes!(
+    half_close_keeps_every_reply: a_client_that_half_closes_gets_every_reply_queued_for_it,
+    a_client_that_half_closes_gets_every_reply_queued_for_it_single_recv
+);

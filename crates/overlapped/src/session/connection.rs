@@ -5,7 +5,7 @@ use std::fmt;
 use std::io;
 use std::mem;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Weak};
 
 use bytes::Bytes;
@@ -118,7 +118,17 @@ pub struct Session {
     gate: SendGate,
     /// The write side was shut down.
     write_shut: AtomicBool,
+    /// The peer ended its sending side (`NO_EOF`, `EOF_FIRST`: before any
+    /// graceful close of ours, `EOF_AFTER_CLOSE`: during one).
+    end_of_stream: AtomicU8,
 }
+
+/// The peer has not ended its sending side.
+const NO_EOF: u8 = 0;
+/// The peer ended its sending side first (a half-close, or a close).
+const EOF_FIRST: u8 = 1;
+/// The peer ended its sending side during our graceful close.
+const EOF_AFTER_CLOSE: u8 = 2;
 
 /// The limits a session enforces, from its service's configuration.
 pub(crate) struct SessionLimits {
@@ -169,6 +179,7 @@ impl Session {
             last_progress: AtomicU64::new(now_millis()),
             gate: SendGate::new(),
             write_shut: AtomicBool::new(false),
+            end_of_stream: AtomicU8::new(NO_EOF),
         })
     }
 
@@ -391,8 +402,31 @@ impl Session {
             return;
         }
         if let Err(e) = self.stream.shutdown(std::net::Shutdown::Write) {
-            self.disconnect(&format!("cannot shut the connection down: {e}"));
+            return self.disconnect(&format!("cannot shut the connection down: {e}"));
         }
+        if self.end_of_stream.load(Ordering::Acquire) != NO_EOF {
+            // Both sides are done: what was owed went out before the FIN.
+            self.disconnect(self.closed_reason());
+        }
+    }
+
+    /// The peer ended its sending side: nothing more arrives. What is
+    /// queued for it is still owed — a peer that half-closes reads on — so
+    /// it is sent, then the write side shuts and the session ends (as a
+    /// graceful close does); during our own graceful close, the same ends
+    /// that close.
+    fn on_end_of_stream(self: &Arc<Self>) {
+        let end = if self.is_closing() {
+            EOF_AFTER_CLOSE
+        } else {
+            EOF_FIRST
+        };
+        self.end_of_stream.store(end, Ordering::Release);
+        if self.write_shut.load(Ordering::Acquire) {
+            return self.disconnect(self.closed_reason());
+        }
+        self.gate.begin_drain();
+        self.shut_write_once_flushed();
     }
 
     /// Milliseconds (service clock) since the session last had no
@@ -408,10 +442,10 @@ impl Session {
 
     /// The reason for an end of stream.
     fn closed_reason(&self) -> &'static str {
-        if self.is_closing() {
-            "closed by server shutdown"
-        } else {
-            "closed by peer"
+        match self.end_of_stream.load(Ordering::Acquire) {
+            EOF_FIRST => "closed by peer",
+            _ if self.is_closing() => "closed by server shutdown",
+            _ => "closed by peer",
         }
     }
 
@@ -585,7 +619,7 @@ impl Session {
             return;
         }
         match result {
-            Ok(_) => self.disconnect(self.closed_reason()),
+            Ok(_) => self.on_end_of_stream(),
             // The pool ran dry or the kernel stopped it: start it again.
             Err(e) if e.winsock_code() == Some(WSAENOBUFS) => self.post_multishot(),
             Err(e) => self.disconnect(&format!("receive failed: {e}")),
@@ -647,7 +681,7 @@ impl Session {
             self.recv.with(|slot| slot.carrier = carrier);
         }
         if received == 0 {
-            return self.disconnect(self.closed_reason());
+            return self.on_end_of_stream();
         }
         if !self.is_connected() {
             return;
