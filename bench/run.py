@@ -34,7 +34,7 @@ ECHO_SERVERS = {
 # run where CPU per message is compared, to show how much of it is the kernel's.
 FLOOR = {"uring-floor": ["uring-floor", "{addr}"]}
 CHAT_SERVERS = {
-    "overlapped": ["overlapped", "server", "--addr", "{addr}", "--model", "port", "--mode", "chat", "--threads", "1"],
+    "overlapped": ["overlapped", "server", "--addr", "{addr}", "--model", "port", "--mode", "chat", "--threads", "1", "--max-chat-rate", "0"],
     "tokio": ["tokio-chat", "{addr}"],
 }
 

@@ -74,7 +74,7 @@ fn every_join_gets_its_welcome_before_any_chat_while_two_clients_chat_on_two_wor
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
 
-    let server = room(&["--threads", "2"]);
+    let server = room(&["--threads", "2", "--max-chat-rate", "0"]);
     let chatting = Arc::new(AtomicBool::new(true));
     // Two clients chat as fast as they can, so that broadcasts are under
     // way on both workers while others join.
@@ -129,6 +129,82 @@ fn a_client_that_chats_then_half_closes_gets_its_own_line_back() {
         assert_eq!(kind, common::chat::S_CHAT, "round {round}");
         assert_eq!(payload[..8], id.to_le_bytes(), "round {round}");
         assert_eq!(&payload[8..], b"last words", "round {round}");
-        assert!(is_dropped(&mut client), "round {round}: then the end of the stream");
+        assert!(
+            is_dropped(&mut client),
+            "round {round}: then the end of the stream"
+        );
     }
+}
+
+#[test]
+fn a_ping_is_answered_to_its_sender_alone_and_keeps_a_reader_past_the_idle_timeout() {
+    let server = room(&["--idle-timeout-ms", "1000"]);
+    let (mut reader, _) = join(&server);
+    let (mut other, _) = join(&server);
+    // Only reads, and pings: three idle timeouts pass.
+    for _ in 0..10 {
+        reader
+            .write_all(&frame(common::chat::C_PING, b"still here"))
+            .unwrap();
+        let (kind, payload) = common::chat::read_frame(&mut reader);
+        assert_eq!(
+            (kind, &payload[..]),
+            (common::chat::S_PONG, &b"still here"[..])
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    // The pongs went to the pinger alone; the other was dropped for idling.
+    assert!(is_dropped(&mut other));
+    other.write_all(&frame(C_CHAT, b"gone")).ok();
+    reader.write_all(&frame(C_CHAT, b"hello")).unwrap();
+    let (_, said) = common::chat::read_frame(&mut reader);
+    assert_eq!(&said[8..], b"hello");
+}
+
+#[test]
+fn a_client_chatting_past_the_rate_limit_is_dropped_and_the_room_goes_on() {
+    let server = room(&["--max-chat-rate", "10"]);
+    let (mut healthy, healthy_id) = join(&server);
+    let (mut flooder, _) = join(&server);
+    let mut flood = Vec::new();
+    for _ in 0..100 {
+        flood.extend_from_slice(&frame(C_CHAT, b"x"));
+    }
+    flooder.write_all(&flood).unwrap();
+    assert!(is_dropped(&mut flooder));
+    let logged = wait_for_line(
+        &server.stderr,
+        |l| l.contains("chat flood"),
+        Duration::from_secs(10),
+    );
+    assert!(logged.is_some(), "no log line for the flood");
+    // What the flooder said before the limit reached the room; then the
+    // healthy client's line comes through.
+    healthy.write_all(&frame(C_CHAT, b"calm")).unwrap();
+    loop {
+        let (_, said) = common::chat::read_frame(&mut healthy);
+        if said[..8] == healthy_id.to_le_bytes() {
+            assert_eq!(&said[8..], b"calm");
+            break;
+        }
+    }
+}
+
+#[test]
+fn the_longest_chat_text_is_the_packet_size_less_twelve_bytes() {
+    let server = room(&["--max-packet", "65535"]);
+    let (mut client, id) = join(&server);
+    let longest = vec![b'a'; 65535 - 12];
+    client.write_all(&frame(C_CHAT, &longest)).unwrap();
+    expect_chat(&mut client, id, &longest);
+    let (mut over, _) = join(&server);
+    over.write_all(&frame(C_CHAT, &vec![b'a'; 65535 - 11]))
+        .unwrap();
+    assert!(is_dropped(&mut over));
+    let logged = wait_for_line(
+        &server.stderr,
+        |l| l.contains("longer than the room's 65523"),
+        Duration::from_secs(10),
+    );
+    assert!(logged.is_some(), "no log line naming the limit");
 }

@@ -12,6 +12,13 @@ use overlapped::session::{framing, PacketHandler, PacketSession, Service, Servic
 const C_CHAT: u16 = 1;
 const S_CHAT: u16 = 2;
 const S_WELCOME: u16 = 3;
+const C_PING: u16 = 4;
+const S_PONG: u16 = 5;
+
+/// How often the client says it is there while the user is quiet: well
+/// inside the server's idle timeout (120 s by default), which counts
+/// complete packets, so a client that only reads is not dropped.
+const PING_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
 
 struct ChatClient;
 
@@ -29,6 +36,7 @@ impl PacketHandler for ChatClient {
                 id_at(0).ok_or("short chat")?,
                 String::from_utf8_lossy(&payload[8..])
             ),
+            S_PONG => {}
             other => return Err(format!("unknown packet id {other}")),
         }
         Ok(())
@@ -57,6 +65,14 @@ fn main() -> std::io::Result<()> {
         config,
         Arc::new(|| Arc::new(PacketSession::new(ChatClient, 4096))),
     )?;
+    let pinging = service.clone();
+    std::thread::spawn(move || loop {
+        std::thread::sleep(PING_EVERY);
+        let ping = framing::encode(C_PING, &[]).expect("an empty ping fits a frame");
+        for session in pinging.sessions() {
+            session.send(ping.clone());
+        }
+    });
     for line in std::io::stdin().lock().lines() {
         let line = line?;
         if line.is_empty() {

@@ -51,9 +51,15 @@ pub struct ServerArgs {
     /// thread per 63 clients instead.
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub threads: Option<u16>,
-    /// Largest chat packet accepted, header included (chat mode).
-    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u16).range(4..))]
+    /// Largest chat packet accepted, header included (chat mode). The
+    /// longest chat text is 12 bytes less: its relayed `S_CHAT` must fit.
+    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u16).range(16..))]
     pub max_packet: u16,
+    /// Chat lines a session may send per second, on average, in bursts of
+    /// up to twice that (chat mode): each is sent to every session, so a
+    /// client past it is dropped (`chat flood: ...`). 0 = no limit.
+    #[arg(long, default_value_t = 200)]
+    pub max_chat_rate: u32,
     /// Most clients at once; more are closed as soon as they connect
     /// (port model; default 20000).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]

@@ -34,7 +34,13 @@ pub fn run(args: &ServerArgs, mut signals: Signals) -> io::Result<()> {
         Mode::Chat => {
             config.recv_buffer = recv_buffer_for(max_packet);
             config.recv_low_water = max_packet;
-            Arc::new(move || Arc::new(PacketSession::new(ChatRoom, max_packet)))
+            let rate = (args.max_chat_rate > 0).then_some(args.max_chat_rate);
+            Arc::new(move || {
+                Arc::new(PacketSession::new(
+                    ChatRoom::new(max_packet, rate),
+                    max_packet,
+                ))
+            })
         }
     };
     let service = Service::server(args.addr, config, factory)

@@ -9,6 +9,8 @@ use super::Server;
 pub const C_CHAT: u16 = 1;
 pub const S_CHAT: u16 = 2;
 pub const S_WELCOME: u16 = 3;
+pub const C_PING: u16 = 4;
+pub const S_PONG: u16 = 5;
 
 /// `overlapped server --model port --mode chat` with `extra` flags.
 pub fn chat_server(extra: &[&str]) -> Server {
