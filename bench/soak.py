@@ -46,7 +46,8 @@ def fd_count(pid):
 
 def start_server(backend, port):
     proc = subprocess.Popen(
-        [str(RELEASE), "server", "--addr", f"127.0.0.1:{port}", "--model", "port", "--mode", "echo"],
+        [str(RELEASE), "server", "--addr", f"127.0.0.1:{port}", "--model", "port", "--mode", "echo",
+         "--max-sessions-per-ip", "0"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,

@@ -23,6 +23,12 @@ const PING_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
 struct ChatClient;
 
 impl PacketHandler for ChatClient {
+    fn on_connected(&self, session: &Arc<Session>) {
+        // Speak at once: the server drops a client that sends no first
+        // packet within its handshake timeout (15 s by default).
+        session.send(framing::encode(C_PING, &[]).expect("an empty ping fits a frame"));
+    }
+
     fn on_packet(&self, _: &Arc<Session>, id: u16, payload: &[u8]) -> Result<(), String> {
         let id_at = |at: usize| {
             payload

@@ -68,6 +68,14 @@ pub struct ServerArgs {
     /// stuck on half a frame (port model; default 120000, 0 = never).
     #[arg(long)]
     pub idle_timeout_ms: Option<u64>,
+    /// Most clients at once from one IP address; more are closed as soon
+    /// as they connect (port model; default 64, 0 = no limit).
+    #[arg(long)]
+    pub max_sessions_per_ip: Option<u64>,
+    /// Drop a client that has not completed a first packet this long after
+    /// it connected (port model; default 15000, 0 = never).
+    #[arg(long)]
+    pub handshake_timeout_ms: Option<u64>,
     /// Most bytes queued for one client; a client that does not read past
     /// it is dropped (port model; default 4 MiB, at least 65536).
     #[arg(long, value_parser = clap::value_parser!(u64).range(65536..))]
@@ -87,6 +95,8 @@ impl ServerArgs {
     fn has_session_options(&self) -> bool {
         self.max_sessions.is_some()
             || self.idle_timeout_ms.is_some()
+            || self.max_sessions_per_ip.is_some()
+            || self.handshake_timeout_ms.is_some()
             || self.max_send_queue.is_some()
             || self.single_recv
     }
@@ -102,8 +112,9 @@ pub fn run(args: ServerArgs) -> io::Result<()> {
     if args.has_session_options() && args.model != Model::Port {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
-            "--max-sessions, --idle-timeout-ms, --max-send-queue and --single-recv are \
-             options of the session layer: use them with --model port",
+            "--max-sessions, --max-sessions-per-ip, --idle-timeout-ms, \
+             --handshake-timeout-ms, --max-send-queue and --single-recv are options of the \
+             session layer: use them with --model port",
         ));
     }
     // Chosen once per process; an invalid OVERLAPPED_BACKEND stops here.

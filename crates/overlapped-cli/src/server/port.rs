@@ -74,6 +74,13 @@ fn apply_limits(args: &ServerArgs, config: &mut ServiceConfig) -> io::Result<()>
     if let Some(ms) = args.idle_timeout_ms {
         config.idle_timeout = (ms > 0).then(|| Duration::from_millis(ms));
     }
+    if let Some(max) = args.max_sessions_per_ip {
+        config.max_sessions_per_ip =
+            usize::try_from(max).map_err(|_| too_big("--max-sessions-per-ip"))?;
+    }
+    if let Some(ms) = args.handshake_timeout_ms {
+        config.handshake_timeout = (ms > 0).then(|| Duration::from_millis(ms));
+    }
     if let Some(bytes) = args.max_send_queue {
         config.max_send_queue = usize::try_from(bytes).map_err(|_| too_big("--max-send-queue"))?;
     }

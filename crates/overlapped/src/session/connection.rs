@@ -111,6 +111,11 @@ pub struct Session {
     /// When the session last had no incomplete packet pending (ms on the
     /// service clock): the idle timeout runs from here.
     last_progress: AtomicU64,
+    /// When the session was made (ms on the service clock): the handshake
+    /// timeout runs from here until its first complete packet.
+    made_at: u64,
+    /// It has completed a packet.
+    spoke: AtomicBool,
     /// Whether a graceful close is under way (no new sends, received bytes
     /// are discarded, and the write side shuts once the queue is flushed),
     /// and how many sends other threads handed to the worker that it has
@@ -177,6 +182,8 @@ impl Session {
             max_send_queue,
             bytes_sent,
             last_progress: AtomicU64::new(now_millis()),
+            made_at: now_millis(),
+            spoke: AtomicBool::new(false),
             gate: SendGate::new(),
             write_shut: AtomicBool::new(false),
             end_of_stream: AtomicU8::new(NO_EOF),
@@ -438,6 +445,16 @@ impl Session {
     /// Nothing is pending: the idle timeout starts over.
     fn made_progress(&self) {
         self.last_progress.store(now_millis(), Ordering::Relaxed);
+        // Called once what arrived was consumed whole: a packet completed.
+        if !self.spoke.load(Ordering::Relaxed) {
+            self.spoke.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Milliseconds (service clock) it has gone without completing a first
+    /// packet since it was made; `None` once it has.
+    pub(crate) fn silent_for(&self, now: u64) -> Option<u64> {
+        (!self.spoke.load(Ordering::Relaxed)).then(|| now.saturating_sub(self.made_at))
     }
 
     /// The reason for an end of stream.

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::log_budget::LogBudget;
 use super::service::{now_millis, Io, ServiceCore};
 use crate::error::{ErrorExt, WSA_OPERATION_ABORTED};
 use crate::net::TcpListener;
@@ -14,6 +15,8 @@ use crate::port::{Completion, PortListener};
 /// Pause before re-arming an accept that failed for lack of resources
 /// (descriptors, memory), so the server does not spin while it lasts.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// Refused connections logged one by one in a second; past that, a summary.
+const REFUSALS_LOGGED_PER_SECOND: u32 = 10;
 /// At most one log line per this long about failing accepts.
 const ACCEPT_LOG_EVERY: Duration = Duration::from_secs(1);
 
@@ -23,6 +26,8 @@ pub struct Listener {
     closed: AtomicBool,
     /// When a failing accept was last logged (service clock, ms; 0: never).
     last_failure_log: AtomicU64,
+    /// Refused connections, logged a few a second (a storm is summarised).
+    refusals: LogBudget,
 }
 
 impl Listener {
@@ -34,6 +39,7 @@ impl Listener {
             socket: core.port().associate_listener(listener, 0)?,
             closed: AtomicBool::new(false),
             last_failure_log: AtomicU64::new(0),
+            refusals: LogBudget::new(REFUSALS_LOGGED_PER_SECOND),
         });
         for _ in 0..core_accepts(core) {
             listener.post_accept()?;
@@ -82,10 +88,8 @@ impl Listener {
         }
         self.rearm();
         if let Some((stream, peer)) = accepted {
-            let open = core.session_count();
-            let limit = core.config().max_sessions;
-            if open >= limit {
-                tracing::warn!("refused {peer}: {open} sessions open, the limit is {limit}");
+            if let Some(refusal) = refusal(core, peer) {
+                self.refusals.log(&format!("refused {peer}: {refusal}"));
                 drop(stream);
                 return;
             }
@@ -117,6 +121,25 @@ impl Listener {
         self.closed.store(true, Ordering::Release);
         self.socket.close();
     }
+}
+
+/// Why a connection from `peer` is refused, if it is: the service is full,
+/// or its address has all the sessions it may have.
+fn refusal(core: &ServiceCore, peer: SocketAddr) -> Option<String> {
+    let config = core.config();
+    let open = core.session_count();
+    if open >= config.max_sessions {
+        let limit = config.max_sessions;
+        return Some(format!("{open} sessions open, the limit is {limit}"));
+    }
+    let per_ip = config.max_sessions_per_ip;
+    let from_ip = core.sessions_from(peer.ip());
+    (per_ip > 0 && from_ip >= per_ip).then(|| {
+        format!(
+            "{from_ip} sessions open from {}, the limit per address is {per_ip}",
+            peer.ip()
+        )
+    })
 }
 
 /// Failures that last until descriptors or memory are freed.

@@ -27,6 +27,7 @@
 mod connection;
 pub mod framing;
 mod listener;
+mod log_budget;
 mod packet;
 mod recv_buffer;
 mod send_gate;
@@ -37,6 +38,7 @@ mod worker;
 
 pub use connection::{Session, SessionHandler};
 pub use listener::Listener;
+pub use log_budget::LogBudget;
 pub use packet::{recv_buffer_for, PacketHandler, PacketSession};
 pub use recv_buffer::RecvBuffer;
 pub use service::{Service, ServiceConfig, SessionFactory, ShutdownReport};

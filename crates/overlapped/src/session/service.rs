@@ -12,7 +12,7 @@
 use std::collections::hash_map::Entry;
 use std::fmt;
 use std::io;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
@@ -120,6 +120,14 @@ pub struct ServiceConfig {
     /// Most sessions at once; a connection beyond it is closed as soon as
     /// it is accepted, with a log line.
     pub max_sessions: usize,
+    /// Most sessions at once from one IP address (0: no limit), so that one
+    /// address cannot take every slot; beyond it a connection is closed as
+    /// soon as it is accepted, with a log line.
+    pub max_sessions_per_ip: usize,
+    /// A session that has not completed a first packet this long after it
+    /// connected is disconnected (a slot held by a client that never
+    /// speaks). `None` waits however long the idle timeout allows.
+    pub handshake_timeout: Option<Duration>,
     /// A session that completes no packet for this long is disconnected: a
     /// silent client, or one that sends half a frame and stalls or trickles
     /// it a byte at a time. `None` keeps sessions however long they stall.
@@ -145,6 +153,8 @@ impl Default for ServiceConfig {
             nodelay: true,
             multishot: true,
             max_sessions: 20_000,
+            max_sessions_per_ip: 64,
+            handshake_timeout: Some(Duration::from_secs(15)),
             idle_timeout: Some(Duration::from_secs(120)),
             max_send_queue: 4 << 20,
         }
@@ -181,6 +191,8 @@ pub(crate) struct ServiceCore {
     factory: SessionFactory,
     config: ServiceConfig,
     sessions: Mutex<FxHashMap<u64, Arc<Session>>>,
+    /// Sessions open from each IP address.
+    per_ip: Mutex<FxHashMap<IpAddr, usize>>,
     next_id: AtomicU64,
     listener: Mutex<Option<Arc<Listener>>>,
     workers: Mutex<Vec<Worker>>,
@@ -214,7 +226,25 @@ impl ServiceCore {
 
     /// Drops a disconnected session from the table.
     pub(crate) fn forget(&self, id: u64) {
-        self.sessions().remove(&id);
+        let Some(session) = self.sessions().remove(&id) else {
+            return;
+        };
+        let mut per_ip = lock_ignoring_poison(&self.per_ip);
+        let ip = session.peer_addr().ip();
+        if let Some(open) = per_ip.get_mut(&ip) {
+            *open -= 1;
+            if *open == 0 {
+                per_ip.remove(&ip);
+            }
+        }
+    }
+
+    /// Sessions open now from `ip`.
+    pub(crate) fn sessions_from(&self, ip: IpAddr) -> usize {
+        lock_ignoring_poison(&self.per_ip)
+            .get(&ip)
+            .copied()
+            .unwrap_or(0)
     }
 
     /// Makes a session for a stream (connected, or about to be) and tracks it.
@@ -238,6 +268,9 @@ impl ServiceCore {
             self.worker_of(id),
         );
         self.sessions().insert(id, session.clone());
+        *lock_ignoring_poison(&self.per_ip)
+            .entry(peer.ip())
+            .or_insert(0) += 1;
         session
     }
 
@@ -461,6 +494,7 @@ impl Service {
             factory,
             config,
             sessions: Mutex::new(FxHashMap::default()),
+            per_ip: Mutex::new(FxHashMap::default()),
             next_id: AtomicU64::new(0),
             listener: Mutex::new(None),
             workers: Mutex::new(Vec::new()),

@@ -4,7 +4,6 @@
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use super::connection::Session;
 use super::listener::Listener;
 use super::service::{now_millis, ServiceCore};
 
@@ -49,9 +48,11 @@ impl Timers {
     /// the thread outlives any panic all the same: without it no idle
     /// session would be dropped and no deferred accept would come back.
     pub(super) fn keep_time(&self, core: &ServiceCore) {
-        let sweep_every = core
-            .config()
-            .idle_timeout
+        let config = core.config();
+        let sweep_every = [config.idle_timeout, config.handshake_timeout]
+            .into_iter()
+            .flatten()
+            .min()
             .map(|t| (t / 4).clamp(Duration::from_millis(10), Duration::from_secs(1)));
         let mut next_sweep = sweep_every.map(|every| Instant::now() + every);
         let mut due = self.due();
@@ -95,22 +96,34 @@ impl Timers {
 }
 
 /// Disconnects the sessions of `core` that completed no packet for longer
-/// than its idle timeout.
+/// than its idle timeout, or no first packet within its handshake timeout.
 fn drop_stalled_sessions(core: &ServiceCore) {
-    let Some(limit) = core.config().idle_timeout else {
+    let config = core.config();
+    let millis = |t: Option<Duration>| t.map(|t| t.as_millis() as u64);
+    let (idle, handshake) = (
+        millis(config.idle_timeout),
+        millis(config.handshake_timeout),
+    );
+    if idle.is_none() && handshake.is_none() {
         return;
-    };
-    let limit = limit.as_millis() as u64;
+    }
     let now = now_millis();
-    let stalled: Vec<Arc<Session>> = core
-        .session_snapshot()
-        .into_iter()
-        .filter(|s| s.stalled_for(now) > limit)
-        .collect();
-    for session in stalled {
-        session.disconnect(&format!(
-            "idle timeout: no complete packet for {} ms (limit {limit} ms)",
-            session.stalled_for(now)
-        ));
+    for session in core.session_snapshot() {
+        if let Some(limit) = handshake {
+            if let Some(silent) = session.silent_for(now).filter(|&s| s > limit) {
+                session.disconnect(&format!(
+                    "handshake timeout: no first packet in {silent} ms (limit {limit} ms)"
+                ));
+                continue;
+            }
+        }
+        if let Some(limit) = idle {
+            let stalled = session.stalled_for(now);
+            if stalled > limit {
+                session.disconnect(&format!(
+                    "idle timeout: no complete packet for {stalled} ms (limit {limit} ms)"
+                ));
+            }
+        }
     }
 }
