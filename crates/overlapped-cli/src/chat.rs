@@ -96,11 +96,11 @@ impl ChatRate {
 
 impl PacketHandler for ChatRoom {
     fn on_connected(&self, session: &Arc<Session>) {
-        tracing::info!(
+        crate::server::SESSION_LOG.info(&format!(
             "session {} joined from {}",
             session.id(),
             session.peer_addr()
-        );
+        ));
         let welcome = framing::encode(S_WELCOME, &[&session.id().to_le_bytes()]);
         session.send(welcome.expect("an 8-byte payload fits a frame"));
     }
@@ -114,11 +114,11 @@ impl PacketHandler for ChatRoom {
     }
 
     fn on_disconnected(&self, session: &Arc<Session>, reason: &str) {
-        tracing::info!(
+        crate::server::SESSION_LOG.info(&format!(
             "session {} ({}) disconnected: {reason}",
             session.id(),
             session.peer_addr()
-        );
+        ));
     }
 }
 

@@ -194,3 +194,27 @@ fn fd_count(pid: u32) -> usize {
         .unwrap()
         .count()
 }
+
+#[test]
+fn a_connection_storm_is_logged_in_summary_not_a_line_per_connection() {
+    let server = chat_server(&["--max-sessions-per-ip", "0"]);
+    for _ in 0..3000 {
+        drop(TcpStream::connect(server.addr).unwrap());
+    }
+    // The next second's first line says how many were held back.
+    thread::sleep(Duration::from_millis(1100));
+    let (_late, _) = join(&server);
+    let mut lines = 0;
+    let summary = wait_for_line(
+        &server.stderr,
+        |l| {
+            lines += 1;
+            l.contains("more like the next were not logged")
+        },
+        Duration::from_secs(15),
+    );
+    assert!(summary.is_some(), "no summary: every connection was logged");
+    lines += server.logged_so_far(|_| true).len();
+    // Two lines a connection (joined, left) without the budget.
+    assert!(lines < 3000, "{lines} lines for 3000 connections");
+}

@@ -156,3 +156,29 @@ fn during_shutdown_new_clients_are_refused_and_stragglers_dropped_at_the_deadlin
     let report = shutdown_report(&server);
     assert!(report.contains("1 dropped at the deadline"), "{report}");
 }
+
+#[test]
+fn a_second_signal_during_the_drain_stops_at_once_and_says_so() {
+    // Clients get a minute to close; a second SIGTERM does not wait for it.
+    let mut server = echo_server("1", "60000");
+    let mut straggler = TcpStream::connect(server.addr).unwrap();
+    straggler.write_all(b"hello").unwrap();
+    let mut echoed = [0; 5];
+    straggler.read_exact(&mut echoed).unwrap();
+    signal(&server, "TERM");
+    wait_for_line(
+        &server.stderr,
+        |l| l.contains("stopped accepting"),
+        Duration::from_secs(10),
+    )
+    .expect("the server starts shutting down");
+    signal(&server, "TERM");
+    let logged = wait_for_line(
+        &server.stderr,
+        |l| l.contains("received again: stopping at once"),
+        Duration::from_secs(10),
+    );
+    assert!(logged.is_some(), "the second signal was not logged");
+    let status = wait_exit(&mut server, Duration::from_secs(30)).expect("the server exits");
+    assert!(status.success(), "exit status {status}");
+}

@@ -102,6 +102,11 @@ impl ServerArgs {
     }
 }
 
+/// Lines about sessions joining and leaving, a few hundred a second: a
+/// connection storm is summarised instead of writing a line per connection.
+pub static SESSION_LOG: std::sync::LazyLock<overlapped::session::LogBudget> =
+    std::sync::LazyLock::new(|| overlapped::session::LogBudget::new(200));
+
 pub fn run(args: ServerArgs) -> io::Result<()> {
     if args.mode == Mode::Chat && args.model != Model::Port {
         return Err(io::Error::new(

@@ -55,7 +55,21 @@ pub fn run(args: &ServerArgs, mut signals: Signals) -> io::Result<()> {
         super::signal_name(signal),
         timeout.as_millis()
     );
+    // A second signal during the drain stops at once.
+    let stopper = service.clone();
+    let waiting = signals.handle();
+    let second = std::thread::spawn(move || {
+        if let Some(signal) = signals.forever().next() {
+            tracing::warn!(
+                "{} received again: stopping at once, dropping every session",
+                super::signal_name(signal)
+            );
+            stopper.stop();
+        }
+    });
     let report = service.shutdown(timeout);
+    waiting.close();
+    let _ = second.join();
     tracing::info!(
         "shutdown: {} sessions closed cleanly, {} dropped at the deadline; {} bytes sent",
         report.closed,
@@ -89,11 +103,14 @@ fn apply_limits(args: &ServerArgs, config: &mut ServiceConfig) -> io::Result<()>
 }
 
 fn log_connected(session: &Arc<Session>) {
-    tracing::info!("client {} connected", session.peer_addr());
+    super::SESSION_LOG.info(&format!("client {} connected", session.peer_addr()));
 }
 
 fn log_disconnected(session: &Arc<Session>, reason: &str) {
-    tracing::info!("client {} disconnected: {reason}", session.peer_addr());
+    super::SESSION_LOG.info(&format!(
+        "client {} disconnected: {reason}",
+        session.peer_addr()
+    ));
 }
 
 /// The seed's output: one line per completed receive.

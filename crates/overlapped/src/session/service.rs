@@ -636,6 +636,10 @@ impl Service {
         }
         let deadline = Instant::now() + timeout;
         self.stop_listening();
+        tracing::info!(
+            "stopped accepting; closing {} sessions gracefully",
+            self.session_count()
+        );
         let mut closing = rustc_hash::FxHashSet::default();
         loop {
             // Each round closes whatever joined since the last (an accept
