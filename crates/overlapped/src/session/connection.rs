@@ -63,11 +63,18 @@ enum Outgoing<'a> {
 }
 
 impl Outgoing<'_> {
-    /// The bytes as the queue keeps them.
-    fn into_queued(self, queue: &mut SendQueue) -> Bytes {
+    fn len(&self) -> usize {
         match self {
-            Outgoing::Shared(data) => data,
-            Outgoing::Copied(data) => queue.copy(data),
+            Outgoing::Shared(data) => data.len(),
+            Outgoing::Copied(data) => data.len(),
+        }
+    }
+
+    /// Queues the bytes (coalescing small ones); what they cost.
+    fn push_onto(self, queue: &mut SendQueue) -> usize {
+        match self {
+            Outgoing::Shared(data) => queue.push_shared(data),
+            Outgoing::Copied(data) => queue.push_copy(data),
         }
     }
 
@@ -293,23 +300,23 @@ impl Session {
 
     /// Queues `data` on the worker; what to do next comes back.
     fn enqueue(&self, queue: &mut SendQueue, data: Outgoing<'_>) -> Enqueued {
-        let data = data.into_queued(queue);
-        if queue.queued + data.len() > self.max_send_queue && !queue.multishot.is_stopping() {
+        let cost = SendQueue::cost_of(data.len());
+        if queue.queued + cost > self.max_send_queue && !queue.multishot.is_stopping() {
             return Enqueued::Overflow {
                 held: queue.queued,
-                more: data.len(),
+                more: cost,
             };
         }
-        queue.queued += data.len();
         if !queue.started {
             // Nothing goes out before what `on_connected` sends.
-            queue.early.push(data);
+            queue.queued += cost;
+            queue.early.push(data.into_owned());
             return Enqueued::Queued {
                 batch: None,
                 stop_reading: false,
             };
         }
-        queue.pending.push(data);
+        queue.queued += data.push_onto(queue);
         let stop_reading = self.multishot && queue.stop_reading(self.max_send_queue);
         let batch = (!queue.in_flight).then(|| {
             queue.in_flight = true;
@@ -768,12 +775,12 @@ impl Session {
         let next = self.send.with_arg(sent, |queue, sent| {
             // Keep the finished batch's vector for the next one.
             let mut spare = sent.unwrap_or_default();
-            let done: usize = spare.iter().map(Bytes::len).sum();
+            let done = SendQueue::cost_of_batch(&spare);
             queue.queued = queue.queued.saturating_sub(done);
             spare.clear();
             queue.spare = spare;
             let resume = queue.resume_reading(self.max_send_queue);
-            if queue.pending.is_empty() || !self.is_connected() {
+            if !queue.has_pending() || !self.is_connected() {
                 queue.in_flight = false;
                 (None, resume)
             } else {

@@ -13,14 +13,17 @@ use super::recv_buffer::RecvBuffer;
 pub(super) struct SendQueue {
     pub(super) pending: Vec<Bytes>,
     pub(super) in_flight: bool,
-    /// Bytes queued or in flight, held against the session's cap.
+    /// What the queued and in-flight sends cost — their bytes, and
+    /// [`ENTRY_COST`] for each buffer — held against the session's cap.
     pub(super) queued: usize,
     /// The vector of the last finished send, kept to queue the next batch
     /// in without allocating.
     pub(super) spare: Vec<Bytes>,
-    /// Where [`Session::send_copy`] copies to: each copy is split off as its
-    /// own `Bytes`, and the memory is reused once the copies are sent.
-    pub(super) copies: BytesMut,
+    /// Small sends, copied one after another into one buffer (coalesced):
+    /// a burst of tiny frames goes out as a few large buffers, not one
+    /// queue entry (and one iovec) each. Its memory is reused once what was
+    /// split off it has been sent.
+    pub(super) tail: BytesMut,
     /// The receive buffer, parked while the queue is too full to read more
     /// (backpressure); posted again once the queue drains.
     pub(super) parked_recv: Option<RecvBuffer>,
@@ -67,33 +70,90 @@ impl Reading {
     }
 }
 
-/// Bytes a session sets aside at a time for [`Session::send_copy`]: room
-/// for many small replies, little for an idle session (none until its
-/// first copy). A larger copy is allocated on its own.
+/// Bytes a session sets aside at a time for small sends: room for many
+/// small replies, little for an idle session (none until its first).
 const COPY_CHUNK: usize = 1024;
+
+/// Sends of at most this many bytes are copied into the coalescing buffer
+/// (`SendQueue::tail`) rather than queued as buffers of their own.
+pub(super) const COALESCE_MAX: usize = 1024;
+
+/// Bytes the coalescing buffer gathers before it becomes a queue entry of
+/// its own, so that what is coalesced still goes out as it comes.
+const COALESCE_CHUNK: usize = 16 * 1024;
+
+/// What one queued buffer costs besides its bytes — its slot in the queue
+/// and its `Bytes` handle, about twice that with the queue's slack — held
+/// against the send-queue cap, so a flood of tiny sends is counted at what
+/// it holds.
+pub(super) const ENTRY_COST: usize = 64;
 
 /// Most buffers in one gathered send: the kernel refuses more iovecs than
 /// this in one call (`UIO_MAXIOV`) with `EMSGSIZE`.
 const MAX_GATHER: usize = 1024;
 
 impl SendQueue {
-    /// A copy of `data` in the queue's reused memory; a large one gets memory
-    /// of its own, so the session does not keep that much for good.
-    pub(super) fn copy(&mut self, data: &[u8]) -> Bytes {
-        if data.len() > COPY_CHUNK {
-            return Bytes::copy_from_slice(data);
+    /// What queueing `len` bytes costs at most against the cap.
+    pub(super) fn cost_of(len: usize) -> usize {
+        len + ENTRY_COST
+    }
+
+    /// Queues a copy of `data`: into the coalescing buffer when it is
+    /// small, as a buffer of its own otherwise. Returns what it costs.
+    pub(super) fn push_copy(&mut self, data: &[u8]) -> usize {
+        if data.len() > COALESCE_MAX {
+            return self.push_entry(Bytes::copy_from_slice(data));
         }
-        if self.copies.capacity() < data.len() {
-            // Takes the memory back if every earlier copy is gone.
-            self.copies.reserve(data.len().max(COPY_CHUNK));
+        if self.tail.len() + data.len() > COALESCE_CHUNK {
+            self.seal_tail();
         }
-        self.copies.extend_from_slice(data);
-        self.copies.split().freeze()
+        let cost = data.len() + if self.tail.is_empty() { ENTRY_COST } else { 0 };
+        if self.tail.capacity() - self.tail.len() < data.len() {
+            // Takes the memory back if everything split off it is gone.
+            self.tail.reserve(data.len().max(COPY_CHUNK));
+        }
+        self.tail.extend_from_slice(data);
+        cost
+    }
+
+    /// Queues `data`: a small one is copied into the coalescing buffer
+    /// (cheaper than an entry of its own, and it goes out with its
+    /// neighbours), a large one is shared as it is. Returns what it costs.
+    pub(super) fn push_shared(&mut self, data: Bytes) -> usize {
+        if data.len() <= COALESCE_MAX {
+            return self.push_copy(&data);
+        }
+        self.push_entry(data)
+    }
+
+    fn push_entry(&mut self, data: Bytes) -> usize {
+        // After what is coalesced, to keep the order.
+        self.seal_tail();
+        let cost = data.len() + ENTRY_COST;
+        self.pending.push(data);
+        cost
+    }
+
+    /// Makes what the coalescing buffer holds a queue entry.
+    fn seal_tail(&mut self) {
+        if !self.tail.is_empty() {
+            self.pending.push(self.tail.split().freeze());
+        }
+    }
+
+    /// What the sends of `batch`, now done, cost against the cap.
+    pub(super) fn cost_of_batch(batch: &[Bytes]) -> usize {
+        batch.iter().map(|b| b.len() + ENTRY_COST).sum()
     }
 
     /// The next gathered send: everything pending, or its first
     /// [`MAX_GATHER`] buffers, in the spare vector when there is one.
     pub(super) fn take_batch(&mut self) -> Vec<Bytes> {
+        self.seal_tail();
+        if self.tail.capacity() > COALESCE_CHUNK {
+            // A burst made it large: an idle session keeps only a chunk.
+            self.tail = BytesMut::new();
+        }
         let mut batch = mem::take(&mut self.spare);
         if self.pending.len() <= MAX_GATHER {
             mem::swap(&mut batch, &mut self.pending);
@@ -101,6 +161,11 @@ impl SendQueue {
             batch.extend(self.pending.drain(..MAX_GATHER));
         }
         batch
+    }
+
+    /// Whether anything waits to be sent.
+    pub(super) fn has_pending(&self) -> bool {
+        !self.pending.is_empty() || !self.tail.is_empty()
     }
 
     /// Whether the queue just passed half of `cap`, so that the multishot
@@ -166,6 +231,7 @@ impl SendQueue {
             return None;
         }
         let early = mem::take(&mut self.early);
+        self.seal_tail();
         self.pending.extend(early);
         (!self.in_flight).then(|| {
             self.in_flight = true;
@@ -278,40 +344,63 @@ mod backpressure {
 }
 
 #[cfg(all(test, not(loom)))]
-mod copies {
-    use super::{SendQueue, COPY_CHUNK};
+mod coalescing {
+    use bytes::Bytes;
+
+    use super::{SendQueue, COALESCE_MAX, ENTRY_COST};
+
+    #[test]
+    fn small_sends_go_out_together_in_one_buffer_in_order() {
+        let mut queue = SendQueue::default();
+        let cost: usize = (0..100u8).map(|i| queue.push_copy(&[i; 10])).sum();
+        assert_eq!(cost, 100 * 10 + ENTRY_COST, "one entry for all of them");
+        let batch = queue.take_batch();
+        assert_eq!(batch.len(), 1);
+        let expected: Vec<u8> = (0..100u8).flat_map(|i| [i; 10]).collect();
+        assert_eq!(&batch[0][..], &expected[..]);
+        assert_eq!(SendQueue::cost_of_batch(&batch), cost);
+    }
+
+    #[test]
+    fn a_large_send_keeps_its_place_between_small_ones() {
+        let mut queue = SendQueue::default();
+        queue.push_copy(b"before ");
+        queue.push_shared(Bytes::from(vec![b'L'; COALESCE_MAX + 1]));
+        queue.push_shared(Bytes::from_static(b" after"));
+        let sent: Vec<u8> = queue.take_batch().concat();
+        assert_eq!(&sent[..7], b"before ");
+        assert_eq!(&sent[sent.len() - 6..], b" after");
+        assert_eq!(sent.len(), 7 + COALESCE_MAX + 1 + 6);
+    }
 
     #[test]
     fn small_copies_reuse_the_same_memory_once_sent() {
         let mut queue = SendQueue::default();
-        let first = queue.copy(&[1; 64]);
-        let start = first.as_ptr();
+        queue.push_copy(&[1; 64]);
+        let first = queue.take_batch();
+        let start = first[0].as_ptr();
         drop(first);
         // Fill the chunk, each copy sent (dropped) before the next.
-        for _ in 1..COPY_CHUNK / 64 {
-            drop(queue.copy(&[2; 64]));
+        for _ in 1..super::COPY_CHUNK / 64 {
+            queue.push_copy(&[2; 64]);
+            drop(queue.take_batch());
         }
-        let again = queue.copy(&[3; 64]);
-        assert_eq!(again.as_ptr(), start, "the chunk was taken back");
-        assert_eq!(&again[..], &[3; 64]);
+        queue.push_copy(&[3; 64]);
+        let again = queue.take_batch();
+        assert_eq!(again[0].as_ptr(), start, "the chunk was taken back");
+        assert_eq!(&again[0][..], &[3; 64]);
     }
 
     #[test]
     fn a_copy_still_queued_is_not_overwritten() {
         let mut queue = SendQueue::default();
-        let held = queue.copy(&[7; 64]);
-        for _ in 0..COPY_CHUNK {
-            drop(queue.copy(&[9; 64]));
+        queue.push_copy(&[7; 64]);
+        let held = queue.take_batch();
+        for _ in 0..super::COPY_CHUNK {
+            queue.push_copy(&[9; 64]);
+            drop(queue.take_batch());
         }
-        assert_eq!(&held[..], &[7; 64]);
-    }
-
-    #[test]
-    fn a_copy_larger_than_the_chunk_is_not_kept_by_the_session() {
-        let mut queue = SendQueue::default();
-        let large = queue.copy(&[5; COPY_CHUNK + 1]);
-        assert_eq!(large.len(), COPY_CHUNK + 1);
-        assert_eq!(queue.copies.capacity(), 0);
+        assert_eq!(&held[0][..], &[7; 64]);
     }
 }
 
