@@ -116,3 +116,92 @@ fn a_client_that_sends_no_first_packet_is_dropped_at_the_handshake_timeout() {
     assert!(echoes(&mut speaks));
     service.stop();
 }
+
+/// Broadcasts 64 KiB to every session for each byte it receives.
+#[derive(Default)]
+struct Amplifier(Mutex<Vec<String>>);
+
+impl SessionHandler for Amplifier {
+    fn on_recv(&self, session: &Arc<Session>, data: &[u8]) -> Result<usize, String> {
+        if let Some(service) = session.service() {
+            let chunk = overlapped::Bytes::from(vec![b'z'; 64 * 1024]);
+            for _ in data {
+                service.broadcast(&chunk);
+            }
+        }
+        Ok(data.len())
+    }
+    fn on_disconnected(&self, _: &Arc<Session>, reason: &str) {
+        self.0.lock().unwrap().push(reason.to_owned());
+    }
+}
+
+/// A client that does not read, with a small receive window.
+fn non_reader(service: &Service) -> TcpStream {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket
+        .connect(&service.local_addr().unwrap().into())
+        .unwrap();
+    socket.into()
+}
+
+#[test]
+fn past_the_memory_budget_the_sessions_holding_the_most_are_disconnected() {
+    const BUDGET: usize = 4 << 20;
+    let config = ServiceConfig {
+        workers: 1,
+        max_memory: BUDGET,
+        // Each session may hold more than the whole budget: only the
+        // budget can stop them.
+        max_send_queue: 64 << 20,
+        ..ServiceConfig::default()
+    };
+    let amplifier = Arc::new(Amplifier::default());
+    let shared = amplifier.clone();
+    let service = Service::server("127.0.0.1:0", config, Arc::new(move || shared.clone())).unwrap();
+    let hoarders: Vec<TcpStream> = (0..3).map(|_| non_reader(&service)).collect();
+    let mut trigger = common::connect_to(&service);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while service.session_count() < 4 {
+        assert!(Instant::now() < deadline);
+        thread::sleep(Duration::from_millis(5));
+    }
+    // Far more than the budget and the kernel's socket buffers together,
+    // towards every session, until the budget bites.
+    let mut rounds = 0;
+    while !amplifier
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|r| r.starts_with("memory budget"))
+    {
+        assert!(rounds < 4096, "no session was shed after {rounds} rounds");
+        trigger.write_all(b"x").unwrap();
+        // The trigger reads what it is sent: it holds little.
+        let mut chunk = vec![0; 64 * 1024];
+        trigger.read_exact(&mut chunk).unwrap();
+        rounds += 1;
+    }
+    // Checked again and again, the budget holds once the input stops.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let held: usize = service.sessions().iter().map(|s| s.held_bytes()).sum();
+        if held <= BUDGET {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "sessions still hold {held} bytes"
+        );
+        thread::sleep(Duration::from_millis(10));
+    }
+    // The client that read is still served.
+    assert!(service
+        .sessions()
+        .iter()
+        .any(|s| s.peer_addr() == trigger.local_addr().unwrap()));
+    drop(hoarders);
+    service.stop();
+}

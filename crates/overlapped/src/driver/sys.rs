@@ -267,6 +267,20 @@ pub(crate) unsafe fn connect_now(
     }
 }
 
+/// Bytes of memory the machine has (`_SC_PHYS_PAGES` × page size).
+pub(crate) fn physical_memory() -> Option<usize> {
+    // SAFETY: sysconf reads a configuration value; no memory is passed.
+    let (pages, page) = unsafe {
+        (
+            libc::sysconf(libc::_SC_PHYS_PAGES),
+            libc::sysconf(libc::_SC_PAGESIZE),
+        )
+    };
+    let pages = usize::try_from(pages).ok()?;
+    let page = usize::try_from(page).ok()?;
+    pages.checked_mul(page)
+}
+
 /// Aborts a TCP connection at once with a reset: `connect` to an
 /// `AF_UNSPEC` address dissolves the association (`tcp_disconnect`), what
 /// `closesocket` does on Windows with `SO_LINGER` set to zero.

@@ -5,7 +5,7 @@ use std::fmt;
 use std::io;
 use std::mem;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 
 use bytes::Bytes;
@@ -118,6 +118,13 @@ pub struct Session {
     /// When the session last had no incomplete packet pending (ms on the
     /// service clock): the idle timeout runs from here.
     last_progress: AtomicU64,
+    /// What the server holds for this session, readable from any thread
+    /// (for the service's memory budget): its send queue's cost as its
+    /// worker last stored it, the sends on their way to the worker, and its
+    /// receive buffer.
+    held_queued: AtomicUsize,
+    held_handed: AtomicUsize,
+    held_buffer: AtomicUsize,
     /// When the session was made (ms on the service clock): the handshake
     /// timeout runs from here until its first complete packet.
     made_at: u64,
@@ -189,6 +196,9 @@ impl Session {
             max_send_queue,
             bytes_sent,
             last_progress: AtomicU64::new(now_millis()),
+            held_queued: AtomicUsize::new(0),
+            held_handed: AtomicUsize::new(0),
+            held_buffer: AtomicUsize::new(0),
             made_at: now_millis(),
             spoke: AtomicBool::new(false),
             gate: SendGate::new(),
@@ -250,16 +260,38 @@ impl Session {
             // Another thread, or a send from inside the queue's own update.
             Err(data) => data,
         };
+        // What is on its way to the worker is held too: counted against
+        // the cap before it is handed over.
+        let cost = handed_over_cost(data.len());
+        let held =
+            self.held_queued.load(Ordering::Relaxed) + self.held_handed.load(Ordering::Relaxed);
+        if held + cost > self.max_send_queue {
+            Enqueued::Overflow { held, more: cost }.finish(self);
+            return false;
+        }
         // Counted before it is handed over, unless the close came first:
         // a graceful close then waits for it (see `send_gate`).
         if !self.gate.admit() {
             return false;
         }
+        self.held_handed.fetch_add(cost, Ordering::Relaxed);
         let handed = self.hand_to_worker(Io::Deliver(Box::new((self.clone(), data.into_owned()))));
         if !handed {
+            self.held_handed.fetch_sub(cost, Ordering::Relaxed);
             self.gate.handed_over();
         }
         handed
+    }
+
+    /// Bytes the server holds for this session now: its queued sends
+    /// (each buffer with its cost), the sends other threads handed to its
+    /// worker that it has not queued yet, and its receive buffer. What the
+    /// service's memory budget ([`super::ServiceConfig::max_memory`])
+    /// counts.
+    pub fn held_bytes(&self) -> usize {
+        self.held_queued.load(Ordering::Relaxed)
+            + self.held_handed.load(Ordering::Relaxed)
+            + self.held_buffer.load(Ordering::Relaxed)
     }
 
     /// Bytes another thread handed over, queued here on the worker. They
@@ -267,6 +299,8 @@ impl Session {
     /// are sent even if the session is closing now, and the close shuts
     /// the write side only after them.
     pub(crate) fn on_handed_over(self: &Arc<Self>, data: Bytes) {
+        self.held_handed
+            .fetch_sub(handed_over_cost(data.len()), Ordering::Relaxed);
         let queued = self.is_connected() && self.queue_here(Outgoing::Shared(data)).is_ok();
         self.gate.handed_over();
         if !self.is_connected() {
@@ -310,6 +344,7 @@ impl Session {
         if !queue.started {
             // Nothing goes out before what `on_connected` sends.
             queue.queued += cost;
+            self.held_queued.store(queue.queued, Ordering::Relaxed);
             queue.early.push(data.into_owned());
             return Enqueued::Queued {
                 batch: None,
@@ -317,6 +352,7 @@ impl Session {
             };
         }
         queue.queued += data.push_onto(queue);
+        self.held_queued.store(queue.queued, Ordering::Relaxed);
         let stop_reading = self.multishot && queue.stop_reading(self.max_send_queue);
         let batch = (!queue.in_flight).then(|| {
             queue.in_flight = true;
@@ -581,7 +617,9 @@ impl Session {
                     .ok_or("handler consumed more than it was given")?;
                 if !rest.is_empty() {
                     let (capacity, low_water) = self.recv_capacity;
-                    let buffer = slot.buffer.insert(RecvBuffer::new(capacity, low_water));
+                    let buffer = slot
+                        .buffer
+                        .insert(RecvBuffer::growable(capacity, low_water));
                     if !buffer.append(rest) {
                         return Err("receive buffer full: a packet larger than the buffer".into());
                     }
@@ -601,6 +639,8 @@ impl Session {
         if slot.buffer.is_none() {
             self.made_progress();
         }
+        let allocated = slot.buffer.as_ref().map_or(0, RecvBuffer::allocated);
+        self.held_buffer.store(allocated, Ordering::Relaxed);
         outcome
     }
 
@@ -669,6 +709,7 @@ impl Session {
             return;
         }
         let tail = buffer.lend();
+        self.held_buffer.store(buffer.capacity(), Ordering::Relaxed);
         let carrier = self.recv.with(|slot| {
             slot.buffer = Some(buffer);
             let mut carrier = mem::take(&mut slot.carrier);
@@ -777,6 +818,7 @@ impl Session {
             let mut spare = sent.unwrap_or_default();
             let done = SendQueue::cost_of_batch(&spare);
             queue.queued = queue.queued.saturating_sub(done);
+            self.held_queued.store(queue.queued, Ordering::Relaxed);
             spare.clear();
             queue.spare = spare;
             let resume = queue.resume_reading(self.max_send_queue);
@@ -802,6 +844,12 @@ impl Session {
             None => {}
         }
     }
+}
+
+/// What a send handed to the worker from another thread holds until the
+/// worker queues it: its bytes, its box and its packet in the port's queue.
+fn handed_over_cost(len: usize) -> usize {
+    len + 256
 }
 
 /// What [`Session::enqueue`] left to do once the queue is let go of.

@@ -41,4 +41,4 @@ pub use listener::Listener;
 pub use log_budget::LogBudget;
 pub use packet::{recv_buffer_for, PacketHandler, PacketSession};
 pub use recv_buffer::RecvBuffer;
-pub use service::{Service, ServiceConfig, SessionFactory, ShutdownReport};
+pub use service::{default_max_memory, Service, ServiceConfig, SessionFactory, ShutdownReport};

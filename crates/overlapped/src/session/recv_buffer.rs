@@ -12,23 +12,51 @@ use crate::driver::buf::Tail;
 /// always has room for a packet of up to `C - low_water` bytes.
 #[derive(Debug)]
 pub struct RecvBuffer {
+    /// The storage; shorter than `capacity` while a growable buffer has not
+    /// needed all of it.
     data: Vec<u8>,
     read: usize,
     write: usize,
     /// Compact when less than this much room is left at the end.
     low_water: usize,
+    /// The most `data` may grow to.
+    capacity: usize,
 }
+
+/// The smallest storage a growable buffer starts with.
+const FIRST_GROWTH: usize = 2048;
 
 impl RecvBuffer {
     /// A buffer of `capacity` bytes that compacts once less than
     /// `low_water` bytes are free at its end.
     pub fn new(capacity: usize, low_water: usize) -> RecvBuffer {
+        let capacity = capacity.max(1);
         RecvBuffer {
-            data: vec![0; capacity.max(1)],
+            data: vec![0; capacity],
             read: 0,
             write: 0,
             low_water: low_water.min(capacity),
+            capacity,
         }
+    }
+
+    /// A buffer that may grow to `capacity` bytes but takes only what the
+    /// bytes appended to it need (doubling as they come): a partial packet
+    /// costs what has arrived of it, not the largest packet.
+    pub fn growable(capacity: usize, low_water: usize) -> RecvBuffer {
+        let capacity = capacity.max(1);
+        RecvBuffer {
+            data: Vec::new(),
+            read: 0,
+            write: 0,
+            low_water: low_water.min(capacity),
+            capacity,
+        }
+    }
+
+    /// Bytes of storage it holds now (at most its capacity).
+    pub fn allocated(&self) -> usize {
+        self.data.capacity()
     }
 
     /// The bytes received and not yet consumed.
@@ -67,14 +95,15 @@ impl RecvBuffer {
     }
 
     /// Bytes it can take in: the free space once the unread bytes are
-    /// moved to the front (what [`RecvBuffer::append`] does when it must).
+    /// moved to the front and the storage has grown to its capacity (what
+    /// [`RecvBuffer::append`] does when it must).
     pub fn room(&self) -> usize {
-        self.data.len() - (self.write - self.read)
+        self.capacity - (self.write - self.read)
     }
 
-    /// The buffer's size.
+    /// The most it holds.
     pub fn capacity(&self) -> usize {
-        self.data.len()
+        self.capacity
     }
 
     /// The free space below which it compacts.
@@ -95,24 +124,31 @@ impl RecvBuffer {
     }
 
     /// Copies `bytes` in after the unread ones, compacting first if they do
-    /// not fit at the end. `false` (and nothing copied) if they do not fit
-    /// at all.
+    /// not fit at the end, and growing the storage (up to the capacity) if
+    /// they still do not. `false` (and nothing copied) if they do not fit at
+    /// all.
     pub fn append(&mut self, bytes: &[u8]) -> bool {
         if self.free() < bytes.len() && self.read > 0 {
             self.data.copy_within(self.read..self.write, 0);
             self.write -= self.read;
             self.read = 0;
         }
-        if self.free() < bytes.len() {
+        let needed = self.write + bytes.len();
+        if needed > self.capacity {
             return false;
         }
-        self.data[self.write..self.write + bytes.len()].copy_from_slice(bytes);
-        self.write += bytes.len();
+        if needed > self.data.len() {
+            let grown = needed.max(self.data.len() * 2).max(FIRST_GROWTH);
+            self.data.resize(grown.min(self.capacity), 0);
+        }
+        self.data[self.write..needed].copy_from_slice(bytes);
+        self.write = needed;
         true
     }
 
-    /// Lends the free tail to a receive.
+    /// Lends the free tail to a receive (all the storage there is to be).
     pub(crate) fn lend(&mut self) -> Tail {
+        self.data.resize(self.capacity, 0);
         Tail::new(std::mem::take(&mut self.data), self.write)
     }
 

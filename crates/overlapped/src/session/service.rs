@@ -141,6 +141,22 @@ pub struct ServiceConfig {
     /// down to a quarter: a client that sends faster than it reads is
     /// slowed by TCP flow control rather than dropped.
     pub max_send_queue: usize,
+    /// Most bytes the service holds for all its sessions together — their
+    /// send queues (each buffer with its cost), sends on their way to a
+    /// worker, receive buffers and partial packets, as
+    /// [`Session::held_bytes`] counts them (0: no budget). Past it, the
+    /// sessions holding the most are disconnected, with a logged reason,
+    /// until the service holds less than nine tenths of it. The default is a
+    /// quarter of the machine's memory, between 64 MiB and 8 GiB.
+    pub max_memory: usize,
+}
+
+/// A quarter of the machine's memory, between 64 MiB and 8 GiB: the
+/// default [`ServiceConfig::max_memory`].
+pub fn default_max_memory() -> usize {
+    crate::driver::sys::physical_memory()
+        .map_or(1 << 30, |bytes| bytes / 4)
+        .clamp(64 << 20, 8 << 30)
 }
 
 impl Default for ServiceConfig {
@@ -157,6 +173,7 @@ impl Default for ServiceConfig {
             handshake_timeout: Some(Duration::from_secs(15)),
             idle_timeout: Some(Duration::from_secs(120)),
             max_send_queue: 4 << 20,
+            max_memory: default_max_memory(),
         }
     }
 }

@@ -55,6 +55,8 @@ impl Timers {
             .min()
             .map(|t| (t / 4).clamp(Duration::from_millis(10), Duration::from_secs(1)));
         let mut next_sweep = sweep_every.map(|every| Instant::now() + every);
+        let budget = config.max_memory;
+        let mut next_budget_check = (budget > 0).then(Instant::now);
         let mut due = self.due();
         while !due.stopped {
             let now = Instant::now();
@@ -64,7 +66,8 @@ impl Timers {
                 .partition(|(at, _)| *at <= now);
             due.deferred_accepts = later;
             let sweep = next_sweep.is_some_and(|at| at <= now);
-            if !ready.is_empty() || sweep {
+            let check_budget = next_budget_check.is_some_and(|at| at <= now);
+            if !ready.is_empty() || sweep || check_budget {
                 drop(due);
                 for (_, listener) in ready {
                     let _ = crate::boundary::catch("re-arming an accept", || listener.rearm());
@@ -74,6 +77,17 @@ impl Timers {
                         crate::boundary::catch("the idle sweep", || drop_stalled_sessions(core));
                     next_sweep = sweep_every.map(|every| now + every);
                 }
+                if check_budget {
+                    let held = crate::boundary::catch("the memory budget", || {
+                        hold_to_budget(core, budget)
+                    });
+                    // Closer together while the budget is half used.
+                    let every = match held {
+                        Ok(held) if held > budget / 2 => BUDGET_CHECK_BUSY,
+                        _ => BUDGET_CHECK_IDLE,
+                    };
+                    next_budget_check = Some(now + every);
+                }
                 due = self.due();
                 continue;
             }
@@ -82,6 +96,7 @@ impl Timers {
                 .iter()
                 .map(|(at, _)| *at)
                 .chain(next_sweep)
+                .chain(next_budget_check)
                 .min();
             due = match wake_at {
                 Some(at) => {
@@ -93,6 +108,39 @@ impl Timers {
             };
         }
     }
+}
+
+/// How often the memory budget is checked while sessions hold less than
+/// half of it, and while they hold more.
+const BUDGET_CHECK_IDLE: Duration = Duration::from_millis(100);
+const BUDGET_CHECK_BUSY: Duration = Duration::from_millis(10);
+
+/// Disconnects the sessions holding the most while the service's sessions
+/// hold more than `budget` bytes, down to nine tenths of it. Returns what
+/// they hold afterwards.
+fn hold_to_budget(core: &ServiceCore, budget: usize) -> usize {
+    let mut sessions: Vec<(usize, _)> = core
+        .session_snapshot()
+        .into_iter()
+        .map(|session| (session.held_bytes(), session))
+        .collect();
+    let mut held: usize = sessions.iter().map(|(bytes, _)| bytes).sum();
+    if held <= budget {
+        return held;
+    }
+    sessions.sort_unstable_by_key(|(bytes, _)| std::cmp::Reverse(*bytes));
+    let target = budget / 10 * 9;
+    for (bytes, session) in sessions {
+        if held <= target {
+            break;
+        }
+        session.disconnect(&format!(
+            "memory budget: sessions hold {held} bytes, past the server's {budget}; \
+             this one held the most ({bytes} bytes)"
+        ));
+        held = held.saturating_sub(bytes);
+    }
+    held
 }
 
 /// Disconnects the sessions of `core` that completed no packet for longer
