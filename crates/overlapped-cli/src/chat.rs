@@ -96,7 +96,7 @@ impl ChatRate {
 
 impl PacketHandler for ChatRoom {
     fn on_connected(&self, session: &Arc<Session>) {
-        crate::server::SESSION_LOG.info(&format!(
+        crate::server::JOIN_LOG.info(&format!(
             "session {} joined from {}",
             session.id(),
             session.peer_addr()
@@ -114,7 +114,7 @@ impl PacketHandler for ChatRoom {
     }
 
     fn on_disconnected(&self, session: &Arc<Session>, reason: &str) {
-        crate::server::SESSION_LOG.info(&format!(
+        crate::server::LEAVE_LOG.info(&format!(
             "session {} ({}) disconnected: {reason}",
             session.id(),
             session.peer_addr()

@@ -76,6 +76,12 @@ pub struct ServerArgs {
     /// it connected (port model; default 15000, 0 = never).
     #[arg(long)]
     pub handshake_timeout_ms: Option<u64>,
+    /// Most bytes the server holds for all its clients together (send
+    /// queues, partial packets, buffers), with a K, M or G suffix for KiB,
+    /// MiB or GiB; past it the clients holding the most are dropped
+    /// (port model; default a quarter of the machine's memory, 0 = none).
+    #[arg(long, value_parser = parse_bytes)]
+    pub max_memory: Option<u64>,
     /// Most bytes queued for one client; a client that does not read past
     /// it is dropped (port model; default 4 MiB, at least 65536).
     #[arg(long, value_parser = clap::value_parser!(u64).range(65536..))]
@@ -98,14 +104,38 @@ impl ServerArgs {
             || self.max_sessions_per_ip.is_some()
             || self.handshake_timeout_ms.is_some()
             || self.max_send_queue.is_some()
+            || self.max_memory.is_some()
             || self.single_recv
     }
 }
 
-/// Lines about sessions joining and leaving, a few hundred a second: a
-/// connection storm is summarised instead of writing a line per connection.
-pub static SESSION_LOG: std::sync::LazyLock<overlapped::session::LogBudget> =
+/// Lines about sessions joining, a few hundred a second: a connection
+/// storm is summarised instead of writing a line per connection.
+pub static JOIN_LOG: std::sync::LazyLock<overlapped::session::LogBudget> =
     std::sync::LazyLock::new(|| overlapped::session::LogBudget::new(200));
+
+/// Lines about sessions leaving, with their reasons, on a budget of their
+/// own: a storm of joins does not hide why someone was dropped.
+pub static LEAVE_LOG: std::sync::LazyLock<overlapped::session::LogBudget> =
+    std::sync::LazyLock::new(|| overlapped::session::LogBudget::new(200));
+
+/// A byte count, with an optional K, M or G suffix (KiB, MiB, GiB).
+fn parse_bytes(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let (digits, unit) = match text.char_indices().last() {
+        Some((at, 'k' | 'K')) => (&text[..at], 1u64 << 10),
+        Some((at, 'm' | 'M')) => (&text[..at], 1 << 20),
+        Some((at, 'g' | 'G')) => (&text[..at], 1 << 30),
+        _ => (text, 1),
+    };
+    let count: u64 = digits
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?} is not a byte count (a number, with K, M or G)"))?;
+    count
+        .checked_mul(unit)
+        .ok_or_else(|| format!("{text} is too large"))
+}
 
 pub fn run(args: ServerArgs) -> io::Result<()> {
     if args.mode == Mode::Chat && args.model != Model::Port {
@@ -118,8 +148,8 @@ pub fn run(args: ServerArgs) -> io::Result<()> {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             "--max-sessions, --max-sessions-per-ip, --idle-timeout-ms, \
-             --handshake-timeout-ms, --max-send-queue and --single-recv are options of the \
-             session layer: use them with --model port",
+             --handshake-timeout-ms, --max-send-queue, --max-memory and --single-recv are \
+             options of the session layer: use them with --model port",
         ));
     }
     // Chosen once per process; an invalid OVERLAPPED_BACKEND stops here.

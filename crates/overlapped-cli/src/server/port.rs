@@ -98,16 +98,19 @@ fn apply_limits(args: &ServerArgs, config: &mut ServiceConfig) -> io::Result<()>
     if let Some(bytes) = args.max_send_queue {
         config.max_send_queue = usize::try_from(bytes).map_err(|_| too_big("--max-send-queue"))?;
     }
+    if let Some(bytes) = args.max_memory {
+        config.max_memory = usize::try_from(bytes).map_err(|_| too_big("--max-memory"))?;
+    }
     config.multishot = !args.single_recv;
     Ok(())
 }
 
 fn log_connected(session: &Arc<Session>) {
-    super::SESSION_LOG.info(&format!("client {} connected", session.peer_addr()));
+    super::JOIN_LOG.info(&format!("client {} connected", session.peer_addr()));
 }
 
 fn log_disconnected(session: &Arc<Session>, reason: &str) {
-    super::SESSION_LOG.info(&format!(
+    super::LEAVE_LOG.info(&format!(
         "client {} disconnected: {reason}",
         session.peer_addr()
     ));

@@ -57,7 +57,14 @@ pub(crate) enum Io {
     Disconnected(Box<DisconnectNotice>),
     /// The service stops: disconnect this worker's sessions and leave.
     Stop,
+    /// Bytes to queue on every session of this worker (a broadcast; boxed,
+    /// so that every record stays two words).
+    Broadcast(Box<Bytes>),
 }
+
+// Every record travels inside its operation without an allocation of its
+// own only while it fits in two words (see `op::Erased`).
+const _: () = assert!(std::mem::size_of::<Io>() <= 2 * std::mem::size_of::<usize>());
 
 /// A session's `on_disconnected`, due on its worker. It runs when the
 /// worker dispatches the notice, or — should the worker be gone and the
@@ -210,6 +217,9 @@ pub(crate) struct ServiceCore {
     sessions: Mutex<FxHashMap<u64, Arc<Session>>>,
     /// Sessions open from each IP address.
     per_ip: Mutex<FxHashMap<IpAddr, usize>>,
+    /// The sessions of each worker, in port order: what a broadcast that a
+    /// worker fans out itself goes to.
+    by_worker: Vec<Mutex<FxHashMap<u64, Arc<Session>>>>,
     next_id: AtomicU64,
     listener: Mutex<Option<Arc<Listener>>>,
     workers: Mutex<Vec<Worker>>,
@@ -246,6 +256,7 @@ impl ServiceCore {
         let Some(session) = self.sessions().remove(&id) else {
             return;
         };
+        lock_ignoring_poison(&self.by_worker[self.worker_index(id)]).remove(&id);
         let mut per_ip = lock_ignoring_poison(&self.per_ip);
         let ip = session.peer_addr().ip();
         if let Some(open) = per_ip.get_mut(&ip) {
@@ -285,6 +296,7 @@ impl ServiceCore {
             self.worker_of(id),
         );
         self.sessions().insert(id, session.clone());
+        lock_ignoring_poison(&self.by_worker[self.worker_index(id)]).insert(id, session.clone());
         *lock_ignoring_poison(&self.per_ip)
             .entry(peer.ip())
             .or_insert(0) += 1;
@@ -330,6 +342,25 @@ impl ServiceCore {
         let threads = self.worker_threads.get();
         let worker = threads.and_then(|threads| threads.get(self.worker_index(id)));
         worker.copied().unwrap_or_else(current_thread)
+    }
+
+    /// Queues `data` on every session of the worker at `index` (called on
+    /// that worker); how many took it.
+    fn broadcast_here(&self, index: usize, data: &Bytes) -> usize {
+        let sessions: Vec<Arc<Session>> = lock_ignoring_poison(&self.by_worker[index])
+            .values()
+            .cloned()
+            .collect();
+        sessions
+            .iter()
+            .filter(|session| session.send(data.clone()))
+            .count()
+    }
+
+    /// The index of the worker running on this thread, if it is one.
+    fn worker_index_here(&self) -> Option<usize> {
+        let me = current_thread();
+        self.worker_threads.get()?.iter().position(|&w| w == me)
     }
 
     /// Hands `io` to the worker of session `id`; `false` once its port is
@@ -420,6 +451,11 @@ impl ServiceCore {
             Io::Drain(session) => session.on_drain(),
             Io::Disconnected(mut notice) => notice.announce(),
             Io::Stop => self.disconnect_sessions_of(current_thread(), "service stopped"),
+            Io::Broadcast(data) => {
+                if let Some(index) = self.worker_index_here() {
+                    self.broadcast_here(index, &data);
+                }
+            }
         }
     }
 
@@ -503,7 +539,8 @@ impl Service {
     }
 
     fn start(config: ServiceConfig, factory: SessionFactory) -> io::Result<Service> {
-        let ports = (0..config.workers.max(1))
+        let workers = config.workers.max(1);
+        let ports = (0..workers)
             .map(|_| CompletionPort::for_one_worker())
             .collect::<io::Result<Vec<_>>>()?;
         let core = Arc::new(ServiceCore {
@@ -512,6 +549,9 @@ impl Service {
             config,
             sessions: Mutex::new(FxHashMap::default()),
             per_ip: Mutex::new(FxHashMap::default()),
+            by_worker: (0..workers)
+                .map(|_| Mutex::new(FxHashMap::default()))
+                .collect(),
             next_id: AtomicU64::new(0),
             listener: Mutex::new(None),
             workers: Mutex::new(Vec::new()),
@@ -628,13 +668,26 @@ impl Service {
         self.core.sessions().values().cloned().collect()
     }
 
-    /// Queues the same bytes on every connected session; they are written
-    /// once and shared. Returns how many sessions took them.
+    /// Queues the same bytes on every connected session (small ones are
+    /// copied into each session's coalescing buffer, larger ones shared).
+    /// Each worker fans the broadcast out to its own sessions: this call
+    /// queues it on the sessions of the worker it runs on, if any, and hands
+    /// it to every other worker once — one packet each, not one per
+    /// session. Returns how many sessions it was queued on or handed to.
     pub fn broadcast(&self, data: &Bytes) -> usize {
-        self.sessions()
-            .iter()
-            .filter(|session| session.send(data.clone()))
-            .count()
+        let here = self.core.worker_index_here();
+        let mut reached = 0;
+        for (index, port) in self.core.ports.iter().enumerate() {
+            if Some(index) == here {
+                reached += self.core.broadcast_here(index, data);
+            } else if port
+                .post(0, 0, Some(Io::Broadcast(Box::new(data.clone()))))
+                .is_ok()
+            {
+                reached += lock_ignoring_poison(&self.core.by_worker[index]).len();
+            }
+        }
+        reached
     }
 
     /// Bytes the service's sends have delivered to the kernel so far.

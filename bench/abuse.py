@@ -1,0 +1,329 @@
+#!/usr/bin/env python3
+"""Attacks on the release chat/echo server, loopback only, each bounded in
+time, on each backend; prints RSS over time, the healthy client's round-trip
+percentiles and who was dropped, and writes docs/abuse.json.
+
+    python3 bench/abuse.py [--backends uring,epoll] [--only NAME] [--seconds 40]
+
+Scenarios (issue #17):
+  flood-200         200 clients that never read, one flooding 5-byte C_CHATs,
+                    one healthy client (a round trip every 50 ms), one reading
+                    as fast as it can; then everyone leaves (defaults)
+  flood-200-norate  the same with --max-chat-rate 0 (the flood is not
+                    refused: the send queues and the memory budget hold it)
+  flood-2000        2000 non-readers, the flooder unlimited, --max-memory 256M
+  half-close        20 echoes of 1 MiB ended by shutdown(SHUT_WR), 20 chats
+                    ended the same way: every byte must come back
+  one-address       5000 idle connections from 127.0.0.1, then one from
+                    127.0.0.2: it must get in
+  partial-frames    15,000 clients each sending a maximum-size frame less one
+                    byte (--max-packet 65535): RSS while they wait, and after
+"""
+
+import argparse
+import json
+import os
+import resource
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BINARY = ROOT / "target" / "release" / "overlapped"
+C_CHAT, S_CHAT, S_WELCOME, C_PING, S_PONG = 1, 2, 3, 4, 5
+
+
+def frame(kind, payload=b""):
+    return struct.pack("<HH", len(payload) + 4, kind) + payload
+
+
+def read_exact(sock, n):
+    data = b""
+    while len(data) < n:
+        chunk = sock.recv(n - len(data))
+        if not chunk:
+            raise ConnectionError("closed")
+        data += chunk
+    return data
+
+
+def read_frame(sock):
+    size, kind = struct.unpack("<HH", read_exact(sock, 4))
+    return kind, read_exact(sock, size - 4)
+
+
+def rss_mib(pid):
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+class Server:
+    def __init__(self, backend, args):
+        self.port = free_port()
+        env = {**os.environ, "OVERLAPPED_BACKEND": backend, "OVERLAPPED_LOG": "info"}
+        self.proc = subprocess.Popen(
+            [str(BINARY), "server", "--addr", f"127.0.0.1:{self.port}", "--model", "port"] + args,
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
+            preexec_fn=raise_fd_limit)
+        self.lines = []
+        threading.Thread(target=self._read_log, daemon=True).start()
+        deadline = time.time() + 30
+        while not any("listening on" in l for l in self.lines):
+            if time.time() > deadline or self.proc.poll() is not None:
+                raise RuntimeError("the server did not start: " + "".join(self.lines[-5:]))
+            time.sleep(0.05)
+
+    def _read_log(self):
+        for line in self.proc.stderr:
+            self.lines.append(line)
+
+    def addr(self):
+        return ("127.0.0.1", self.port)
+
+    def dropped(self, needle):
+        return [l.strip() for l in self.lines if "disconnected" in l and needle in l]
+
+    def stop(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def raise_fd_limit():
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def join(addr, local="127.0.0.1", rcvbuf=None):
+    sock = socket.socket()
+    if rcvbuf:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    sock.bind((local, 0))
+    sock.settimeout(10)
+    sock.connect(addr)
+    kind, payload = read_frame(sock)
+    assert kind == S_WELCOME, kind
+    return sock, struct.unpack("<Q", payload)[0]
+
+
+def percentile(samples, p):
+    if not samples:
+        return None
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * p / 100))]
+
+
+def flood(backend, non_readers, seconds, extra):
+    server = Server(backend, ["--mode", "chat", "--max-sessions-per-ip", "0"] + extra)
+    baseline = rss_mib(server.proc.pid)
+    # Each says hello once (a ping: the server drops a client that never
+    # speaks), then never reads again.
+    hoarders = [join(server.addr(), rcvbuf=4096)[0] for _ in range(non_readers)]
+    for sock in hoarders:
+        sock.sendall(frame(C_PING))
+    healthy, healthy_id = join(server.addr())
+    reader, _ = join(server.addr())
+    reader.sendall(frame(C_PING))
+    flooder, _ = join(server.addr())
+    stop = threading.Event()
+    rtts, events = [], {"healthy_dropped": False, "reader_dropped": False, "reader_bytes": 0}
+
+    def keep_healthy():
+        try:
+            while not stop.is_set():
+                started = time.monotonic()
+                healthy.sendall(frame(C_CHAT, b"ping"))
+                while True:
+                    kind, payload = read_frame(healthy)
+                    if kind == S_CHAT and payload[:8] == struct.pack("<Q", healthy_id):
+                        break
+                rtts.append((time.monotonic() - started) * 1000)
+                time.sleep(0.05)
+        except (OSError, ConnectionError):
+            events["healthy_dropped"] = True
+
+    def read_fast():
+        try:
+            while not stop.is_set():
+                chunk = reader.recv(1 << 20)
+                if not chunk:
+                    events["reader_dropped"] = True
+                    return
+                events["reader_bytes"] += len(chunk)
+        except socket.timeout:
+            pass
+        except OSError:
+            events["reader_dropped"] = True
+
+    def flood_chat():
+        burst = frame(C_CHAT, b"x") * 4096
+        try:
+            while not stop.is_set():
+                flooder.sendall(burst)
+        except OSError:
+            pass
+
+    reader.settimeout(1)
+    threads = [threading.Thread(target=f, daemon=True) for f in (keep_healthy, read_fast, flood_chat)]
+    for t in threads:
+        t.start()
+    samples, started = [], time.monotonic()
+    while time.monotonic() - started < seconds:
+        samples.append(round(rss_mib(server.proc.pid), 1))
+        time.sleep(0.5)
+    stop.set()
+    for t in threads:
+        t.join(timeout=15)
+    for sock in hoarders + [healthy, reader, flooder]:
+        sock.close()
+    after = []
+    for _ in range(20):
+        time.sleep(0.5)
+        after.append(round(rss_mib(server.proc.pid), 1))
+    result = {
+        "baseline_rss_mib": round(baseline, 1),
+        "peak_rss_mib": max(samples),
+        "rss_over_time_mib": samples,
+        "rss_10s_after_mib": after[-1],
+        "healthy_round_trips": len(rtts),
+        "healthy_p50_ms": percentile(rtts, 50),
+        "healthy_p99_ms": percentile(rtts, 99),
+        "healthy_dropped": events["healthy_dropped"],
+        "fast_reader_dropped": events["reader_dropped"],
+        "fast_reader_mib": round(events["reader_bytes"] / 2**20, 1),
+        "flooder_dropped_for": [l.split("disconnected: ", 1)[1] for l in server.dropped("chat flood")][:1],
+        "shed_by_budget": len(server.dropped("memory budget")),
+        "dropped_send_queue_full": len(server.dropped("send queue full")),
+    }
+    server.stop()
+    return result
+
+
+def half_close(backend):
+    echo = Server(backend, ["--mode", "echo", "--max-sessions-per-ip", "0"])
+    complete = 0
+    data = bytes(i % 253 for i in range(1 << 20))
+    for _ in range(20):
+        sock = socket.create_connection(echo.addr(), timeout=20)
+        sender = threading.Thread(target=lambda s=sock: (s.sendall(data), s.shutdown(socket.SHUT_WR)))
+        sender.start()
+        got = bytearray()
+        while True:
+            chunk = sock.recv(1 << 20)
+            if not chunk:
+                break
+            got += chunk
+        sender.join()
+        sock.close()
+        complete += bytes(got) == data
+    echo.stop()
+    chat = Server(backend, ["--mode", "chat"])
+    own_lines = 0
+    for _ in range(20):
+        sock, me = join(chat.addr())
+        sock.sendall(frame(C_CHAT, b"last words"))
+        sock.shutdown(socket.SHUT_WR)
+        try:
+            kind, payload = read_frame(sock)
+            own_lines += kind == S_CHAT and payload[:8] == struct.pack("<Q", me)
+        except (OSError, ConnectionError):
+            pass
+        sock.close()
+    chat.stop()
+    return {"echoes_complete_of_20": complete, "own_chats_of_20": own_lines}
+
+
+def one_address(backend):
+    server = Server(backend, ["--mode", "chat", "--max-sessions", "5001"])
+    held, refused = [], 0
+    for _ in range(5000):
+        try:
+            held.append(socket.create_connection(server.addr(), timeout=5))
+        except OSError:
+            refused += 1
+    time.sleep(1)
+    try:
+        other, _ = join(server.addr(), local="127.0.0.2")
+        other.close()
+        got_in = True
+    except (OSError, AssertionError, ConnectionError):
+        got_in = False
+    limited = len(server.dropped("")) + sum("limit per address" in l for l in server.lines)
+    for sock in held:
+        sock.close()
+    server.stop()
+    return {"second_address_got_in": got_in, "refused_lines_logged": limited}
+
+
+def partial_frames(backend, clients):
+    server = Server(backend, ["--mode", "chat", "--max-packet", "65535", "--max-sessions-per-ip", "0",
+                              "--handshake-timeout-ms", "0"])
+    baseline = rss_mib(server.proc.pid)
+    partial = frame(C_CHAT, b"a" * (65535 - 4))[:-1]
+    socks = []
+    for _ in range(clients):
+        try:
+            sock = socket.create_connection(server.addr(), timeout=5)
+            sock.sendall(partial)
+            socks.append(sock)
+        except OSError:
+            break
+    time.sleep(3)
+    during = rss_mib(server.proc.pid)
+    for sock in socks:
+        sock.close()
+    time.sleep(10)
+    after = rss_mib(server.proc.pid)
+    server.stop()
+    return {"clients": len(socks), "baseline_rss_mib": round(baseline, 1),
+            "rss_while_waiting_mib": round(during, 1),
+            "kib_per_client": round((during - baseline) * 1024 / max(1, len(socks)), 1),
+            "rss_10s_after_mib": round(after, 1)}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--backends", default="uring,epoll")
+    parser.add_argument("--only", default=None)
+    parser.add_argument("--seconds", type=float, default=40)
+    opts = parser.parse_args()
+    raise_fd_limit()
+    subprocess.run(["cargo", "build", "--release", "-q", "-p", "overlapped-cli"], cwd=ROOT, check=True)
+    scenarios = {
+        "flood-200": lambda b: flood(b, 200, opts.seconds, []),
+        "flood-200-norate": lambda b: flood(b, 200, opts.seconds, ["--max-chat-rate", "0"]),
+        "flood-2000": lambda b: flood(b, 2000, opts.seconds, ["--max-chat-rate", "0", "--max-memory", "256M"]),
+        "half-close": half_close,
+        "one-address": one_address,
+        "partial-frames": lambda b: partial_frames(b, 15000),
+    }
+    results = {}
+    for backend in opts.backends.split(","):
+        for name, run in scenarios.items():
+            if opts.only and opts.only != name:
+                continue
+            print(f"== {backend} {name}", flush=True)
+            result = run(backend)
+            results.setdefault(backend, {})[name] = result
+            print(json.dumps(result), flush=True)
+    out = ROOT / "docs" / ("abuse.json" if not opts.only else f"abuse-{opts.only}.json")
+    out.write_text(json.dumps(results, indent=1) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
