@@ -157,17 +157,18 @@ def flood(backend, non_readers, seconds, extra):
             events["healthy_dropped"] = True
 
     def read_fast():
-        try:
-            while not stop.is_set():
+        while not stop.is_set():
+            try:
                 chunk = reader.recv(1 << 20)
-                if not chunk:
-                    events["reader_dropped"] = True
-                    return
-                events["reader_bytes"] += len(chunk)
-        except socket.timeout:
-            pass
-        except OSError:
-            events["reader_dropped"] = True
+            except socket.timeout:
+                continue
+            except OSError:
+                events["reader_dropped"] = True
+                return
+            if not chunk:
+                events["reader_dropped"] = True
+                return
+            events["reader_bytes"] += len(chunk)
 
     def flood_chat():
         burst = frame(C_CHAT, b"x") * 4096
@@ -177,8 +178,22 @@ def flood(backend, non_readers, seconds, extra):
         except OSError:
             pass
 
+    def drain_flooder():
+        # The flooder reads its own echoes, so that nothing slows it down
+        # but the server.
+        flooder.settimeout(1)
+        while not stop.is_set():
+            try:
+                if not flooder.recv(1 << 20):
+                    return
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+
     reader.settimeout(1)
-    threads = [threading.Thread(target=f, daemon=True) for f in (keep_healthy, read_fast, flood_chat)]
+    threads = [threading.Thread(target=f, daemon=True)
+               for f in (keep_healthy, read_fast, flood_chat, drain_flooder)]
     for t in threads:
         t.start()
     samples, started = [], time.monotonic()

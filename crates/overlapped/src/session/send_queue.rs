@@ -24,6 +24,8 @@ pub(super) struct SendQueue {
     /// queue entry (and one iovec) each. Its memory is reused once what was
     /// split off it has been sent.
     pub(super) tail: BytesMut,
+    /// The size of the last chunk the coalescing buffer took.
+    chunk: usize,
     /// The receive buffer, parked while the queue is too full to read more
     /// (backpressure); posted again once the queue drains.
     pub(super) parked_recv: Option<RecvBuffer>,
@@ -104,14 +106,19 @@ impl SendQueue {
         if data.len() > COALESCE_MAX {
             return self.push_entry(Bytes::copy_from_slice(data));
         }
-        if self.tail.len() + data.len() > COALESCE_CHUNK {
+        if self.tail.capacity() - self.tail.len() < data.len() {
+            // A new chunk, never a copy of what the old one holds: what is
+            // in it goes out as it is. The next is the old chunk's memory
+            // taken back, if everything split off it was sent; otherwise a
+            // fresh one, twice the last while a burst lasts.
             self.seal_tail();
+            if !self.tail.try_reclaim(data.len()) {
+                let chunk = (self.chunk * 2).clamp(COPY_CHUNK, COALESCE_CHUNK);
+                self.chunk = chunk;
+                self.tail = BytesMut::with_capacity(chunk.max(data.len()));
+            }
         }
         let cost = data.len() + if self.tail.is_empty() { ENTRY_COST } else { 0 };
-        if self.tail.capacity() - self.tail.len() < data.len() {
-            // Takes the memory back if everything split off it is gone.
-            self.tail.reserve(data.len().max(COPY_CHUNK));
-        }
         self.tail.extend_from_slice(data);
         cost
     }
@@ -150,9 +157,11 @@ impl SendQueue {
     /// [`MAX_GATHER`] buffers, in the spare vector when there is one.
     pub(super) fn take_batch(&mut self) -> Vec<Bytes> {
         self.seal_tail();
-        if self.tail.capacity() > COALESCE_CHUNK {
-            // A burst made it large: an idle session keeps only a chunk.
+        if self.tail.capacity() > COPY_CHUNK {
+            // A burst made it large: a quiet session keeps a small chunk
+            // at most.
             self.tail = BytesMut::new();
+            self.chunk = 0;
         }
         let mut batch = mem::take(&mut self.spare);
         if self.pending.len() <= MAX_GATHER {

@@ -14,7 +14,7 @@ use std::fmt;
 use std::io;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::panic::{self, AssertUnwindSafe};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -60,6 +60,12 @@ pub(crate) enum Io {
     /// Bytes to queue on every session of this worker (a broadcast; boxed,
     /// so that every record stays two words).
     Broadcast(Box<Bytes>),
+}
+
+/// What a broadcast handed to another worker holds until that worker fans
+/// it out: its bytes, its box and its packet in the port's queue.
+fn in_transit_cost(data: &Bytes) -> usize {
+    data.len() + 256
 }
 
 // Every record travels inside its operation without an allocation of its
@@ -151,10 +157,13 @@ pub struct ServiceConfig {
     /// Most bytes the service holds for all its sessions together — their
     /// send queues (each buffer with its cost), sends on their way to a
     /// worker, receive buffers and partial packets, as
-    /// [`Session::held_bytes`] counts them (0: no budget). Past it, the
-    /// sessions holding the most are disconnected, with a logged reason,
-    /// until the service holds less than nine tenths of it. The default is a
-    /// quarter of the machine's memory, between 64 MiB and 8 GiB.
+    /// [`Session::held_bytes`] counts them (0: no budget). Sessions are held
+    /// to half of it — the other half is room for what those bytes cost
+    /// the allocator, and for the server's own memory, so that the process
+    /// stays within the budget: past that half, the sessions holding the
+    /// most are disconnected, with a logged reason, until they hold nine
+    /// tenths of it. The default is a quarter of the machine's memory,
+    /// between 64 MiB and 8 GiB.
     pub max_memory: usize,
 }
 
@@ -217,6 +226,9 @@ pub(crate) struct ServiceCore {
     sessions: Mutex<FxHashMap<u64, Arc<Session>>>,
     /// Sessions open from each IP address.
     per_ip: Mutex<FxHashMap<IpAddr, usize>>,
+    /// Bytes of broadcasts handed to other workers and not fanned out yet:
+    /// counted with the sessions' against the memory budget.
+    in_transit: AtomicUsize,
     /// The sessions of each worker, in port order: what a broadcast that a
     /// worker fans out itself goes to.
     by_worker: Vec<Mutex<FxHashMap<u64, Arc<Session>>>>,
@@ -357,6 +369,12 @@ impl ServiceCore {
             .count()
     }
 
+    /// Bytes the service holds outside its sessions: broadcasts on their
+    /// way to a worker.
+    pub(crate) fn held_in_transit(&self) -> usize {
+        self.in_transit.load(Ordering::Relaxed)
+    }
+
     /// The index of the worker running on this thread, if it is one.
     fn worker_index_here(&self) -> Option<usize> {
         let me = current_thread();
@@ -455,6 +473,8 @@ impl ServiceCore {
                 if let Some(index) = self.worker_index_here() {
                     self.broadcast_here(index, &data);
                 }
+                self.in_transit
+                    .fetch_sub(in_transit_cost(&data), Ordering::Relaxed);
             }
         }
     }
@@ -549,6 +569,7 @@ impl Service {
             config,
             sessions: Mutex::new(FxHashMap::default()),
             per_ip: Mutex::new(FxHashMap::default()),
+            in_transit: AtomicUsize::new(0),
             by_worker: (0..workers)
                 .map(|_| Mutex::new(FxHashMap::default()))
                 .collect(),
@@ -680,11 +701,14 @@ impl Service {
         for (index, port) in self.core.ports.iter().enumerate() {
             if Some(index) == here {
                 reached += self.core.broadcast_here(index, data);
-            } else if port
-                .post(0, 0, Some(Io::Broadcast(Box::new(data.clone()))))
-                .is_ok()
-            {
-                reached += lock_ignoring_poison(&self.core.by_worker[index]).len();
+            } else {
+                let cost = in_transit_cost(data);
+                self.core.in_transit.fetch_add(cost, Ordering::Relaxed);
+                let posted = port.post(0, 0, Some(Io::Broadcast(Box::new(data.clone()))));
+                match posted {
+                    Ok(()) => reached += lock_ignoring_poison(&self.core.by_worker[index]).len(),
+                    Err(_) => _ = self.core.in_transit.fetch_sub(cost, Ordering::Relaxed),
+                }
             }
         }
         reached

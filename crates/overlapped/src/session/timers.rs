@@ -81,9 +81,9 @@ impl Timers {
                     let held = crate::boundary::catch("the memory budget", || {
                         hold_to_budget(core, budget)
                     });
-                    // Closer together while the budget is half used.
+                    // Closer together while a quarter of it is used.
                     let every = match held {
-                        Ok(held) if held > budget / 2 => BUDGET_CHECK_BUSY,
+                        Ok(held) if held > budget / 4 => BUDGET_CHECK_BUSY,
                         _ => BUDGET_CHECK_IDLE,
                     };
                     next_budget_check = Some(now + every);
@@ -110,32 +110,36 @@ impl Timers {
     }
 }
 
-/// How often the memory budget is checked while sessions hold less than
-/// half of it, and while they hold more.
+/// How often the memory budget is checked while sessions hold less than a
+/// quarter of it, and while they hold more.
 const BUDGET_CHECK_IDLE: Duration = Duration::from_millis(100);
 const BUDGET_CHECK_BUSY: Duration = Duration::from_millis(10);
 
-/// Disconnects the sessions holding the most while the service's sessions
-/// hold more than `budget` bytes, down to nine tenths of it. Returns what
-/// they hold afterwards.
+/// Disconnects the sessions holding the most while the service holds more
+/// than half of `budget` for them, down to nine twentieths. The other half
+/// is room for what the bytes held cost the allocator and for the server's
+/// own memory, so that the process stays within the budget. Returns what
+/// the sessions hold afterwards.
 fn hold_to_budget(core: &ServiceCore, budget: usize) -> usize {
     let mut sessions: Vec<(usize, _)> = core
         .session_snapshot()
         .into_iter()
         .map(|session| (session.held_bytes(), session))
         .collect();
-    let mut held: usize = sessions.iter().map(|(bytes, _)| bytes).sum();
-    if held <= budget {
+    let mut held: usize =
+        sessions.iter().map(|(bytes, _)| bytes).sum::<usize>() + core.held_in_transit();
+    let limit = budget / 2;
+    if held <= limit {
         return held;
     }
     sessions.sort_unstable_by_key(|(bytes, _)| std::cmp::Reverse(*bytes));
-    let target = budget / 10 * 9;
+    let target = limit / 10 * 9;
     for (bytes, session) in sessions {
         if held <= target {
             break;
         }
         session.disconnect(&format!(
-            "memory budget: sessions hold {held} bytes, past the server's {budget}; \
+            "memory budget: sessions hold {held} bytes, past half the server's {budget}; \
              this one held the most ({bytes} bytes)"
         ));
         held = held.saturating_sub(bytes);
