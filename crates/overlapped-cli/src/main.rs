@@ -38,6 +38,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    return_freed_memory_at_once();
     init_logging();
     raise_open_file_limit();
     let cli = Cli::parse();
@@ -54,6 +55,32 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The environment variable that sets how long mimalloc waits before it
+/// returns freed pages to the system, in milliseconds.
+const PURGE_DELAY_VAR: &str = "MIMALLOC_PURGE_DELAY";
+
+/// Has freed memory go back to the system as it is freed: mimalloc returns
+/// a thread's freed pages only when that thread allocates again after the
+/// delay, so a worker that went quiet after a burst (everyone left) would
+/// keep its peak for good. mimalloc reads its options from the environment
+/// before `main`, so the program runs itself again with the option set —
+/// unless the operator set it.
+fn return_freed_memory_at_once() {
+    if std::env::var_os(PURGE_DELAY_VAR).is_some() {
+        return;
+    }
+    let Ok(exe) = std::env::current_exe() else {
+        return;
+    };
+    use std::os::unix::process::CommandExt;
+    let error = std::process::Command::new(exe)
+        .args(std::env::args_os().skip(1))
+        .env(PURGE_DELAY_VAR, "0")
+        .exec();
+    // Only a failed exec returns: go on with the allocator's default.
+    eprintln!("overlapped: cannot set {PURGE_DELAY_VAR} ({error}); freed memory returns lazily");
 }
 
 /// Log lines go to stderr, so stdout carries only the seed's output.

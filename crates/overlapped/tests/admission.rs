@@ -205,3 +205,34 @@ fn past_the_memory_budget_the_sessions_holding_the_most_are_disconnected() {
     drop(hoarders);
     service.stop();
 }
+
+#[test]
+fn a_partial_packet_costs_what_has_arrived_of_it_not_the_largest_packet() {
+    // Frames of up to 64 KiB; a client sends the first 100 bytes of one.
+    struct Framed;
+    impl SessionHandler for Framed {
+        fn on_recv(&self, _: &Arc<Session>, _: &[u8]) -> Result<usize, String> {
+            Ok(0) // a whole frame never comes
+        }
+    }
+    let config = ServiceConfig {
+        workers: 1,
+        recv_buffer: 128 * 1024,
+        recv_low_water: 64 * 1024,
+        ..ServiceConfig::default()
+    };
+    let service = Service::server("127.0.0.1:0", config, Arc::new(|| Arc::new(Framed))).unwrap();
+    let mut client = common::connect_to(&service);
+    client.write_all(&[7; 100]).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let held = loop {
+        let held: usize = service.sessions().iter().map(|s| s.held_bytes()).sum();
+        if held > 0 {
+            break held;
+        }
+        assert!(Instant::now() < deadline, "the bytes never arrived");
+        thread::sleep(Duration::from_millis(5));
+    };
+    assert!(held <= 4096, "{held} bytes held for 100 bytes of a packet");
+    service.stop();
+}
