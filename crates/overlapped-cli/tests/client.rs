@@ -101,7 +101,11 @@ fn lost_server_is_a_one_line_error_and_nonzero_exit() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let (peer, _) = listener.accept().unwrap();
+    let (mut peer, _) = listener.accept().unwrap();
+    // Reset only after the first send arrived: a reset that races the
+    // client's `connect` makes the connect fail instead, a different error.
+    let mut first = [0u8; 100];
+    peer.read_exact(&mut first).unwrap();
     socket2::SockRef::from(&peer)
         .set_linger(Some(Duration::ZERO))
         .unwrap();
