@@ -69,6 +69,7 @@ mod boundary;
 mod driver;
 pub mod error;
 mod event;
+pub mod game;
 pub mod net;
 mod overlapped;
 pub mod port;

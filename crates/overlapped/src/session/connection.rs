@@ -10,6 +10,7 @@ use std::sync::{Arc, Weak};
 
 use bytes::Bytes;
 
+use super::metrics::Counters as WorkerCounters;
 use super::recv_buffer::RecvBuffer;
 use super::send_gate::SendGate;
 use super::send_queue::SendQueue;
@@ -113,8 +114,8 @@ pub struct Session {
     recv_capacity: (usize, usize),
     /// Most bytes the send queue may hold before the session is dropped.
     max_send_queue: usize,
-    /// The service's count of bytes sent, added to at each send completion.
-    bytes_sent: Arc<AtomicU64>,
+    /// The counters of its worker (see [`super::Metrics`]).
+    counters: Arc<WorkerCounters>,
     /// When the session last had no incomplete packet pending (ms on the
     /// service clock): the idle timeout runs from here.
     last_progress: AtomicU64,
@@ -154,8 +155,8 @@ pub(crate) struct SessionLimits {
     pub(crate) recv_buffer: RecvBuffer,
     pub(crate) multishot: bool,
     pub(crate) max_send_queue: usize,
-    /// The service's count of bytes sent.
-    pub(crate) bytes_sent: Arc<AtomicU64>,
+    /// The counters of the session's worker.
+    pub(crate) counters: Arc<WorkerCounters>,
 }
 
 impl Session {
@@ -172,7 +173,7 @@ impl Session {
             recv_buffer,
             multishot,
             max_send_queue,
-            bytes_sent,
+            counters,
         } = limits;
         let recv_capacity = (recv_buffer.capacity(), recv_buffer.low_water());
         let recv_buffer = (!multishot).then_some(recv_buffer);
@@ -194,7 +195,7 @@ impl Session {
             multishot,
             recv_capacity,
             max_send_queue,
-            bytes_sent,
+            counters,
             last_progress: AtomicU64::new(now_millis()),
             held_queued: AtomicUsize::new(0),
             held_handed: AtomicUsize::new(0),
@@ -220,6 +221,16 @@ impl Session {
     /// Whether the session is still connected.
     pub fn is_connected(&self) -> bool {
         !self.disconnected.load(Ordering::Acquire)
+    }
+
+    /// Whether the session is one of `core`'s.
+    pub(crate) fn belongs_to(&self, core: &Arc<ServiceCore>) -> bool {
+        std::ptr::eq(self.service.as_ptr(), Arc::as_ptr(core))
+    }
+
+    /// The counters of the session's worker.
+    pub(crate) fn counters(&self) -> &WorkerCounters {
+        &self.counters
     }
 
     /// The service the session belongs to, while it runs.
@@ -255,6 +266,7 @@ impl Session {
         if !self.is_connected() || self.gate.is_draining() {
             return false;
         }
+        WorkerCounters::add(&self.counters.packets_out, 1);
         let data = match self.queue_here(data) {
             Ok(queued) => return queued,
             // Another thread, or a send from inside the queue's own update.
@@ -353,6 +365,7 @@ impl Session {
         }
         queue.queued += data.push_onto(queue);
         self.held_queued.store(queue.queued, Ordering::Relaxed);
+        self.counters.send_queue_reached(queue.queued);
         let stop_reading = self.multishot && queue.stop_reading(self.max_send_queue);
         let batch = (!queue.in_flight).then(|| {
             queue.in_flight = true;
@@ -386,6 +399,7 @@ impl Session {
         if self.disconnected.swap(true, Ordering::AcqRel) {
             return;
         }
+        self.counters.disconnected(reason);
         let _ = self.stream.close();
         if let Some(service) = self.service.upgrade() {
             service.forget(self.id);
@@ -598,6 +612,7 @@ impl Session {
         if !self.is_connected() || self.is_closing() {
             return;
         }
+        WorkerCounters::add(&self.counters.bytes_in, bytes.len() as u64);
         let outcome = self.recv.with(|slot| self.receive(slot, bytes));
         match outcome {
             Some(Ok(())) => {}
@@ -739,6 +754,7 @@ impl Session {
             Ok(transfer) => transfer.bytes,
             Err(e) => return self.disconnect(&format!("receive failed: {e}")),
         };
+        WorkerCounters::add(&self.counters.bytes_in, received as u64);
         if let Some(mut carrier) = tails {
             if let Some(tail) = carrier.pop() {
                 buffer.restore(tail, received);
@@ -807,8 +823,7 @@ impl Session {
     ) {
         match result {
             Ok(transfer) => {
-                self.bytes_sent
-                    .fetch_add(transfer.bytes as u64, Ordering::Relaxed);
+                WorkerCounters::add(&self.counters.bytes_out, transfer.bytes as u64);
                 self.handler.on_sent(self, transfer.bytes)
             }
             Err(e) => return self.disconnect(&format!("send failed: {e}")),

@@ -8,6 +8,9 @@ use bytes::{BufMut, Bytes, BytesMut};
 /// Bytes of the header: size and id.
 pub const HEADER_LEN: usize = 4;
 
+/// The longest frame the size field can describe.
+pub const MAX_FRAME: usize = u16::MAX as usize;
+
 /// One whole frame found in a byte stream.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Frame<'a> {

@@ -88,12 +88,19 @@ impl Listener {
         }
         self.rearm();
         if let Some((stream, peer)) = accepted {
-            if let Some(refusal) = refusal(core, peer) {
-                self.refusals.log(&format!("refused {peer}: {refusal}"));
-                drop(stream);
-                return;
-            }
-            let session = core.adopt(stream, peer);
+            let adopted = match refusal(core, peer) {
+                Some(refusal) => Err(refusal),
+                None => core.adopt(stream, peer),
+            };
+            let session = match adopted {
+                Ok(session) => session,
+                Err(refusal) => {
+                    core.count_refusal();
+                    self.refusals.log(&format!("refused {peer}: {refusal}"));
+                    return;
+                }
+            };
+            core.count_accept();
             // The accept's packet names the listener, not the session: a
             // panicking `on_connected` must still disconnect this session.
             core.run_guarded(session.id(), || session.start());

@@ -26,19 +26,25 @@
 
 mod connection;
 pub mod framing;
+pub(crate) mod jobs;
 mod listener;
 mod log_budget;
+pub(crate) mod metrics;
 mod packet;
 mod recv_buffer;
+pub(crate) mod schedule;
 mod send_gate;
 mod send_queue;
-mod service;
+pub(crate) mod service;
 mod timers;
 mod worker;
 
 pub use connection::{Session, SessionHandler};
 pub use listener::Listener;
 pub use log_budget::LogBudget;
+pub use metrics::{DisconnectKind, Metrics, TICK_LATENESS_BOUNDS_US};
 pub use packet::{recv_buffer_for, PacketHandler, PacketSession};
 pub use recv_buffer::RecvBuffer;
-pub use service::{default_max_memory, Service, ServiceConfig, SessionFactory, ShutdownReport};
+pub use service::{
+    default_max_memory, PeerFactory, Service, ServiceConfig, SessionFactory, ShutdownReport,
+};

@@ -23,8 +23,11 @@ use bytes::Bytes;
 use rustc_hash::FxHashMap;
 
 use super::connection::{Session, SessionHandler, SessionLimits};
+use super::jobs::JobQueue;
 use super::listener::Listener;
+use super::metrics::{Counters, Metrics};
 use super::recv_buffer::RecvBuffer;
+use super::schedule::{Due, Schedule};
 use super::timers::Timers;
 use super::worker::Worker;
 use crate::boundary::panic_message;
@@ -35,6 +38,13 @@ use crate::sync::{current_thread, ThreadKey};
 
 /// Makes the handler of each new session.
 pub type SessionFactory = Arc<dyn Fn() -> Arc<dyn SessionHandler> + Send + Sync>;
+
+/// Makes the handler of each new session knowing its peer's address, or
+/// refuses the connection: an `Err` closes it as soon as it is accepted,
+/// with the reason logged (as a refusal for the session limits is) and
+/// counted in [`Metrics::refused`]. Runs on the worker that accepted.
+pub type PeerFactory =
+    Arc<dyn Fn(SocketAddr) -> Result<Arc<dyn SessionHandler>, String> + Send + Sync>;
 
 /// The record each operation carries through the port: what to do with its
 /// completion, and the `Arc` that keeps its owner alive meanwhile.
@@ -60,6 +70,26 @@ pub(crate) enum Io {
     /// Bytes to queue on every session of this worker (a broadcast; boxed,
     /// so that every record stays two words).
     Broadcast(Box<Bytes>),
+    /// Run the jobs of a queue that belongs to this worker.
+    Jobs(Arc<JobQueue>),
+    /// Bytes to queue on sessions of this worker: a group's broadcast.
+    GroupCast(Box<GroupCast>),
+    /// An entry was added to this worker's schedule ahead of the others:
+    /// look at it again before sleeping.
+    Wake,
+}
+
+/// A group's broadcast handed to the worker of some of its members.
+pub(crate) struct GroupCast {
+    pub(crate) sessions: Vec<Arc<Session>>,
+    pub(crate) data: Bytes,
+}
+
+impl GroupCast {
+    /// What it holds until that worker has queued it.
+    pub(crate) fn cost(&self) -> usize {
+        in_transit_cost(&self.data) + self.sessions.len() * std::mem::size_of::<usize>()
+    }
 }
 
 /// What a broadcast handed to another worker holds until that worker fans
@@ -221,7 +251,7 @@ pub struct ShutdownReport {
 pub(crate) struct ServiceCore {
     /// One port per worker, reaped by that worker alone.
     ports: Vec<CompletionPort<Io>>,
-    factory: SessionFactory,
+    factory: PeerFactory,
     config: ServiceConfig,
     sessions: Mutex<FxHashMap<u64, Arc<Session>>>,
     /// Sessions open from each IP address.
@@ -237,9 +267,15 @@ pub(crate) struct ServiceCore {
     workers: Mutex<Vec<Worker>>,
     /// The thread of each port's worker, in port order.
     worker_threads: OnceLock<Vec<ThreadKey>>,
-    /// Bytes the sessions' sends delivered; each session holds a handle.
-    bytes_sent: Arc<AtomicU64>,
+    /// The counters of each worker, in port order (see [`Metrics`]); a
+    /// session holds its worker's.
+    counters: Vec<Arc<Counters>>,
     timers: Timers,
+    /// What each worker runs at a moment (rooms' delayed jobs and ticks),
+    /// in port order.
+    schedules: Vec<Schedule>,
+    /// The worker the next room goes to.
+    next_room: AtomicUsize,
     /// `stop` has finished: what [`Service::wait`] waits for.
     stopped: Mutex<bool>,
     stopped_changed: Condvar,
@@ -287,8 +323,14 @@ impl ServiceCore {
             .unwrap_or(0)
     }
 
-    /// Makes a session for a stream (connected, or about to be) and tracks it.
-    pub(crate) fn adopt(self: &Arc<Self>, stream: TcpStream, peer: SocketAddr) -> Arc<Session> {
+    /// Makes a session for a stream (connected, or about to be) and tracks
+    /// it; the factory's reason if it refuses the peer.
+    pub(crate) fn adopt(
+        self: &Arc<Self>,
+        stream: TcpStream,
+        peer: SocketAddr,
+    ) -> Result<Arc<Session>, String> {
+        let handler = (self.factory)(peer)?;
         self.configure(&stream);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
         let stream = self.port_of(id).associate(stream, id);
@@ -296,13 +338,13 @@ impl ServiceCore {
             recv_buffer: self.recv_buffer(),
             multishot: self.multishot(),
             max_send_queue: self.config.max_send_queue,
-            bytes_sent: self.bytes_sent.clone(),
+            counters: self.counters[self.worker_index(id)].clone(),
         };
         let session = Session::new(
             id,
             peer,
             stream,
-            (self.factory)(),
+            handler,
             Arc::downgrade(self),
             limits,
             self.worker_of(id),
@@ -312,7 +354,7 @@ impl ServiceCore {
         *lock_ignoring_poison(&self.per_ip)
             .entry(peer.ip())
             .or_insert(0) += 1;
-        session
+        Ok(session)
     }
 
     fn configure(&self, stream: &TcpStream) {
@@ -321,6 +363,20 @@ impl ServiceCore {
                 tracing::warn!("cannot set TCP_NODELAY: {e}");
             }
         }
+    }
+
+    /// The counters of the worker running on this thread (the first
+    /// worker's off the workers).
+    pub(crate) fn counters_here(&self) -> &Counters {
+        &self.counters[self.worker_index_here().unwrap_or(0)]
+    }
+
+    pub(crate) fn count_accept(&self) {
+        Counters::add(&self.counters_here().accepted, 1);
+    }
+
+    pub(crate) fn count_refusal(&self) {
+        Counters::add(&self.counters_here().refused, 1);
     }
 
     /// Sessions open now.
@@ -385,6 +441,58 @@ impl ServiceCore {
     /// closed.
     pub(crate) fn post_to_worker(&self, id: u64, io: Io) -> bool {
         self.port_of(id).post(id, 0, Some(io)).is_ok()
+    }
+
+    /// Hands `io` to the worker at `index`; `false` once its port is closed.
+    pub(crate) fn post_to_worker_at(&self, index: usize, io: Io) -> bool {
+        self.ports
+            .get(index)
+            .is_some_and(|port| port.post(0, 0, Some(io)).is_ok())
+    }
+
+    /// Worker threads (and ports).
+    pub(crate) fn worker_count(&self) -> usize {
+        self.ports.len()
+    }
+
+    /// The worker a new room goes to: each in turn.
+    pub(crate) fn worker_for_room(&self) -> usize {
+        self.next_room.fetch_add(1, Ordering::Relaxed) % self.ports.len()
+    }
+
+    /// Runs `run` on the worker at `index` once `at` has come; `false`
+    /// once the service has stopped.
+    pub(crate) fn run_at(&self, index: usize, at: Instant, run: Due) -> bool {
+        let Some(schedule) = self.schedules.get(index) else {
+            return false;
+        };
+        match schedule.add(at, run) {
+            None => false,
+            // The worker may be asleep until a later entry.
+            Some(true) if self.worker_index_here() != Some(index) => {
+                self.post_to_worker_at(index, Io::Wake)
+            }
+            Some(_) => true,
+        }
+    }
+
+    /// The index of the worker a session belongs to.
+    pub(crate) fn worker_index_of(&self, id: u64) -> usize {
+        self.worker_index(id)
+    }
+
+    /// The index of the worker running on this thread, if it is one.
+    pub(crate) fn current_worker(&self) -> Option<usize> {
+        self.worker_index_here()
+    }
+
+    /// Counts what a group's broadcast holds on its way to a worker.
+    pub(crate) fn hold_in_transit(&self, bytes: usize) {
+        self.in_transit.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    pub(crate) fn release_in_transit(&self, bytes: usize) {
+        self.in_transit.fetch_sub(bytes, Ordering::Relaxed);
     }
 
     pub(crate) fn config(&self) -> &ServiceConfig {
@@ -476,6 +584,14 @@ impl ServiceCore {
                 self.in_transit
                     .fetch_sub(in_transit_cost(&data), Ordering::Relaxed);
             }
+            Io::Jobs(queue) => queue.run(self),
+            Io::GroupCast(cast) => {
+                self.release_in_transit(cast.cost());
+                for session in &cast.sessions {
+                    session.send(cast.data.clone());
+                }
+            }
+            Io::Wake => {}
         }
     }
 
@@ -494,20 +610,31 @@ impl ServiceCore {
 
     /// A worker thread: dispatches the packets of its port until the
     /// service stops it (or the port closes).
-    fn work(self: Arc<Self>, port: &CompletionPort<Io>) {
+    fn work(self: Arc<Self>, index: usize, port: &CompletionPort<Io>) {
         let mut batch = Vec::with_capacity(64);
         let mut receiving = Receiving::default();
-        // The port returns an error only once it is closed.
-        while port
-            .get_queued_completion_status_ex(&mut batch, 64, INFINITE)
-            .is_ok()
-        {
+        let schedule = &self.schedules[index];
+        loop {
+            // Asleep no later than the next entry of the schedule is due.
+            let timeout = schedule.next().map_or(INFINITE, |at| {
+                Some(at.saturating_duration_since(Instant::now()))
+            });
+            // The port returns an error only once it is closed.
+            if port
+                .get_queued_completion_status_ex(&mut batch, 64, timeout)
+                .is_err()
+            {
+                return;
+            }
             let mut stopping = false;
             // What the handlers start goes to the kernel in one submission.
             port.submit_batch(|| {
                 for packet in batch.drain(..) {
                     stopping |= matches!(packet.record, Some(Io::Stop));
                     self.dispatch_guarded(packet, &mut receiving);
+                }
+                for due in schedule.take_due(Instant::now()) {
+                    let _ = crate::boundary::catch("a scheduled job", due);
                 }
             });
             if stopping {
@@ -558,7 +685,11 @@ impl Service {
         Service { core }
     }
 
-    fn start(config: ServiceConfig, factory: SessionFactory) -> io::Result<Service> {
+    pub(crate) fn core(&self) -> &Arc<ServiceCore> {
+        &self.core
+    }
+
+    fn start(config: ServiceConfig, factory: PeerFactory) -> io::Result<Service> {
         let workers = config.workers.max(1);
         let ports = (0..workers)
             .map(|_| CompletionPort::for_one_worker())
@@ -577,8 +708,10 @@ impl Service {
             listener: Mutex::new(None),
             workers: Mutex::new(Vec::new()),
             worker_threads: OnceLock::new(),
-            bytes_sent: Arc::new(AtomicU64::new(0)),
+            counters: (0..workers).map(|_| Arc::default()).collect(),
             timers: Timers::default(),
+            schedules: (0..workers).map(|_| Schedule::default()).collect(),
+            next_room: AtomicUsize::new(0),
             stopped: Mutex::new(false),
             stopped_changed: Condvar::new(),
         });
@@ -606,7 +739,7 @@ impl Service {
             workers.push(Worker::spawn(
                 format!("service-worker-{index}"),
                 move || {
-                    core.work(&port);
+                    core.work(index, &port);
                     port.leftover_reaping()
                 },
             )?);
@@ -624,6 +757,16 @@ impl Service {
         addr: impl ToSocketAddrs,
         config: ServiceConfig,
         factory: SessionFactory,
+    ) -> io::Result<Service> {
+        Service::server_with(addr, config, Arc::new(move |_| Ok(factory())))
+    }
+
+    /// A server whose factory learns each client's address and may refuse
+    /// it (see [`PeerFactory`]); otherwise as [`Service::server`].
+    pub fn server_with(
+        addr: impl ToSocketAddrs,
+        config: ServiceConfig,
+        factory: PeerFactory,
     ) -> io::Result<Service> {
         let listener = TcpListener::bind(addr)?;
         let service = Service::start(config, factory)?;
@@ -645,7 +788,7 @@ impl Service {
         config: ServiceConfig,
         factory: SessionFactory,
     ) -> io::Result<Service> {
-        let service = Service::start(config, factory)?;
+        let service = Service::start(config, Arc::new(move |_| Ok(factory())))?;
         for _ in 0..count {
             if let Err(e) = service.connect(addr) {
                 // No handle reaches the caller: its threads must not outlive it.
@@ -665,7 +808,11 @@ impl Service {
             socket2::Type::STREAM,
             Some(socket2::Protocol::TCP),
         )?;
-        let session = self.core.adopt(TcpStream::from_unconnected(socket)?, addr);
+        let stream = TcpStream::from_unconnected(socket)?;
+        let session = self
+            .core
+            .adopt(stream, addr)
+            .map_err(|refusal| io::Error::new(io::ErrorKind::ConnectionRefused, refusal))?;
         if let Err(e) = session.connect(addr) {
             session.disconnect(&format!("connect failed: {e}"));
             return Err(e);
@@ -716,7 +863,13 @@ impl Service {
 
     /// Bytes the service's sends have delivered to the kernel so far.
     pub fn bytes_sent(&self) -> u64 {
-        self.core.bytes_sent.load(Ordering::Relaxed)
+        self.metrics().bytes_out
+    }
+
+    /// The service's counters now: sessions, packets and bytes in and out,
+    /// disconnects by kind, its rooms' jobs and tick lateness.
+    pub fn metrics(&self) -> Metrics {
+        Metrics::sum(&self.core.counters, self.session_count())
     }
 
     /// Shuts the service down cleanly: stops accepting, closes every
@@ -832,6 +985,9 @@ impl Service {
     pub fn stop(&self) {
         self.stop_listening();
         self.core.timers.stop();
+        for schedule in &self.core.schedules {
+            schedule.stop();
+        }
         let me = current_thread();
         for (index, port) in self.core.ports.iter().enumerate() {
             let worker = self.core.worker_threads.get().map(|w| w[index]);

@@ -1,0 +1,285 @@
+//! `Router`: a dispatch table from packet id to handler, over sessions
+//! whose state the handlers own as `&mut`.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
+
+use rustc_hash::FxHashMap;
+
+use super::wire::{PacketReader, ReadError, WriteError};
+use crate::session::framing::next_frame;
+use crate::session::{recv_buffer_for, PeerFactory, ServiceConfig, Session, SessionHandler};
+
+/// A session's own state under a [`Router`]: made by the router's factory
+/// for each connection, owned by the session, and handed to its hooks and
+/// packet handlers as `&mut` — they run one at a time on the session's
+/// worker, so a flag is a `bool`, not an atomic.
+pub trait SessionState: Send + 'static {
+    /// The session is connected; what it sends now goes out first.
+    fn on_connected(&mut self, session: &Arc<Session>) {
+        let _ = session;
+    }
+
+    /// The session is gone; called exactly once, with the reason, and
+    /// nothing after it (leave the room here).
+    fn on_disconnected(&mut self, session: &Arc<Session>, reason: &str) {
+        let _ = (session, reason);
+    }
+}
+
+/// Why a packet handler refused a packet: the session is disconnected
+/// with it as the logged reason (prefixed by the packet id).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PacketError(String);
+
+impl PacketError {
+    /// A refusal with `reason`.
+    pub fn new(reason: impl Into<String>) -> PacketError {
+        PacketError(reason.into())
+    }
+}
+
+impl fmt::Display for PacketError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for PacketError {}
+
+impl From<ReadError> for PacketError {
+    fn from(e: ReadError) -> Self {
+        PacketError(e.to_string())
+    }
+}
+
+impl From<WriteError> for PacketError {
+    fn from(e: WriteError) -> Self {
+        PacketError(e.to_string())
+    }
+}
+
+impl From<String> for PacketError {
+    fn from(reason: String) -> Self {
+        PacketError(reason)
+    }
+}
+
+impl From<&str> for PacketError {
+    fn from(reason: &str) -> Self {
+        PacketError(reason.to_owned())
+    }
+}
+
+/// What a route returns.
+pub type PacketResult = Result<(), PacketError>;
+
+type Route<S> =
+    Box<dyn Fn(&mut S, &Arc<Session>, &mut PacketReader<'_>) -> PacketResult + Send + Sync>;
+
+/// A dispatch table from packet id to handler, for sessions framed
+/// `[size: u16 LE][id: u16 LE][payload]` whose state is an `S`.
+///
+/// Each whole frame goes to the handler of its id with a bounds-checked
+/// [`PacketReader`] over its payload. The sender is disconnected, with a
+/// logged reason naming the packet, when the id has no handler, when the
+/// handler returns an error (a [`ReadError`] from `?` included), or when
+/// the handler left bytes of the payload unread (a malformed packet). A
+/// frame larger than [`Router::max_packet`] disconnects it too.
+///
+/// ```no_run
+/// use std::sync::Arc;
+/// use overlapped::game::{PacketReader, PacketResult, PacketWriter, Router, SessionState};
+/// use overlapped::session::{Service, ServiceConfig, Session};
+///
+/// #[derive(Default)]
+/// struct Player { pings: u32 }
+/// impl SessionState for Player {}
+///
+/// fn on_ping(player: &mut Player, session: &Arc<Session>, r: &mut PacketReader) -> PacketResult {
+///     let nonce = r.u32()?;
+///     player.pings += 1;
+///     session.send(PacketWriter::new(2).u32(nonce).finish()?);
+///     Ok(())
+/// }
+///
+/// let router = Router::new().route(1, on_ping);
+/// let mut config = ServiceConfig::default();
+/// router.configure(&mut config);
+/// let service = Service::server_with("127.0.0.1:7777", config, router.factory(|_peer| Ok(Player::default())))?;
+/// # Ok::<(), std::io::Error>(())
+/// ```
+pub struct Router<S> {
+    routes: FxHashMap<u16, Route<S>>,
+    max_packet: usize,
+}
+
+impl<S> fmt::Debug for Router<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut ids: Vec<_> = self.routes.keys().collect();
+        ids.sort();
+        f.debug_struct("Router")
+            .field("ids", &ids)
+            .field("max_packet", &self.max_packet)
+            .finish()
+    }
+}
+
+impl<S: SessionState> Default for Router<S> {
+    fn default() -> Self {
+        Router::new()
+    }
+}
+
+impl<S: SessionState> Router<S> {
+    /// An empty table, for frames of up to 4,096 bytes.
+    pub fn new() -> Router<S> {
+        Router {
+            routes: FxHashMap::default(),
+            max_packet: 4096,
+        }
+    }
+
+    /// Sends packets with `id` to `handler` (replacing an earlier one).
+    pub fn route(
+        mut self,
+        id: u16,
+        handler: impl Fn(&mut S, &Arc<Session>, &mut PacketReader<'_>) -> PacketResult
+            + Send
+            + Sync
+            + 'static,
+    ) -> Self {
+        self.routes.insert(id, Box::new(handler));
+        self
+    }
+
+    /// Frames of up to `max` bytes, header included (at least 4; at most
+    /// 65,535, what the size field can say).
+    pub fn max_packet(mut self, max: usize) -> Self {
+        self.max_packet = max.clamp(crate::session::framing::HEADER_LEN, u16::MAX as usize);
+        self
+    }
+
+    /// Sizes `config`'s receive buffers so a whole frame always fits.
+    pub fn configure(&self, config: &mut ServiceConfig) {
+        config.recv_buffer = recv_buffer_for(self.max_packet);
+        config.recv_low_water = self.max_packet;
+    }
+
+    /// The factory of a service ([`Service::server_with`]): `make` builds
+    /// each session's state knowing the peer's address, or refuses the
+    /// connection with a reason.
+    ///
+    /// [`Service::server_with`]: crate::session::Service::server_with
+    pub fn factory(
+        self,
+        make: impl Fn(SocketAddr) -> Result<S, String> + Send + Sync + 'static,
+    ) -> PeerFactory {
+        let router = Arc::new(self);
+        Arc::new(move |peer| {
+            let state = make(peer)?;
+            Ok(Arc::new(Routed {
+                router: router.clone(),
+                state: Mutex::new(state),
+                deferred_disconnect: Mutex::new(None),
+            }) as Arc<dyn SessionHandler>)
+        })
+    }
+
+    /// Hands one frame to its route.
+    fn dispatch(
+        &self,
+        state: &mut S,
+        session: &Arc<Session>,
+        id: u16,
+        payload: &[u8],
+    ) -> Result<(), String> {
+        let Some(route) = self.routes.get(&id) else {
+            return Err(format!("unknown packet id {id}"));
+        };
+        let mut reader = PacketReader::new(payload);
+        route(state, session, &mut reader)
+            .and_then(|()| reader.finish().map_err(PacketError::from))
+            .map_err(|e| format!("packet {id}: {e}"))
+    }
+}
+
+/// A session's handler under a router: its state, and the disconnect that
+/// came while a hook held the state (a handler that disconnected its own
+/// session), delivered when the hook returns.
+struct Routed<S> {
+    router: Arc<Router<S>>,
+    state: Mutex<S>,
+    deferred_disconnect: Mutex<Option<String>>,
+}
+
+impl<S: SessionState> Routed<S> {
+    fn state(&self) -> MutexGuard<'_, S> {
+        // Only the session's worker locks it, one hook at a time; after a
+        // panicking handler the state is as the panic left it.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs the `on_disconnected` that came during a hook.
+    fn deliver_deferred(&self, state: &mut S, session: &Arc<Session>) -> bool {
+        let reason = self
+            .deferred_disconnect
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        match reason {
+            Some(reason) => {
+                state.on_disconnected(session, &reason);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+impl<S: SessionState> SessionHandler for Routed<S> {
+    fn on_connected(&self, session: &Arc<Session>) {
+        let mut state = self.state();
+        state.on_connected(session);
+        self.deliver_deferred(&mut state, session);
+    }
+
+    fn on_recv(&self, session: &Arc<Session>, data: &[u8]) -> Result<usize, String> {
+        let mut state = self.state();
+        let max = self.router.max_packet;
+        let mut consumed = 0;
+        while let Some(frame) = next_frame(&data[consumed..], max).map_err(|e| e.to_string())? {
+            consumed += frame.wire_len();
+            crate::session::metrics::Counters::add(&session.counters().packets_in, 1);
+            self.router
+                .dispatch(&mut state, session, frame.id, frame.payload)?;
+            if self.deliver_deferred(&mut state, session)
+                || !session.is_connected()
+                || session.is_closing()
+            {
+                // The handler ended the session: the frames after this one
+                // are dropped unread, as every byte received from then on is.
+                return Ok(data.len());
+            }
+        }
+        Ok(consumed)
+    }
+
+    fn on_disconnected(&self, session: &Arc<Session>, reason: &str) {
+        match self.state.try_lock() {
+            Ok(mut state) => state.on_disconnected(session, reason),
+            Err(TryLockError::Poisoned(poisoned)) => {
+                poisoned.into_inner().on_disconnected(session, reason)
+            }
+            // A hook of this session holds the state on this thread: it
+            // disconnected its own session. Delivered when it returns.
+            Err(TryLockError::WouldBlock) => {
+                *self
+                    .deferred_disconnect
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) = Some(reason.to_owned());
+            }
+        }
+    }
+}
