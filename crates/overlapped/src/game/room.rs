@@ -249,11 +249,13 @@ impl<S: Send + 'static> Room<S> {
     }
 }
 
+type TickFn<S> = Box<dyn FnMut(&mut S, &Room<S>, Tick) + Send>;
+
 /// A repeating tick between its runs: armed in the room's worker's
 /// schedule, it pushes itself as a job when due.
 struct Ticking<S> {
     room: Room<S>,
-    tick: Box<dyn FnMut(&mut S, &Room<S>, Tick) + Send>,
+    tick: TickFn<S>,
     period: Duration,
     due: Instant,
     number: u64,

@@ -131,10 +131,7 @@ impl<'a> PacketReader<'a> {
     pub fn rest_str(&mut self) -> Result<&'a str, ReadError> {
         let at = self.at;
         std::str::from_utf8(&self.payload[at..])
-            .map(|s| {
-                self.at = self.payload.len();
-                s
-            })
+            .inspect(|_| self.at = self.payload.len())
             .map_err(|_| ReadError {
                 what: "string",
                 at,

@@ -27,6 +27,7 @@
 mod connection;
 pub mod framing;
 pub(crate) mod jobs;
+mod lifecycle;
 mod listener;
 mod log_budget;
 pub(crate) mod metrics;

@@ -1,0 +1,289 @@
+//! A position game on the game layer: players join numbered rooms, move,
+//! and every tick each room sends its players a snapshot of everyone's
+//! latest position. `overlapped server --mode game` serves this same file.
+//!
+//! Frames are `[size u16][id u16][payload]`, all numbers little-endian:
+//!
+//! | id | name | direction | payload |
+//! |---|---|---|---|
+//! | 10 | `C_JOIN` | client → server | `[room u32][name: UTF-8, 1–32 bytes]` |
+//! | 11 | `S_JOINED` | server → joiner | `[your id u64][room u32][tick_hz u16]` |
+//! | 12 | `S_PLAYER_JOIN` | server → room | `[id u64][name]` |
+//! | 13 | `C_MOVE` | client → server | `[x f32][y f32]`, finite, within ±10000 |
+//! | 14 | `S_SNAPSHOT` | server → room | `[tick u32][count u16]` + count × `[id u64][x f32][y f32]` |
+//! | 15 | `S_PLAYER_LEAVE` | server → room | `[id u64]` |
+//!
+//! A malformed packet, a move before joining, a second join, a bad name or
+//! coordinate, an unknown id or a join to a full room disconnects that
+//! session alone, with the reason logged.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use overlapped::game::{
+    Group, PacketReader, PacketResult, PacketWriter, Room, Router, SessionState, Tick,
+};
+use overlapped::session::{LogBudget, PeerFactory, Service, Session};
+
+pub const C_JOIN: u16 = 10;
+pub const S_JOINED: u16 = 11;
+pub const S_PLAYER_JOIN: u16 = 12;
+pub const C_MOVE: u16 = 13;
+pub const S_SNAPSHOT: u16 = 14;
+pub const S_PLAYER_LEAVE: u16 = 15;
+
+/// The longest name, in bytes.
+pub const MAX_NAME: usize = 32;
+/// How far from the origin a coordinate may be.
+pub const MAX_COORDINATE: f32 = 10_000.0;
+/// The largest frame a client may send: a join with the longest name.
+pub const MAX_PACKET: usize = 4 + 4 + MAX_NAME;
+
+/// The game's settings.
+#[derive(Clone, Copy, Debug)]
+pub struct GameConfig {
+    /// Snapshots per second.
+    pub tick_hz: u16,
+    /// Players a room holds; a join beyond it is refused.
+    pub max_room_players: usize,
+}
+
+/// The rooms, by number: made on the first join, dropped when the last
+/// player leaves.
+pub struct World {
+    config: GameConfig,
+    rooms: Mutex<HashMap<u32, RoomSlot>>,
+    /// Why players left, a few hundred lines a second at most.
+    leave_log: LogBudget,
+}
+
+/// A room and the players assigned to it (joined, or whose join job is
+/// queued): counted here, under the world's lock, so that "full" and
+/// "empty" are decided once, in order with every join.
+struct RoomSlot {
+    room: Room<RoomState>,
+    assigned: usize,
+}
+
+impl World {
+    /// An empty world.
+    pub fn new(config: GameConfig) -> Arc<World> {
+        Arc::new(World {
+            config,
+            rooms: Mutex::new(HashMap::new()),
+            leave_log: LogBudget::new(200),
+        })
+    }
+
+    /// Assigns `session` to room `number`, making it if needed, and queues
+    /// its join there. The room if it had a place.
+    fn join(
+        self: &Arc<World>,
+        number: u32,
+        session: &Arc<Session>,
+        name: String,
+    ) -> Result<Room<RoomState>, String> {
+        let service = session.service().ok_or("the service stopped")?;
+        let mut rooms = self.rooms.lock().unwrap();
+        let slot = match rooms.get_mut(&number) {
+            Some(slot) => slot,
+            None => {
+                let room = self.open_room(&service, number)?;
+                rooms
+                    .entry(number)
+                    .or_insert(RoomSlot { room, assigned: 0 })
+            }
+        };
+        let max = self.config.max_room_players;
+        if slot.assigned >= max {
+            return Err(format!("room {number} is full ({max} players)"));
+        }
+        slot.assigned += 1;
+        let player = Player {
+            id: session.id(),
+            name,
+            session: session.clone(),
+            x: 0.0,
+            y: 0.0,
+        };
+        let tick_hz = self.config.tick_hz;
+        slot.room.push(move |room, _| room.join(player, tick_hz));
+        Ok(slot.room.clone())
+    }
+
+    /// A room ticking at the game's rate.
+    fn open_room(&self, service: &Service, number: u32) -> Result<Room<RoomState>, String> {
+        let state = RoomState {
+            number,
+            players: Vec::new(),
+            group: Group::new(service),
+        };
+        let room = Room::new(service, format!("room {number}"), state);
+        let period = Duration::from_secs(1) / u32::from(self.config.tick_hz.max(1));
+        room.every(period, |state, _, tick| state.send_snapshot(tick))
+            .map_err(|e| format!("cannot open room {number}: {e}"))?;
+        Ok(room)
+    }
+
+    /// Player `id` left room `number`: queue its leave, and close the room
+    /// after it if it was the last.
+    fn leave(&self, number: u32, id: u64) {
+        let mut rooms = self.rooms.lock().unwrap();
+        let Some(slot) = rooms.get_mut(&number) else {
+            return;
+        };
+        slot.room.push(move |room, _| room.leave(id));
+        slot.assigned -= 1;
+        if slot.assigned == 0 {
+            // Every join to it was queued before this: the close runs last.
+            let slot = rooms.remove(&number).expect("looked up above");
+            slot.room.push(|_, room| room.close());
+        }
+    }
+
+    /// The session factory of the game: every client starts as a player
+    /// who has not joined.
+    pub fn factory(self: &Arc<World>) -> PeerFactory {
+        let world = self.clone();
+        Router::new()
+            .max_packet(MAX_PACKET)
+            .route(C_JOIN, Client::on_join)
+            .route(C_MOVE, Client::on_move)
+            .factory(move |_peer: SocketAddr| Ok(Client::new(&world)))
+    }
+}
+
+/// A player as its room knows it.
+struct Player {
+    id: u64,
+    name: String,
+    session: Arc<Session>,
+    x: f32,
+    y: f32,
+}
+
+/// A room's state, changed only by its jobs.
+pub struct RoomState {
+    number: u32,
+    players: Vec<Player>,
+    group: Group,
+}
+
+impl RoomState {
+    fn join(&mut self, player: Player, tick_hz: u16) {
+        let joined = PacketWriter::new(S_JOINED)
+            .u64(player.id)
+            .u32(self.number)
+            .u16(tick_hz);
+        send(&player.session, joined);
+        for other in &self.players {
+            send(&player.session, player_join(other));
+        }
+        if let Ok(frame) = player_join(&player).finish() {
+            self.group.broadcast(&frame);
+        }
+        self.group.insert(&player.session);
+        self.players.push(player);
+    }
+
+    fn moved(&mut self, id: u64, x: f32, y: f32) {
+        if let Some(player) = self.players.iter_mut().find(|p| p.id == id) {
+            (player.x, player.y) = (x, y);
+        }
+    }
+
+    fn leave(&mut self, id: u64) {
+        self.players.retain(|p| p.id != id);
+        self.group.remove(id);
+        if let Ok(frame) = PacketWriter::new(S_PLAYER_LEAVE).u64(id).finish() {
+            self.group.broadcast(&frame);
+        }
+    }
+
+    /// Every player's latest position, to every player, written once.
+    fn send_snapshot(&mut self, tick: Tick) {
+        let count = self.players.len();
+        let mut snapshot = PacketWriter::with_capacity(S_SNAPSHOT, 6 + 16 * count)
+            .u32(tick.number as u32)
+            .u16(count as u16);
+        for player in &self.players {
+            snapshot = snapshot.u64(player.id).f32(player.x).f32(player.y);
+        }
+        match snapshot.finish() {
+            Ok(frame) => _ = self.group.broadcast(&frame),
+            Err(e) => tracing::error!("room {}: cannot send a snapshot: {e}", self.number),
+        }
+    }
+}
+
+fn player_join(player: &Player) -> PacketWriter {
+    PacketWriter::new(S_PLAYER_JOIN)
+        .u64(player.id)
+        .bytes(player.name.as_bytes())
+}
+
+fn send(session: &Arc<Session>, frame: PacketWriter) {
+    if let Ok(frame) = frame.finish() {
+        session.send(frame);
+    }
+}
+
+/// A session's own state: which room it joined, if any.
+pub struct Client {
+    world: Arc<World>,
+    room: Option<(u32, Room<RoomState>)>,
+}
+
+impl Client {
+    fn new(world: &Arc<World>) -> Client {
+        Client {
+            world: world.clone(),
+            room: None,
+        }
+    }
+
+    fn on_join(&mut self, session: &Arc<Session>, r: &mut PacketReader) -> PacketResult {
+        if let Some((number, _)) = self.room {
+            return Err(format!("a second C_JOIN (already in room {number})").into());
+        }
+        let number = r.u32()?;
+        let name = r.rest_str().map_err(|_| "bad name: not UTF-8".to_owned())?;
+        if name.is_empty() || name.len() > MAX_NAME {
+            return Err(format!("bad name: {} bytes (1 to {MAX_NAME})", name.len()).into());
+        }
+        let room = self.world.join(number, session, name.to_owned())?;
+        self.room = Some((number, room));
+        Ok(())
+    }
+
+    fn on_move(&mut self, session: &Arc<Session>, r: &mut PacketReader) -> PacketResult {
+        let (x, y) = (r.f32()?, r.f32()?);
+        let Some((_, room)) = &self.room else {
+            return Err("C_MOVE before C_JOIN".into());
+        };
+        for value in [x, y] {
+            if !value.is_finite() || value.abs() > MAX_COORDINATE {
+                return Err(
+                    format!("bad coordinate {value} (finite, within ±{MAX_COORDINATE})").into(),
+                );
+            }
+        }
+        let id = session.id();
+        room.push(move |room, _| room.moved(id, x, y));
+        Ok(())
+    }
+}
+
+impl SessionState for Client {
+    fn on_disconnected(&mut self, session: &Arc<Session>, reason: &str) {
+        let peer = session.peer_addr();
+        self.world
+            .leave_log
+            .info(&format!("client {peer} disconnected: {reason}"));
+        if let Some((number, _)) = self.room.take() {
+            self.world.leave(number, session.id());
+        }
+    }
+}
