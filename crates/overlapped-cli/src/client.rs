@@ -16,8 +16,8 @@ use crate::text::zero_padded;
 /// Options of `overlapped client`.
 #[derive(Args, Clone)]
 pub struct ClientArgs {
-    /// Server address.
-    #[arg(long, default_value = "127.0.0.1:7777")]
+    /// Server address (a name such as `localhost:7777` is resolved).
+    #[arg(long, default_value = "127.0.0.1:7777", value_parser = crate::server::resolve_addr)]
     pub addr: SocketAddr,
     /// Text at the start of each buffer; the rest is zero bytes.
     #[arg(long, default_value = "Hello Server!")]

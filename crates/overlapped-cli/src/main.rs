@@ -4,6 +4,8 @@ mod bench;
 mod chat;
 mod client;
 mod demo;
+mod game;
+mod metrics;
 mod server;
 mod text;
 
@@ -26,10 +28,11 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Accept clients and print every receive: `Recv Data : {text} ({n} bytes)`
-    /// (or echo, or run a chat room) in the event, routine or port model.
+    /// Accept clients and print every receive: `Recv Data : TEXT (N bytes)`
+    /// (or echo, or run a chat room or a game) in the event, routine or
+    /// port model.
     Server(server::ServerArgs),
-    /// Send a zero-padded message over and over and print `Send Bytes : {n}`.
+    /// Send a zero-padded message over and over and print `Send Bytes : N`.
     Client(client::ClientArgs),
     /// Run the server and a client together on a free loopback port.
     Demo(demo::DemoArgs),

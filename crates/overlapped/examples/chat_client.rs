@@ -2,7 +2,8 @@
 //! typed on stdin go out as `C_CHAT`; every `S_CHAT` is printed.
 //!
 //! Run: `cargo run --release --bin overlapped -- server --model port --mode chat`, then
-//! `cargo run -p overlapped --example chat_client` in two terminals.
+//! `cargo run -p overlapped --example chat_client [HOST:PORT]` in two
+//! terminals (the address is positional; default `127.0.0.1:7777`).
 
 use std::io::BufRead;
 use std::sync::Arc;
@@ -54,19 +55,24 @@ impl PacketHandler for ChatClient {
     }
 }
 
+const USAGE: &str = "usage: chat_client [HOST:PORT]   (default 127.0.0.1:7777)
+
+Lines typed on stdin are sent to the chat room; every line of the room is
+printed. End with Ctrl-D.";
+
 fn main() -> std::io::Result<()> {
-    let addr = std::env::args()
-        .nth(1)
-        .unwrap_or_else(|| "127.0.0.1:7777".into());
-    let addr = addr.parse().map_err(|e| {
-        std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{addr}: {e}"))
-    })?;
+    let arg = std::env::args().nth(1);
+    if matches!(arg.as_deref(), Some("-h" | "--help")) {
+        println!("{USAGE}");
+        return Ok(());
+    }
+    let addr = arg.unwrap_or_else(|| "127.0.0.1:7777".into());
     let config = ServiceConfig {
         workers: 1,
         ..ServiceConfig::default()
     };
     let service = Service::client(
-        addr,
+        addr.as_str(),
         1,
         config,
         Arc::new(|| Arc::new(PacketSession::new(ChatClient, 4096))),

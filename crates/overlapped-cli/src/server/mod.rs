@@ -26,19 +26,22 @@ pub enum Model {
 /// What the server does with what it receives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Mode {
-    /// Print `Recv Data : {text} ({n} bytes)` for each receive (the seed's).
+    /// Print `Recv Data : TEXT (N bytes)` for each receive (the seed's).
     Print,
     /// Write every received byte back to its sender, unframed.
     Echo,
     /// A chat room of framed packets (port model only).
     Chat,
+    /// The rooms-and-snapshots position game (port model only; see the
+    /// README's "Build a game server").
+    Game,
 }
 
 /// Options of `overlapped server`.
 #[derive(Args)]
 pub struct ServerArgs {
-    /// Address to listen on.
-    #[arg(long, default_value = "127.0.0.1:7777")]
+    /// Address to listen on (a name such as `localhost:7777` is resolved).
+    #[arg(long, default_value = "127.0.0.1:7777", value_parser = resolve_addr)]
     pub addr: SocketAddr,
     /// Notification model.
     #[arg(long, value_enum, default_value_t = Model::Event)]
@@ -94,6 +97,29 @@ pub struct ServerArgs {
     /// clients to close before dropping them and exiting.
     #[arg(long, default_value_t = 5000)]
     pub shutdown_timeout_ms: u64,
+    /// Snapshots per second of each room (game mode).
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    pub tick_hz: u16,
+    /// Players a room holds; a join beyond it disconnects the joiner
+    /// (game mode).
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..))]
+    pub max_room_players: u16,
+    /// Serve `/metrics` (Prometheus text) and `/healthz` over HTTP on this
+    /// address (port model).
+    #[arg(long, value_parser = resolve_addr)]
+    pub metrics_addr: Option<SocketAddr>,
+}
+
+/// An address to listen on or connect to: `IP:PORT`, or `NAME:PORT`
+/// resolved to its first address.
+pub fn resolve_addr(text: &str) -> Result<SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    let mut addrs = text
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {text:?}: {e} (expected HOST:PORT)"))?;
+    addrs
+        .next()
+        .ok_or_else(|| format!("{text:?} resolves to no address"))
 }
 
 impl ServerArgs {
@@ -138,10 +164,16 @@ fn parse_bytes(text: &str) -> Result<u64, String> {
 }
 
 pub fn run(args: ServerArgs) -> io::Result<()> {
-    if args.mode == Mode::Chat && args.model != Model::Port {
+    if matches!(args.mode, Mode::Chat | Mode::Game) && args.model != Model::Port {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
-            "--mode chat runs on the session layer: use it with --model port",
+            "--mode chat and --mode game run on the session layer: use them with --model port",
+        ));
+    }
+    if args.metrics_addr.is_some() && args.model != Model::Port {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "--metrics-addr reports the session layer's counters: use it with --model port",
         ));
     }
     if args.has_session_options() && args.model != Model::Port {

@@ -5,17 +5,19 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
-use signal_hook::consts::SIGTERM;
 use signal_hook::iterator::Signals;
 
 use overlapped::session::{
-    recv_buffer_for, PacketSession, Service, ServiceConfig, Session, SessionHandler,
+    recv_buffer_for, PacketSession, PeerFactory, Service, ServiceConfig, Session, SessionHandler,
 };
 
 use super::{print_line, recv_line, Mode, ServerArgs};
 use crate::chat::ChatRoom;
+use crate::game::{self, GameConfig, World};
 
-pub fn run(args: &ServerArgs, mut signals: Signals) -> io::Result<()> {
+/// Serves until SIGINT/SIGTERM. `early` caught the signals from the start
+/// (before the service could); the service's own wait takes over.
+pub fn run(args: &ServerArgs, early: Signals) -> io::Result<()> {
     let mut config = ServiceConfig::default();
     if let Some(threads) = args.threads {
         config.workers = usize::from(threads);
@@ -28,54 +30,42 @@ pub fn run(args: &ServerArgs, mut signals: Signals) -> io::Result<()> {
         config.recv_buffer = 4096;
         config.recv_low_water = 1024;
     }
-    let factory: overlapped::session::SessionFactory = match args.mode {
-        Mode::Print => Arc::new(|| Arc::new(Printer)),
-        Mode::Echo => Arc::new(|| Arc::new(Echo)),
+    let factory: PeerFactory = match args.mode {
+        Mode::Print => Arc::new(|_| Ok(Arc::new(Printer))),
+        Mode::Echo => Arc::new(|_| Ok(Arc::new(Echo))),
         Mode::Chat => {
             config.recv_buffer = recv_buffer_for(max_packet);
             config.recv_low_water = max_packet;
             let rate = (args.max_chat_rate > 0).then_some(args.max_chat_rate);
-            Arc::new(move || {
-                Arc::new(PacketSession::new(
+            Arc::new(move |_| {
+                Ok(Arc::new(PacketSession::new(
                     ChatRoom::new(max_packet, rate),
                     max_packet,
-                ))
+                )))
             })
         }
+        Mode::Game => {
+            config.recv_buffer = recv_buffer_for(game::MAX_PACKET);
+            config.recv_low_water = game::MAX_PACKET;
+            let world = World::new(GameConfig {
+                tick_hz: args.tick_hz,
+                max_room_players: usize::from(args.max_room_players),
+            });
+            world.factory()
+        }
     };
-    let service = Service::server(args.addr, config, factory)
-        .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {}: {e}", args.addr)))?;
+    let service = Service::server_with(args.addr, config, factory)?;
+    if let Some(metrics_addr) = args.metrics_addr {
+        if let Err(e) = crate::metrics::serve(metrics_addr, service.clone()) {
+            service.stop();
+            return Err(e);
+        }
+    }
     let addr = service.local_addr().expect("a server service listens");
     super::announce(addr);
     // The workers serve; this thread waits for the signal to stop.
-    let signal = signals.forever().next().unwrap_or(SIGTERM);
-    let timeout = Duration::from_millis(args.shutdown_timeout_ms);
-    tracing::info!(
-        "{} received: shutting down (flushing sends, up to {} ms)",
-        super::signal_name(signal),
-        timeout.as_millis()
-    );
-    // A second signal during the drain stops at once.
-    let stopper = service.clone();
-    let waiting = signals.handle();
-    let second = std::thread::spawn(move || {
-        if let Some(signal) = signals.forever().next() {
-            tracing::warn!(
-                "{} received again: stopping at once, dropping every session",
-                super::signal_name(signal)
-            );
-            stopper.stop();
-        }
-    });
-    let report = service.shutdown(timeout);
-    waiting.close();
-    let _ = second.join();
-    tracing::info!(
-        "shutdown: {} sessions closed cleanly, {} dropped at the deadline; {} bytes sent",
-        report.closed,
-        report.forced,
-        report.bytes_sent
-    );
+    service.run_until_signal(Duration::from_millis(args.shutdown_timeout_ms))?;
+    drop(early);
     Ok(())
 }
 

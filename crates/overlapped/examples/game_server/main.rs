@@ -25,9 +25,12 @@ fn main() -> io::Result<()> {
         tick_hz: 20,
         max_room_players: 64,
     });
-    let mut config = ServiceConfig::default();
-    config.recv_buffer = overlapped::session::recv_buffer_for(MAX_PACKET);
-    config.recv_low_water = MAX_PACKET;
+    // Receive buffers that always hold a whole packet.
+    let config = ServiceConfig {
+        recv_buffer: overlapped::session::recv_buffer_for(MAX_PACKET),
+        recv_low_water: MAX_PACKET,
+        ..ServiceConfig::default()
+    };
     let service = Service::server_with(addr.as_str(), config, world.factory())?;
     tracing::info!("game server listening on {:?}", service.local_addr());
     service.run_until_signal(Duration::from_secs(5))?;

@@ -285,9 +285,7 @@ impl<S: Send + 'static> Ticking<S> {
             skipped: std::mem::take(&mut self.skipped),
         };
         if let Some(service) = self.room.inner.jobs.service() {
-            service
-                .counters_here()
-                .tick_ran(tick.lateness, tick.skipped);
+            service.counters_here().tick_ran(tick.lateness);
         }
         self.control.ran.fetch_add(1, Ordering::Relaxed);
         self.room.inner.ticks_run.fetch_add(1, Ordering::Relaxed);
@@ -319,6 +317,9 @@ impl<S: Send + 'static> Ticking<S> {
         self.number = self.number.saturating_add(passed);
         self.skipped = passed;
         self.control.skipped.fetch_add(passed, Ordering::Relaxed);
+        if let Some(service) = self.room.inner.jobs.service() {
+            service.counters_here().ticks_skipped(passed);
+        }
         self.room
             .inner
             .ticks_skipped

@@ -148,14 +148,17 @@ impl Counters {
         }
     }
 
-    pub(crate) fn tick_ran(&self, lateness: Duration, skipped: u64) {
+    pub(crate) fn ticks_skipped(&self, skipped: u64) {
+        Counters::add(&self.ticks_skipped, skipped);
+    }
+
+    pub(crate) fn tick_ran(&self, lateness: Duration) {
         let us = lateness.as_micros().min(u128::from(u64::MAX)) as u64;
         let bucket = TICK_LATENESS_BOUNDS_US
             .iter()
             .position(|&bound| us <= bound)
             .unwrap_or(BUCKETS - 1);
         Counters::add(&self.ticks, 1);
-        Counters::add(&self.ticks_skipped, skipped);
         Counters::add(&self.tick_lateness[bucket], 1);
         Counters::add(&self.tick_lateness_sum_us, us);
     }
@@ -417,9 +420,10 @@ mod tests {
     #[test]
     fn tick_lateness_lands_in_the_bucket_of_its_upper_bound() {
         let counters = [Arc::new(Counters::default())];
-        counters[0].tick_ran(Duration::from_micros(100), 0);
-        counters[0].tick_ran(Duration::from_micros(101), 2);
-        counters[0].tick_ran(Duration::from_secs(1), 0);
+        counters[0].tick_ran(Duration::from_micros(100));
+        counters[0].tick_ran(Duration::from_micros(101));
+        counters[0].ticks_skipped(2);
+        counters[0].tick_ran(Duration::from_secs(1));
         let metrics = Metrics::sum(&counters, 0);
         assert_eq!(&metrics.tick_lateness[..3], &[1, 1, 0]);
         assert_eq!(metrics.tick_lateness[BUCKETS - 1], 1);
@@ -438,8 +442,8 @@ mod tests {
         Counters::add(&counters[0].accepted, 2);
         Counters::add(&counters[1].accepted, 3);
         counters[1].disconnected("closed by peer");
-        counters[0].tick_ran(Duration::from_micros(50), 0);
-        counters[1].tick_ran(Duration::from_micros(700), 0);
+        counters[0].tick_ran(Duration::from_micros(50));
+        counters[1].tick_ran(Duration::from_micros(700));
         let text = Metrics::sum(&counters, 4).to_prometheus("game");
         assert!(
             text.contains("\ngame_sessions_accepted_total 5\n"),

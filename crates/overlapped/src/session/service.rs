@@ -143,37 +143,40 @@ impl Drop for DisconnectNotice {
 #[derive(Clone, Debug)]
 pub struct ServiceConfig {
     /// Worker threads, each with a completion port of its own; sessions are
-    /// spread over them.
+    /// spread over them. Default: one per CPU.
     pub workers: usize,
-    /// Accepts kept posted by the listener.
+    /// Accepts kept posted by the listener. Default: 16.
     pub accepts: usize,
-    /// Bytes of each session's receive buffer.
+    /// Bytes of each session's receive buffer. Default: 64 KiB.
     pub recv_buffer: usize,
     /// Free bytes below which a receive buffer is compacted; set it to the
-    /// largest packet so a whole packet always fits.
+    /// largest packet so a whole packet always fits. Default: 4096.
     pub recv_low_water: usize,
     /// Set `TCP_NODELAY` on every session, as game servers do: a small
     /// packet goes out at once instead of waiting for an acknowledgement.
+    /// Default: on.
     pub nodelay: bool,
     /// Keep one multishot receive per session that takes buffers from its
     /// worker's pool as data arrives, instead of posting a receive into the
     /// session's own buffer after each one: fewer requests per message, and
-    /// an idle session pins no receive buffer.
+    /// an idle session pins no receive buffer. Default: on.
     pub multishot: bool,
     /// Most sessions at once; a connection beyond it is closed as soon as
-    /// it is accepted, with a log line.
+    /// it is accepted, with a log line. Default: 20,000.
     pub max_sessions: usize,
     /// Most sessions at once from one IP address (0: no limit), so that one
     /// address cannot take every slot; beyond it a connection is closed as
-    /// soon as it is accepted, with a log line.
+    /// soon as it is accepted, with a log line. Default: 64.
     pub max_sessions_per_ip: usize,
     /// A session that has not completed a first packet this long after it
     /// connected is disconnected (a slot held by a client that never
     /// speaks). `None` waits however long the idle timeout allows.
+    /// Default: 15 s.
     pub handshake_timeout: Option<Duration>,
     /// A session that completes no packet for this long is disconnected: a
     /// silent client, or one that sends half a frame and stalls or trickles
     /// it a byte at a time. `None` keeps sessions however long they stall.
+    /// Default: 120 s.
     pub idle_timeout: Option<Duration>,
     /// Most bytes a session's send queue may hold (queued and in flight).
     /// A client that does not read fills it; it is then disconnected, so
@@ -182,7 +185,7 @@ pub struct ServiceConfig {
     /// half of it, a session stops receiving (a multishot receive is
     /// cancelled, a single receive not posted again) until the queue is
     /// down to a quarter: a client that sends faster than it reads is
-    /// slowed by TCP flow control rather than dropped.
+    /// slowed by TCP flow control rather than dropped. Default: 4 MiB.
     pub max_send_queue: usize,
     /// Most bytes the service holds for all its sessions together — their
     /// send queues (each buffer with its cost), sends on their way to a
@@ -768,7 +771,9 @@ impl Service {
         config: ServiceConfig,
         factory: PeerFactory,
     ) -> io::Result<Service> {
-        let listener = TcpListener::bind(addr)?;
+        let addrs = resolve(addr)?;
+        let listener = TcpListener::bind(&addrs[..])
+            .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {}: {e}", addrs[0])))?;
         let service = Service::start(config, factory)?;
         let listener = Listener::start(&service.core, listener)?;
         *service
@@ -783,11 +788,12 @@ impl Service {
     /// connects (`ConnectEx`). Failed connects are reported to their
     /// handler's `on_disconnected`.
     pub fn client(
-        addr: SocketAddr,
+        addr: impl ToSocketAddrs,
         count: usize,
         config: ServiceConfig,
         factory: SessionFactory,
     ) -> io::Result<Service> {
+        let addr = resolve(addr)?[0];
         let service = Service::start(config, Arc::new(move |_| Ok(factory())))?;
         for _ in 0..count {
             if let Err(e) = service.connect(addr) {
@@ -1015,6 +1021,18 @@ impl Service {
         *lock_ignoring_poison(&self.core.stopped) = true;
         self.core.stopped_changed.notify_all();
     }
+}
+
+/// The addresses `addr` names: at least one, or an error saying so.
+fn resolve(addr: impl ToSocketAddrs) -> io::Result<Vec<SocketAddr>> {
+    let addrs: Vec<SocketAddr> = addr.to_socket_addrs()?.collect();
+    if addrs.is_empty() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "the address resolves to no address",
+        ));
+    }
+    Ok(addrs)
 }
 
 /// Locks `mutex` whether or not a thread panicked holding it: the flags and

@@ -1,0 +1,295 @@
+//! Rooms: jobs run one at a time, in push order, on the service's workers;
+//! delayed jobs and ticks run on the grid, skip what a stall missed
+//! instead of bunching up, and report their lateness.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use overlapped::game::{Room, RoomError, Tick};
+use overlapped::session::{Service, ServiceConfig, Session, SessionHandler};
+
+/// A server with `workers` workers whose sessions do nothing.
+fn service(workers: usize) -> Service {
+    struct Quiet;
+    impl SessionHandler for Quiet {
+        fn on_recv(&self, _: &Arc<Session>, data: &[u8]) -> Result<usize, String> {
+            Ok(data.len())
+        }
+    }
+    let config = ServiceConfig {
+        workers,
+        ..ServiceConfig::default()
+    };
+    Service::server("127.0.0.1:0", config, Arc::new(|| Arc::new(Quiet))).expect("a server")
+}
+
+/// Waits until the room has run every job pushed before this call.
+fn drain<S: Send + 'static>(room: &Room<S>) {
+    let (done, wait) = mpsc::channel();
+    assert!(room.push(move |_, _| done.send(()).unwrap()));
+    wait.recv_timeout(Duration::from_secs(30))
+        .expect("the room runs its jobs");
+}
+
+#[derive(Default)]
+struct Log {
+    entries: Vec<(usize, usize)>,
+}
+
+#[test]
+fn jobs_pushed_from_many_threads_run_one_at_a_time_in_each_pushers_order() {
+    let service = service(2);
+    let room = Room::new(&service, "order", Log::default());
+    let inside = Arc::new(AtomicBool::new(false));
+    let (threads, per_thread) = (4, 2_000);
+    let pushers: Vec<_> = (0..threads)
+        .map(|t| {
+            let (room, inside) = (room.clone(), inside.clone());
+            thread::spawn(move || {
+                for n in 0..per_thread {
+                    let inside = inside.clone();
+                    assert!(room.push(move |log: &mut Log, _| {
+                        // Never beside another job of the room.
+                        assert!(!inside.swap(true, Ordering::SeqCst), "two jobs at once");
+                        log.entries.push((t, n));
+                        inside.store(false, Ordering::SeqCst);
+                    }));
+                }
+            })
+        })
+        .collect();
+    for pusher in pushers {
+        pusher.join().unwrap();
+    }
+    drain(&room);
+    let (tx, rx) = mpsc::channel();
+    room.push(move |log, _| tx.send(std::mem::take(&mut log.entries)).unwrap());
+    let entries = rx.recv_timeout(Duration::from_secs(30)).unwrap();
+    assert_eq!(entries.len(), threads * per_thread);
+    for t in 0..threads {
+        let order: Vec<usize> = entries.iter().filter(|e| e.0 == t).map(|e| e.1).collect();
+        assert_eq!(order, (0..per_thread).collect::<Vec<_>>(), "pusher {t}");
+    }
+    assert_eq!(service.metrics().job_panics, 0);
+    service.stop();
+}
+
+#[test]
+fn jobs_run_on_one_of_the_services_worker_threads() {
+    let service = service(2);
+    let room = Room::new(&service, "where", ());
+    let (tx, rx) = mpsc::channel();
+    for _ in 0..10 {
+        let tx = tx.clone();
+        room.push(move |_, _| {
+            let name = thread::current().name().map(str::to_owned);
+            tx.send(name).unwrap();
+        });
+    }
+    let names: Vec<_> = (0..10).map(|_| rx.recv().unwrap().unwrap()).collect();
+    assert!(
+        names.iter().all(|n| n.starts_with("service-worker-")),
+        "{names:?}"
+    );
+    assert!(
+        names.windows(2).all(|w| w[0] == w[1]),
+        "one worker: {names:?}"
+    );
+    service.stop();
+}
+
+#[test]
+fn a_job_may_push_more_jobs_which_run_after_it() {
+    let service = service(1);
+    let room = Room::new(&service, "nested", Vec::new());
+    let (tx, rx) = mpsc::channel();
+    room.push(move |log: &mut Vec<&str>, room| {
+        log.push("outer");
+        room.push(move |log, _| {
+            log.push("inner");
+            tx.send(log.clone()).unwrap();
+        });
+        log.push("outer ends");
+    });
+    let log = rx.recv_timeout(Duration::from_secs(30)).unwrap();
+    assert_eq!(log, ["outer", "outer ends", "inner"]);
+    service.stop();
+}
+
+#[test]
+fn a_panicking_job_is_counted_and_the_room_runs_the_next() {
+    let service = service(1);
+    let room = Room::new(&service, "panicky", 0u32);
+    room.push(|n, _| {
+        *n += 1;
+        panic!("a bug in a job");
+    });
+    let (tx, rx) = mpsc::channel();
+    room.push(move |n, _| tx.send(*n).unwrap());
+    assert_eq!(rx.recv_timeout(Duration::from_secs(30)).unwrap(), 1);
+    assert_eq!(service.metrics().job_panics, 1);
+    service.stop();
+}
+
+#[test]
+fn a_delayed_job_runs_no_sooner_than_its_delay_and_after_earlier_jobs() {
+    let service = service(1);
+    let room = Room::new(&service, "later", Vec::new());
+    let (tx, rx) = mpsc::channel();
+    let pushed = Instant::now();
+    room.push_after(Duration::from_millis(50), move |log: &mut Vec<&str>, _| {
+        log.push("delayed");
+        tx.send((pushed.elapsed(), log.clone())).unwrap();
+    })
+    .unwrap();
+    room.push(|log, _| log.push("at once"));
+    let (waited, log) = rx.recv_timeout(Duration::from_secs(30)).unwrap();
+    assert!(waited >= Duration::from_millis(50), "{waited:?}");
+    assert_eq!(log, ["at once", "delayed"]);
+    service.stop();
+}
+
+#[test]
+fn ticks_sit_on_the_grid_and_their_lateness_is_recorded() {
+    let service = service(1);
+    let room = Room::new(&service, "ticking", Vec::<Tick>::new());
+    let period = Duration::from_millis(5);
+    let started = Instant::now();
+    let ticker = room
+        .every(period, |ticks: &mut Vec<Tick>, _, tick| ticks.push(tick))
+        .unwrap();
+    thread::sleep(Duration::from_millis(200));
+    ticker.cancel();
+    let window = started.elapsed();
+    let (tx, rx) = mpsc::channel();
+    room.push(move |ticks, _| tx.send(ticks.clone()).unwrap());
+    let ticks = rx.recv_timeout(Duration::from_secs(30)).unwrap();
+    assert!(!ticks.is_empty());
+    // Every run is a slot of its own, never more slots than the window had.
+    let slots = (window.as_nanos() / period.as_nanos()) as u64 + 1;
+    let last = ticks.last().unwrap();
+    assert!(
+        last.number <= slots,
+        "{} ticks in {slots} slots",
+        last.number
+    );
+    let mut expected = 0;
+    for tick in &ticks {
+        expected += 1 + tick.skipped;
+        assert_eq!(tick.number, expected, "slot numbers follow the grid");
+        assert_eq!(tick.due, ticks[0].due + period * (tick.number - 1) as u32);
+    }
+    assert_eq!(ticker.ran(), ticks.len() as u64);
+    assert_eq!(ticker.ran() + ticker.skipped(), last.number);
+    let metrics = service.metrics();
+    assert_eq!(metrics.ticks, ticks.len() as u64);
+    assert_eq!(metrics.tick_lateness.iter().sum::<u64>(), metrics.ticks);
+    service.stop();
+}
+
+#[test]
+fn a_stalled_room_skips_the_slots_it_missed_instead_of_bunching_up() {
+    let service = service(1);
+    let room = Room::new(&service, "stalled", Vec::<Tick>::new());
+    let period = Duration::from_millis(10);
+    let ticker = room
+        .every(period, |ticks: &mut Vec<Tick>, _, tick| {
+            ticks.push(tick);
+            if tick.number == 2 {
+                // The room's worker is held up for five periods and more.
+                thread::sleep(Duration::from_millis(55));
+            }
+        })
+        .unwrap();
+    while ticker.ran() < 5 {
+        thread::sleep(Duration::from_millis(5));
+    }
+    ticker.cancel();
+    let (tx, rx) = mpsc::channel();
+    room.push(move |ticks, _| tx.send(ticks.clone()).unwrap());
+    let ticks = rx.recv_timeout(Duration::from_secs(30)).unwrap();
+    let after_stall = ticks.iter().find(|t| t.number > 2).unwrap();
+    // Tick 2 ended at least 5.5 periods after its slot: slots 3 to 7 passed
+    // during it, and none of them ran late one after another.
+    assert!(after_stall.skipped >= 5, "{ticks:#?}");
+    assert_eq!(after_stall.number, 3 + after_stall.skipped);
+    assert!(ticker.skipped() >= 5);
+    assert_eq!(service.metrics().ticks_skipped, ticker.skipped());
+    service.stop();
+}
+
+#[test]
+fn a_cancelled_ticker_runs_no_more() {
+    let service = service(1);
+    let room = Room::new(&service, "cancelled", 0u64);
+    let ticker = room
+        .every(Duration::from_millis(2), |n: &mut u64, _, _| *n += 1)
+        .unwrap();
+    while ticker.ran() < 3 {
+        thread::sleep(Duration::from_millis(2));
+    }
+    ticker.cancel();
+    drain(&room);
+    let ran = ticker.ran();
+    thread::sleep(Duration::from_millis(30));
+    drain(&room);
+    assert_eq!(ticker.ran(), ran);
+    service.stop();
+}
+
+#[test]
+fn a_zero_period_is_an_error() {
+    let service = service(1);
+    let room = Room::new(&service, "zero", ());
+    let refused = room.every(Duration::ZERO, |_, _, _| {}).unwrap_err();
+    assert_eq!(refused, RoomError::ZeroPeriod);
+    service.stop();
+}
+
+#[test]
+fn a_closed_room_drops_its_queued_jobs_and_refuses_more() {
+    let service = service(1);
+    let room = Room::new(&service, "closing", Vec::new());
+    let (tx, rx) = mpsc::channel();
+    let gate = Arc::new(std::sync::Barrier::new(2));
+    let held = gate.clone();
+    let (release, released) = mpsc::channel::<()>();
+    // The first job holds the worker until the next one is queued and the
+    // room closed.
+    room.push(move |_, _| {
+        held.wait();
+        let _ = released.recv();
+    });
+    gate.wait();
+    let queued = tx.clone();
+    room.push(move |log: &mut Vec<&str>, _| {
+        log.push("queued");
+        queued.send(()).unwrap();
+    });
+    room.close();
+    assert!(room.is_closed());
+    assert!(!room.push(move |_, _| tx.send(()).unwrap()));
+    assert_eq!(
+        room.push_after(Duration::ZERO, |_, _| {}).unwrap_err(),
+        RoomError::Closed
+    );
+    release.send(()).unwrap();
+    drop(room);
+    // Every sender is gone with the dropped jobs: the queued one never ran.
+    assert_eq!(
+        rx.recv_timeout(Duration::from_secs(30)),
+        Err(mpsc::RecvTimeoutError::Disconnected)
+    );
+    service.stop();
+}
+
+#[test]
+fn a_room_of_a_stopped_service_refuses_jobs() {
+    let service = service(1);
+    let room = Room::new(&service, "orphan", ());
+    service.stop();
+    assert!(!room.push(|_, _| {}));
+    assert!(room.is_closed());
+}
