@@ -108,3 +108,55 @@ fn an_echo_over_a_multishot_receive_allocates_nothing_per_message() {
 fn an_echo_over_single_receives_allocates_nothing_per_message() {
     assert_allocation_free(false);
 }
+
+/// Hands every connected session to the test.
+struct Joining(Mutex<std::sync::mpsc::Sender<Arc<Session>>>);
+
+impl SessionHandler for Joining {
+    fn on_connected(&self, session: &Arc<Session>) {
+        let _ = self.0.lock().unwrap().send(session.clone());
+    }
+    fn on_recv(&self, _: &Arc<Session>, data: &[u8]) -> Result<usize, String> {
+        Ok(data.len())
+    }
+}
+
+#[test]
+fn a_group_broadcast_writes_its_bytes_once_for_every_member() {
+    const MEMBERS: usize = 20;
+    const PAYLOAD: usize = 16 * 1024;
+    let _alone = ALONE.lock().unwrap_or_else(|p| p.into_inner());
+    let (tx, rx) = std::sync::mpsc::channel();
+    let handler = Arc::new(Joining(Mutex::new(tx)));
+    let config = ServiceConfig {
+        workers: 2,
+        ..ServiceConfig::default()
+    };
+    let service =
+        Service::server("127.0.0.1:0", config, Arc::new(move || handler.clone())).unwrap();
+    let mut group = overlapped::game::Group::new(&service);
+    let mut clients = Vec::new();
+    for _ in 0..MEMBERS {
+        let client = TcpStream::connect(service.local_addr().unwrap()).unwrap();
+        client
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        clients.push(client);
+        group.insert(&rx.recv_timeout(Duration::from_secs(30)).unwrap());
+    }
+    let data = bytes::Bytes::from(vec![5u8; PAYLOAD]);
+    let mut received = vec![0u8; PAYLOAD];
+    let region = Region::new(GLOBAL);
+    assert_eq!(group.broadcast(&data), MEMBERS);
+    for client in &mut clients {
+        client.read_exact(&mut received).unwrap();
+        assert!(received == *data);
+    }
+    let allocated = region.change().bytes_allocated;
+    // One copy per member would be 320 KiB; the members share one.
+    assert!(
+        allocated < PAYLOAD,
+        "{allocated} bytes allocated to broadcast {PAYLOAD} bytes to {MEMBERS} members"
+    );
+    service.stop();
+}
