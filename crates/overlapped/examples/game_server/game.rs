@@ -38,8 +38,10 @@ pub const S_PLAYER_LEAVE: u16 = 15;
 pub const MAX_NAME: usize = 32;
 /// How far from the origin a coordinate may be.
 pub const MAX_COORDINATE: f32 = 10_000.0;
-/// The largest frame a client may send: a join with the longest name.
-pub const MAX_PACKET: usize = 4 + 4 + MAX_NAME;
+/// The largest frame a client may send: a join with the longest name fits
+/// with room to spare, so that a name a little too long is refused as a
+/// bad name rather than as an oversized frame.
+pub const MAX_PACKET: usize = 64;
 
 /// The game's settings.
 #[derive(Clone, Copy, Debug)]

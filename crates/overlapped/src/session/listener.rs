@@ -89,13 +89,16 @@ impl Listener {
         self.rearm();
         if let Some((stream, peer)) = accepted {
             let adopted = match refusal(core, peer) {
-                Some(refusal) => Err(refusal),
+                Some(refusal) => {
+                    core.count_refusal();
+                    Err(refusal)
+                }
+                // A factory's refusal is counted before the stream closes.
                 None => core.adopt(stream, peer),
             };
             let session = match adopted {
                 Ok(session) => session,
                 Err(refusal) => {
-                    core.count_refusal();
                     self.refusals.log(&format!("refused {peer}: {refusal}"));
                     return;
                 }

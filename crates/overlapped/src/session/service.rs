@@ -333,7 +333,7 @@ impl ServiceCore {
         stream: TcpStream,
         peer: SocketAddr,
     ) -> Result<Arc<Session>, String> {
-        let handler = (self.factory)(peer)?;
+        let handler = (self.factory)(peer).inspect_err(|_| self.count_refusal())?;
         self.configure(&stream);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
         let stream = self.port_of(id).associate(stream, id);
