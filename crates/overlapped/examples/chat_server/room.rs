@@ -1,4 +1,5 @@
 //! The chat room: a small game-server room on the session layer.
+//! `overlapped server --mode chat` serves this same file.
 //!
 //! Frames are `[size: u16 LE][id: u16 LE][payload]`:
 //! - `S_WELCOME` (3), server to client on connect: `[session id: u64 LE]`;
@@ -16,10 +17,18 @@
 //! so does a client that sends more chat lines than the room's rate limit
 //! allows (each line costs a send to every session).
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Instant;
 
-use overlapped::session::{framing, PacketHandler, Session};
+use overlapped::session::{framing, LogBudget, PacketHandler, Session};
+
+/// Lines about sessions joining, a few hundred a second: a connection
+/// storm is summarised instead of writing a line per connection.
+static JOIN_LOG: LazyLock<LogBudget> = LazyLock::new(|| LogBudget::new(200));
+
+/// Lines about sessions leaving, with their reasons, on a budget of their
+/// own: a storm of joins does not hide why someone was dropped.
+static LEAVE_LOG: LazyLock<LogBudget> = LazyLock::new(|| LogBudget::new(200));
 
 /// Client to server: a line of chat.
 pub const C_CHAT: u16 = 1;
@@ -96,7 +105,7 @@ impl ChatRate {
 
 impl PacketHandler for ChatRoom {
     fn on_connected(&self, session: &Arc<Session>) {
-        crate::server::JOIN_LOG.info(&format!(
+        JOIN_LOG.info(&format!(
             "session {} joined from {}",
             session.id(),
             session.peer_addr()
@@ -114,7 +123,7 @@ impl PacketHandler for ChatRoom {
     }
 
     fn on_disconnected(&self, session: &Arc<Session>, reason: &str) {
-        crate::server::LEAVE_LOG.info(&format!(
+        LEAVE_LOG.info(&format!(
             "session {} ({}) disconnected: {reason}",
             session.id(),
             session.peer_addr()
