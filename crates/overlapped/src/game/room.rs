@@ -165,8 +165,16 @@ impl<S: Send + 'static> Room<S> {
     }
 
     /// Runs `tick` every `period`, as a job of the room, until the room
-    /// closes or the [`Ticker`] is cancelled. The first tick is due one
-    /// period from now.
+    /// closes or the [`Ticker`] is cancelled.
+    ///
+    /// **Staggering.** The first tick is due one period from now plus a
+    /// stagger of less than a period, different for each ticker of the
+    /// service (the k-th ticker's is the fractional part of k × 0.618…,
+    /// the golden ratio, times the period). Rooms opened together — a burst
+    /// of joins — would otherwise tick together, and the last of them
+    /// would wait for the snapshots of all the others on their worker:
+    /// spread over the period, each tick finds its worker idle. The
+    /// service's rooms of one period thus tick evenly apart.
     ///
     /// **Lateness and skipping.** Each tick's slot is on a fixed grid
     /// (`start + n × period`), so a late tick does not push later ones
@@ -187,11 +195,12 @@ impl<S: Send + 'static> Room<S> {
             return Err(RoomError::ZeroPeriod);
         }
         let control = Arc::new(TickControl::default());
+        let service = self.inner.jobs.service().ok_or(RoomError::Closed)?;
         let ticking = Ticking {
             room: self.clone(),
             tick: Box::new(tick),
             period,
-            due: Instant::now() + period,
+            due: Instant::now() + period + stagger(service.next_ticker(), period),
             number: 1,
             skipped: 0,
             control: control.clone(),
@@ -247,6 +256,15 @@ impl<S: Send + 'static> Room<S> {
         // panicked leaves the state as it was, which the next job gets.
         self.inner.state.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// The stagger of the `k`-th ticker: the fractional part of k × φ (the
+/// golden ratio), times the period — a sequence that leaves no two tickers
+/// close together however many there are.
+fn stagger(k: u64, period: Duration) -> Duration {
+    const PHI_FRACTION: f64 = 0.618_033_988_749_894_9;
+    let fraction = (k as f64 * PHI_FRACTION).fract();
+    period.mul_f64(fraction)
 }
 
 type TickFn<S> = Box<dyn FnMut(&mut S, &Room<S>, Tick) + Send>;

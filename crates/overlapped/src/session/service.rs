@@ -279,6 +279,8 @@ pub(crate) struct ServiceCore {
     schedules: Vec<Schedule>,
     /// The worker the next room goes to.
     next_room: AtomicUsize,
+    /// Tickers started so far.
+    tickers: AtomicU64,
     /// `stop` has finished: what [`Service::wait`] waits for.
     stopped: Mutex<bool>,
     stopped_changed: Condvar,
@@ -456,6 +458,12 @@ impl ServiceCore {
     /// Worker threads (and ports).
     pub(crate) fn worker_count(&self) -> usize {
         self.ports.len()
+    }
+
+    /// A number for a new ticker, from 0 up (its stagger, see
+    /// `Room::every`).
+    pub(crate) fn next_ticker(&self) -> u64 {
+        self.tickers.fetch_add(1, Ordering::Relaxed)
     }
 
     /// The worker a new room goes to: each in turn.
@@ -715,6 +723,7 @@ impl Service {
             timers: Timers::default(),
             schedules: (0..workers).map(|_| Schedule::default()).collect(),
             next_room: AtomicUsize::new(0),
+            tickers: AtomicU64::new(0),
             stopped: Mutex::new(false),
             stopped_changed: Condvar::new(),
         });
