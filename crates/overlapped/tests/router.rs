@@ -246,3 +246,74 @@ fn metrics_count_accepts_packets_and_bytes() {
     assert!(metrics.send_queue_high_water >= 8);
     h.service.stop();
 }
+
+const PANIC: u16 = 4;
+
+#[test]
+fn a_panicking_route_costs_its_own_session_only() {
+    let (tx, events) = mpsc::channel();
+    let tx = Mutex::new(tx);
+    let router = Router::new().route(COUNT, on_count).route(
+        PANIC,
+        |_: &mut Counter, _: &Arc<Session>, _: &mut PacketReader| panic!("a bug in a handler"),
+    );
+    let factory = router.factory(move |peer| {
+        Ok(Counter {
+            peer,
+            counted: 0,
+            events: tx.lock().unwrap().clone(),
+        })
+    });
+    let config = ServiceConfig {
+        workers: 1,
+        ..ServiceConfig::default()
+    };
+    let service = Service::server_with("127.0.0.1:0", config, factory).unwrap();
+    let mut doomed = connect(&service);
+    let mut healthy = connect(&service);
+    event(&events);
+    event(&events);
+    doomed.write_all(&frame(PANIC, b"")).unwrap();
+    let reason = event(&events);
+    assert!(
+        reason.contains("its handler panicked: a bug in a handler"),
+        "{reason}"
+    );
+    read_to_end(&mut doomed);
+    healthy
+        .write_all(&frame(COUNT, &3u32.to_le_bytes()))
+        .unwrap();
+    assert_eq!(read_reply(&mut healthy), 3);
+    assert_eq!(service.metrics().disconnects_of(DisconnectKind::Panic), 1);
+    service.stop();
+}
+
+#[test]
+fn a_panicking_factory_closes_that_connection_and_the_server_accepts_the_next() {
+    let (tx, events) = mpsc::channel();
+    let tx = Mutex::new(tx);
+    let first = std::sync::atomic::AtomicBool::new(true);
+    let router = Router::new().route(COUNT, on_count);
+    let factory = router.factory(move |peer| {
+        if first.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            panic!("a bug in the factory");
+        }
+        Ok(Counter {
+            peer,
+            counted: 0,
+            events: tx.lock().unwrap().clone(),
+        })
+    });
+    let config = ServiceConfig {
+        workers: 1,
+        ..ServiceConfig::default()
+    };
+    let service = Service::server_with("127.0.0.1:0", config, factory).unwrap();
+    let mut refused = connect(&service);
+    assert!(read_to_end(&mut refused).is_empty());
+    let mut next = connect(&service);
+    assert!(event(&events).starts_with("connected"));
+    next.write_all(&frame(COUNT, &1u32.to_le_bytes())).unwrap();
+    assert_eq!(read_reply(&mut next), 1);
+    service.stop();
+}
