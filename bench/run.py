@@ -1,9 +1,13 @@
 #!/usr/bin/env python3
-"""Runs every echo server (and both chat servers) through the same scenarios,
-server pinned to CPU 0 and `overlapped bench` pinned to CPU 1, alternating
-servers so drift hits all alike, and writes docs/benchmarks.md (+ .json, .svg).
+"""Runs every echo server (and both chat servers, and both game servers)
+through the same scenarios, server pinned to CPU 0 and `overlapped bench`
+pinned to CPU 1, alternating servers so drift hits all alike, and writes
+docs/benchmarks.md (+ .json, .svg).
 
-    python3 bench/run.py [--duration 5] [--rounds 2] [--quick]
+    python3 bench/run.py [--duration 5] [--rounds 2] [--quick] [--only game]
+
+`--only game` runs just the game scenarios and rewrites the document with the
+other sections taken from the last full run's docs/benchmarks.json.
 """
 
 import argparse
@@ -41,6 +45,25 @@ CHAT_SERVERS = {
                    "--max-sessions-per-ip", "0", "--handshake-timeout-ms", "0"],
     "tokio": ["tokio-chat", "{addr}"],
 }
+
+# The game: rooms of players moving at the tick rate, a snapshot of the room
+# to every player every tick (bench/peers/src/bin/tokio-game.rs).
+GAME_TICK_HZ = 20
+GAME_ROOM_PLAYERS = 20
+GAME_SERVERS = {
+    "overlapped": ["overlapped", "server", "--addr", "{addr}", "--model", "port", "--mode", "game",
+                   "--tick-hz", str(GAME_TICK_HZ), "--max-room-players", "64", "--threads", "1",
+                   "--max-sessions-per-ip", "0", "--handshake-timeout-ms", "0"],
+    "tokio": ["tokio-game", "--addr", "{addr}", "--threads", "1", "--tick-hz", str(GAME_TICK_HZ),
+              "--max-room-players", "64"],
+}
+# What "carries" means in the capacity search.
+CAPACITY_LATENESS_P99_US = 5000
+# The capacity search: player counts are whole rooms, doubled from the first
+# until a count fails, then bisected to a room; each server has this long.
+CAPACITY_START_PLAYERS = 200
+CAPACITY_MAX_PLAYERS = 16000
+CAPACITY_BUDGET_S = 150
 
 next_port = 21000
 
@@ -158,6 +181,130 @@ def run_load(command, args, sample_rss=False, duration=5.0):
         return report
     finally:
         server.stop()
+
+
+def game_args(rooms, duration):
+    return ["--mode", "game", "--rooms", str(rooms), "--players", str(GAME_ROOM_PLAYERS),
+            "--tick-hz", str(GAME_TICK_HZ), "--duration", str(duration)]
+
+
+def usable_game_servers():
+    """The game servers that start; ours is skipped, saying so, while its
+    `--mode game` is refused."""
+    usable = {}
+    for name, command in GAME_SERVERS.items():
+        try:
+            Server(command).stop()
+            usable[name] = command
+        except RuntimeError as e:
+            print(f"   skipping {name}: {str(e).strip().splitlines()[-1] if str(e).strip() else e}", flush=True)
+    return usable
+
+
+def game_scenario(servers, rooms, duration, rounds):
+    """The fixed game load on every server; the median round (by server CPU
+    per delivered snapshot) is kept."""
+    name = f"game, {rooms} rooms × {GAME_ROOM_PLAYERS} players, {GAME_TICK_HZ} Hz"
+    print(f"== {name}", flush=True)
+    results = {s: [] for s in servers}
+    order = list(servers)
+    for _ in range(rounds):
+        for server in order:
+            report = run_load(servers[server], game_args(rooms, duration))
+            report["cpu_us_per_snapshot"] = fmt_us_per_msg(report)
+            results[server].append(report)
+            print(f"   {server:<11} {report.get('messages_per_sec', 0):>9.0f} snapshots/s"
+                  f"  cpu {report.get('server_cpu_s', 0):.2f} s ({report['cpu_us_per_snapshot']:.2f} µs/snapshot)"
+                  f"  lateness p99 {report.get('lateness_p99_us', '?')} µs  lost {report.get('lost', '?')}"
+                  f"  errors {report.get('errors', '?')}  {report.get('failure', '')}", flush=True)
+        order = order[1:] + order[:1]
+    return {s: median_report(r, key="cpu_us_per_snapshot") for s, r in results.items() if r}
+
+
+def carries(report):
+    """Whether a capacity probe passed: every snapshot delivered on time."""
+    # Every bot gets every tick's snapshot, give or take the ticks cut by
+    # the ends of the measured period (whole ticks of every bot at once).
+    bots = report.get("bots", 0)
+    due = bots * (GAME_TICK_HZ * report.get("seconds", 0) - 2)
+    return ("failure" not in report and report.get("errors", 1) == 0 and report.get("lost", 1) == 0
+            and report.get("joined", 0) == bots > 0
+            and report.get("messages", 0) >= due
+            and report.get("lateness_p99_us", 1 << 62) <= CAPACITY_LATENESS_P99_US)
+
+
+def capacity_search(command, duration):
+    """The most players (whole rooms) the server carries at the tick rate on
+    one core: doubling from CAPACITY_START_PLAYERS until a count fails, then
+    bisecting between the last pass and the first failure, within
+    CAPACITY_BUDGET_S seconds."""
+    started = time.time()
+    probes = []
+
+    def probe_rooms(rooms):
+        # Anything else running on the machine only adds lateness: a count
+        # that fails is tried once more, and passes if either run passes.
+        for attempt in range(2):
+            try:
+                report = run_load(command, game_args(rooms, duration))
+            except (RuntimeError, json.JSONDecodeError, subprocess.TimeoutExpired) as e:
+                report = {"failure": [str(e)]}
+            ok = carries(report)
+            if ok or attempt == 1 or not in_budget():
+                break
+            print(f"   {rooms * GAME_ROOM_PLAYERS:>6} players: not carried"
+                  f" (lateness p99 {report.get('lateness_p99_us', '?')} µs), trying again", flush=True)
+        probes.append({"players": rooms * GAME_ROOM_PLAYERS, "ok": ok,
+                       "lateness_p99_us": report.get("lateness_p99_us"), "lost": report.get("lost"),
+                       "errors": report.get("errors"), "server_cpu_s": report.get("server_cpu_s"),
+                       "snapshots_per_sec": report.get("messages_per_sec"), "failure": report.get("failure")})
+        print(f"   {rooms * GAME_ROOM_PLAYERS:>6} players: {'carried' if ok else 'not carried'}"
+              f"  lateness p99 {report.get('lateness_p99_us', '?')} µs  lost {report.get('lost', '?')}"
+              f"  errors {report.get('errors', '?')}  cpu {report.get('server_cpu_s', 0):.2f} s"
+              f"  {report.get('failure', '')}", flush=True)
+        return ok
+
+    def in_budget():
+        return time.time() - started < CAPACITY_BUDGET_S
+
+    good, bad = 0, None
+    rooms = CAPACITY_START_PLAYERS // GAME_ROOM_PLAYERS
+    max_rooms = CAPACITY_MAX_PLAYERS // GAME_ROOM_PLAYERS
+    while in_budget():
+        if probe_rooms(rooms):
+            good = rooms
+            if rooms >= max_rooms:
+                break
+            rooms = min(rooms * 2, max_rooms)
+        else:
+            bad = rooms
+            break
+    while bad is not None and bad - good > 1 and in_budget():
+        middle = (good + bad) // 2
+        if probe_rooms(middle):
+            good = middle
+        else:
+            bad = middle
+    return {"players": good * GAME_ROOM_PLAYERS,
+            "first_failure": bad * GAME_ROOM_PLAYERS if bad is not None else None,
+            "resolved": bad is None or bad - good <= 1,
+            "seconds": round(time.time() - started, 1), "probes": probes}
+
+
+def run_game(opts, results):
+    servers = usable_game_servers()
+    duration = opts.duration
+    results["game"] = game_scenario(servers, 100, duration, opts.rounds) if servers else {}
+    results["game_capacity"] = {}
+    for server, command in servers.items():
+        print(f"== game capacity, {server}: rooms of {GAME_ROOM_PLAYERS}, {GAME_TICK_HZ} Hz,"
+              f" lateness p99 ≤ {CAPACITY_LATENESS_P99_US / 1000:g} ms, nothing lost", flush=True)
+        results["game_capacity"][server] = capacity_search(command, min(duration, 3.0))
+    results["game_meta"] = {
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "command": f"python3 bench/run.py --duration {opts.duration} --rounds {opts.rounds}"
+                   + (" --only game" if opts.only == "game" else ""),
+    }
 
 
 def median_report(reports, key="messages_per_sec"):
@@ -294,6 +441,8 @@ def main():
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per run")
     parser.add_argument("--rounds", type=int, default=2, help="runs per server per scenario (median kept)")
     parser.add_argument("--quick", action="store_true", help="fewer scenarios, for trying the script")
+    parser.add_argument("--only", choices=["game"],
+                        help="run only these scenarios; the document's other sections come from docs/benchmarks.json")
     opts = parser.parse_args()
     if (os.cpu_count() or 1) < 2:
         sys.exit("needs two CPUs: the server on one, the load on the other")
@@ -302,6 +451,16 @@ def main():
                    cwd=ROOT, check=True)
     d = str(opts.duration)
     started = datetime.now(timezone.utc)
+    if opts.only == "game":
+        previous = DOCS / "benchmarks.json"
+        if not previous.exists():
+            sys.exit("--only game needs the docs/benchmarks.json of a full run")
+        results = json.loads(previous.read_text())
+        run_game(opts, results)
+        previous.write_text(json.dumps(results, indent=1))
+        write_markdown(results, argparse.Namespace(**results.get("run_opts") or previous_run_opts(opts)))
+        print(f"wrote {DOCS / 'benchmarks.md'}")
+        return
     results = {"pingpong": {}, "machine": machine(), "date": started.strftime("%Y-%m-%d %H:%M UTC")}
 
     conns_list = [1, 100, 1000, 10000] if not opts.quick else [1000]
@@ -320,15 +479,99 @@ def main():
         "10,000 idle connections", ECHO_SERVERS,
         ["--mode", "idle", "--conns", "10000", "--duration", d], 1 if opts.quick else opts.rounds,
         sample_rss=True, duration=opts.duration)
+    results["run_opts"] = {"duration": opts.duration, "rounds": opts.rounds, "quick": opts.quick}
     results["fanout"] = scenario(
         "chat fan-out, 1000 sessions, one sender", CHAT_SERVERS,
         ["--mode", "fanout", "--conns", "1000", "--size", "32", "--window", "8", "--duration", d], opts.rounds)
+
+    run_game(opts, results)
 
     DOCS.mkdir(exist_ok=True)
     (DOCS / "benchmarks.json").write_text(json.dumps(results, indent=1))
     (DOCS / "benchmarks.svg").write_text(svg_chart(results["pingpong"]))
     write_markdown(results, opts)
     print(f"wrote {DOCS / 'benchmarks.md'}")
+
+
+def previous_run_opts(opts):
+    """The options of the full run whose figures docs/benchmarks.json holds,
+    from its document's first lines (for a JSON written before it kept them)."""
+    import re
+
+    found = {"duration": opts.duration, "rounds": opts.rounds, "quick": False}
+    try:
+        head = (DOCS / "benchmarks.md").read_text()[:2000]
+    except OSError:
+        return found
+    match = re.search(r"`python3 bench/run\.py --duration (\S+) --rounds (\d+)( --quick)?`", head)
+    if match:
+        found = {"duration": float(match.group(1)), "rounds": int(match.group(2)), "quick": bool(match.group(3))}
+    return found
+
+
+def game_markdown(results):
+    game, capacity = results.get("game"), results.get("game_capacity")
+    if game is None and capacity is None:
+        return []
+    meta = results.get("game_meta", {})
+    out = ["## Game", "",
+           f"Measured {meta.get('date', results['date'])} by `{meta.get('command', 'python3 bench/run.py')}`.",
+           "",
+           f"`overlapped bench --mode game`: rooms of {GAME_ROOM_PLAYERS} bots, each bot sending `C_MOVE` at"
+           f" {GAME_TICK_HZ} Hz and checking every frame (snapshots name only its room's players, tick numbers only",
+           "go up, its own entry is a position it sent and never an older one). The server sends every player a",
+           f"snapshot of its room every tick: 100 rooms × {GAME_ROOM_PLAYERS} players is"
+           f" {100 * GAME_ROOM_PLAYERS * GAME_TICK_HZ:,} snapshots/s. Update age runs",
+           "from a move's send to the first snapshot holding it (half a tick on average, by construction). Lateness",
+           "is measured per connection without the server's clock: a snapshot of tick t arriving at a has the offset",
+           "a − t/tick_hz, the connection's earliest offset counts as on time, and each snapshot is late by its",
+           "offset minus that one. Lost = gaps in the tick numbers. The bots join room i % rooms in waves of 100, so",
+           "every room is created within the first wave: rooms that tick on their own timers tick nearly in phase.",
+           "Baseline: `bench/peers`' tokio-game (one worker thread; a task per connection with an mpsc-fed writer,",
+           "a task per room with `tokio::time::interval`, snapshots encoded once per tick as `Bytes`).",
+           "CPU µs/snapshot = server CPU over the run / snapshots delivered.", ""]
+    if game:
+        base = game.get("tokio", {}).get("cpu_us_per_snapshot")
+        out += [f"### 100 rooms × {GAME_ROOM_PLAYERS} players, {GAME_TICK_HZ} Hz", "",
+                "| server | snapshots/s | entries/s | update age p50 ms | p99 ms | lateness p50 ms | p99 ms | max ms "
+                "| lost | errors | CPU s | CPU µs/snapshot | CPU × tokio |",
+                "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for server, r in game.items():
+            cpu = r.get("cpu_us_per_snapshot", float("nan"))
+            ratio = cpu / base if base else float("nan")
+            ms = lambda key: f"{r[key] / 1000:.2f}" if key in r else "?"
+            out.append(f"| {server} | {r.get('messages_per_sec', 0):,.0f} | {r.get('entries_per_sec', 0):,.0f} "
+                       f"| {ms('update_age_p50_us')} | {ms('update_age_p99_us')} | {ms('lateness_p50_us')} "
+                       f"| {ms('lateness_p99_us')} | {ms('lateness_max_us')} | {r.get('lost', '?')} "
+                       f"| {r.get('errors', '?')} | {r.get('server_cpu_s', 0):.2f} | {cpu:.2f} | {ratio:.2f} |")
+        for server, r in game.items():
+            for what in r.get("first_errors", [])[:3]:
+                out.append(f"\n{server}: {what}")
+            if r.get("failure"):
+                out.append(f"\n{server} failed: {' '.join(r['failure'])}")
+        out.append("")
+    if capacity:
+        out += ["### Capacity on one core", "",
+                f"The most players (rooms of {GAME_ROOM_PLAYERS}) a server carries at {GAME_TICK_HZ} Hz, pinned to one"
+                f" core: lateness p99 ≤ {CAPACITY_LATENESS_P99_US / 1000:g} ms, no snapshot lost, no error, every bot",
+                "joined, every bot's snapshots delivered (to two ticks, the ends of the period); a count that fails is run once more and passes if either",
+                f"run does (anything else on the machine only adds lateness). Player counts double from {CAPACITY_START_PLAYERS} until one fails, then are bisected to a"
+                f" room; probes run {min(results.get('run_opts', {}).get('duration', 3.0), 3.0):g} s each (at most"
+                f" {CAPACITY_MAX_PLAYERS:,} players, {CAPACITY_BUDGET_S} s per server).", "",
+                "| server | players carried | × tokio | first failing count | lateness p99 at the count carried, ms | probes |",
+                "|---|---:|---:|---:|---:|---|"]
+        base = capacity.get("tokio", {}).get("players")
+        for server, c in capacity.items():
+            carried = [p for p in c["probes"] if p["ok"] and p["players"] == c["players"]]
+            late = f"{carried[-1]['lateness_p99_us'] / 1000:.2f}" if carried else "—"
+            ratio = f"{c['players'] / base:.2f}" if base else "—"
+            failing = f"{c['first_failure']:,}" if c.get("first_failure") else "none"
+            if not c.get("resolved", True):
+                failing += " (search stopped at its time limit)"
+            probes = ", ".join(f"{p['players']} {'✓' if p['ok'] else '✗'}" for p in c["probes"])
+            out.append(f"| {server} | {c['players']:,} | {ratio} | {failing} | {late} | {probes} |")
+        out.append("")
+    return out
 
 
 def write_markdown(results, opts):
@@ -375,6 +618,7 @@ def write_markdown(results, opts):
             "1000 sessions in one room; one session sends 32-byte `C_CHAT` messages (8 in flight), and every `S_CHAT`",
             "that reaches any session counts as a delivery (msg/s = deliveries per second). Baseline: `bench/peers`'",
             "tokio broadcast-channel server.", "", table(results["fanout"]), ""]
+    out += game_markdown(results)
     (DOCS / "benchmarks.md").write_text("\n".join(out))
 
 

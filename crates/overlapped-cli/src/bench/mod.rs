@@ -2,6 +2,7 @@
 //! of client can push harder than one core of server.
 
 mod fanout;
+mod game;
 mod load;
 mod report;
 
@@ -23,13 +24,16 @@ pub enum BenchMode {
     Fanout,
     /// Connections that only stay open, for memory per connection.
     Idle,
+    /// Game rooms: `--rooms` × `--players` bots move at the tick rate and
+    /// check every snapshot.
+    Game,
 }
 
 /// Options of `overlapped bench`.
 #[derive(Args, Clone, Debug)]
 pub struct BenchArgs {
-    /// Server address.
-    #[arg(long, default_value = "127.0.0.1:7777")]
+    /// Server address (a name such as `localhost:7777` is resolved).
+    #[arg(long, default_value = "127.0.0.1:7777", value_parser = crate::server::resolve_addr)]
     pub addr: SocketAddr,
     /// Connections.
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=100_000))]
@@ -50,6 +54,15 @@ pub struct BenchArgs {
     /// Messages in flight per connection in flood mode (fanout: for the sender).
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub window: u32,
+    /// Game mode: rooms.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub rooms: u32,
+    /// Game mode: players (bots) per room.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=4095))]
+    pub players: u32,
+    /// Game mode: moves per second of each bot (the server's tick rate).
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    pub tick_hz: u16,
     /// Print the report as one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -76,6 +89,19 @@ pub fn run(args: BenchArgs) -> io::Result<()> {
             io::ErrorKind::InvalidInput,
             "--rate must be at least 1",
         ));
+    }
+    if args.mode == BenchMode::Game {
+        // Errors are in the report; only a run that could not be set up fails.
+        let report = game::run(&args, duration)?;
+        if args.json {
+            println!(
+                "{}",
+                serde_json::to_string(&report).map_err(io::Error::other)?
+            );
+        } else {
+            println!("{report}");
+        }
+        return Ok(());
     }
     let report = match args.mode {
         BenchMode::Fanout => fanout::run(&args, duration)?,
