@@ -168,13 +168,15 @@ impl<S: Send + 'static> Room<S> {
     /// closes or the [`Ticker`] is cancelled.
     ///
     /// **Staggering.** The first tick is due one period from now plus a
-    /// stagger of less than a period, different for each ticker of the
-    /// service (the k-th ticker's is the fractional part of k × 0.618…,
-    /// the golden ratio, times the period). Rooms opened together — a burst
-    /// of joins — would otherwise tick together, and the last of them
-    /// would wait for the snapshots of all the others on their worker:
-    /// spread over the period, each tick finds its worker idle. The
-    /// service's rooms of one period thus tick evenly apart.
+    /// stagger of less than a period: one of 16 phases of the period, taken
+    /// in turn by the service's tickers in the golden-ratio order (the k-th
+    /// ticker's phase is the fractional part of k × 0.618… in sixteenths),
+    /// so any number of tickers fill the phases evenly. Rooms opened
+    /// together — a burst of joins — would otherwise tick together, and the
+    /// last of them would wait for the snapshots of all the others on their
+    /// worker; spread over every moment of the period, the worker would
+    /// wake for each room apart. Sixteen phases keep both small: the rooms
+    /// of a phase tick in one wake-up.
     ///
     /// **Lateness and skipping.** Each tick's slot is on a fixed grid
     /// (`start + n × period`), so a late tick does not push later ones
@@ -258,13 +260,17 @@ impl<S: Send + 'static> Room<S> {
     }
 }
 
+/// The moments of a period that tickers start on (see [`Room::every`]).
+const STAGGER_PHASES: u32 = 16;
+
 /// The stagger of the `k`-th ticker: the fractional part of k × φ (the
-/// golden ratio), times the period — a sequence that leaves no two tickers
-/// close together however many there are.
+/// golden ratio), a sequence that spreads any number of tickers evenly,
+/// rounded down to one of [`STAGGER_PHASES`] phases of the period.
 fn stagger(k: u64, period: Duration) -> Duration {
     const PHI_FRACTION: f64 = 0.618_033_988_749_894_9;
     let fraction = (k as f64 * PHI_FRACTION).fract();
-    period.mul_f64(fraction)
+    let phase = (fraction * STAGGER_PHASES as f64).floor() / STAGGER_PHASES as f64;
+    period.mul_f64(phase)
 }
 
 type TickFn<S> = Box<dyn FnMut(&mut S, &Room<S>, Tick) + Send>;
