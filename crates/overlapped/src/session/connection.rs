@@ -466,6 +466,11 @@ impl Session {
             return;
         }
         if let Err(e) = self.stream.shutdown(std::net::Shutdown::Write) {
+            // ENOTCONN: the peer reset the connection first; nothing was owed
+            // that it could still read.
+            if e.raw_os_error() == Some(libc::ENOTCONN) {
+                return self.disconnect("closed by peer");
+            }
             return self.disconnect(&format!("cannot shut the connection down: {e}"));
         }
         if self.end_of_stream.load(Ordering::Acquire) != NO_EOF {
