@@ -11,6 +11,7 @@ other sections taken from the last full run's docs/benchmarks.json.
 """
 
 import argparse
+import urllib.request
 import json
 import os
 import platform
@@ -183,6 +184,69 @@ def run_load(command, args, sample_rss=False, duration=5.0):
         server.stop()
 
 
+def scrape_tick_lateness(metrics_addr):
+    """The tick-lateness histogram of an overlapped server's /metrics:
+    [(upper bound in µs or None for +Inf, cumulative count)]."""
+    with urllib.request.urlopen(f"http://{metrics_addr}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    buckets = []
+    for line in text.splitlines():
+        if line.startswith("overlapped_tick_lateness_seconds_bucket"):
+            bound = line.split('le="')[1].split('"')[0]
+            count = int(line.rsplit(" ", 1)[1])
+            buckets.append((None if bound == "+Inf" else round(float(bound) * 1e6), count))
+    return buckets
+
+
+def quantile_bound(buckets, q):
+    """The upper bound of the bucket holding quantile q of a histogram's
+    counts (per bucket, not cumulative); None in the open last bucket."""
+    total = sum(n for _, n in buckets)
+    seen = 0
+    for bound, n in buckets:
+        seen += n
+        if total and seen >= q * total:
+            return bound
+    return None
+
+
+def run_game_load_with_ticks(command, args, duration):
+    """`run_load` for our game server, which also reads the server's own
+    tick lateness from its metrics endpoint over the middle of the measured
+    period (the joins before it left out)."""
+    global next_port
+    next_port += 1
+    metrics_addr = f"127.0.0.1:{next_port + 20000}"
+    server = Server(command + ["--metrics-addr", metrics_addr])
+    try:
+        user_before, sys_before = cpu_times(server.proc.pid)
+        proc = subprocess.Popen(
+            ["taskset", "-c", "1", str(RELEASE / "overlapped"), "bench", "--addr", server.addr, "--json"] + args,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=raise_fd_limit)
+        # The bots join first (a second or two), then measure for
+        # `duration`: read the histogram over a window inside that.
+        time.sleep(3)
+        before = scrape_tick_lateness(metrics_addr)
+        time.sleep(duration * 0.4)
+        after = scrape_tick_lateness(metrics_addr)
+        out, _ = proc.communicate(timeout=600)
+        report = json.loads(out.strip().splitlines()[-1])
+        user_after, sys_after = cpu_times(server.proc.pid)
+        report["server_user_s"] = user_after - user_before
+        report["server_sys_s"] = sys_after - sys_before
+        report["server_cpu_s"] = report["server_user_s"] + report["server_sys_s"]
+        cumulative = [(b, a - c) for (b, a), (_, c) in zip(after, before)]
+        per_bucket = [(b, n - (cumulative[i - 1][1] if i else 0)) for i, (b, n) in enumerate(cumulative)]
+        report["server_ticks"] = cumulative[-1][1] if cumulative else 0
+        report["server_tick_lateness_p50_us"] = quantile_bound(per_bucket, 0.50)
+        report["server_tick_lateness_p99_us"] = quantile_bound(per_bucket, 0.99)
+        report["server_ticks_within_2ms"] = (
+            sum(n for b, n in per_bucket if b is not None and b <= 2000) / max(1, report["server_ticks"]))
+        return report
+    finally:
+        server.stop()
+
+
 def game_args(rooms, duration):
     return ["--mode", "game", "--rooms", str(rooms), "--players", str(GAME_ROOM_PLAYERS),
             "--tick-hz", str(GAME_TICK_HZ), "--duration", str(duration)]
@@ -210,13 +274,19 @@ def game_scenario(servers, rooms, duration, rounds):
     order = list(servers)
     for _ in range(rounds):
         for server in order:
-            report = run_load(servers[server], game_args(rooms, duration))
+            if server == "overlapped":
+                report = run_game_load_with_ticks(servers[server], game_args(rooms, duration), duration)
+            else:
+                report = run_load(servers[server], game_args(rooms, duration))
             report["cpu_us_per_snapshot"] = fmt_us_per_msg(report)
             results[server].append(report)
             print(f"   {server:<11} {report.get('messages_per_sec', 0):>9.0f} snapshots/s"
                   f"  cpu {report.get('server_cpu_s', 0):.2f} s ({report['cpu_us_per_snapshot']:.2f} µs/snapshot)"
                   f"  lateness p99 {report.get('lateness_p99_us', '?')} µs  lost {report.get('lost', '?')}"
-                  f"  errors {report.get('errors', '?')}  {report.get('failure', '')}", flush=True)
+                  f"  errors {report.get('errors', '?')}  {report.get('failure', '')}"
+                  + (f"  server ticks ≤ 2 ms: {report['server_ticks_within_2ms'] * 100:.1f}%"
+                     f" (p99 bucket ≤ {report['server_tick_lateness_p99_us']} µs)"
+                     if "server_ticks_within_2ms" in report else ""), flush=True)
         order = order[1:] + order[:1]
     return {s: median_report(r, key="cpu_us_per_snapshot") for s, r in results.items() if r}
 
@@ -544,6 +614,13 @@ def game_markdown(results):
                        f"| {ms('update_age_p50_us')} | {ms('update_age_p99_us')} | {ms('lateness_p50_us')} "
                        f"| {ms('lateness_p99_us')} | {ms('lateness_max_us')} | {r.get('lost', '?')} "
                        f"| {r.get('errors', '?')} | {r.get('server_cpu_s', 0):.2f} | {cpu:.2f} | {ratio:.2f} |")
+        ours = game.get("overlapped", {})
+        if "server_ticks_within_2ms" in ours:
+            out += ["", f"The server's own tick lateness (overlapped's `/metrics` histogram, read over"
+                    f" 40% of the measured period, after the joins): {ours['server_ticks_within_2ms'] * 100:.1f}% of"
+                    f" {ours['server_ticks']:,} ticks within 2 ms of their slot; p50 in the bucket up to"
+                    f" {ours['server_tick_lateness_p50_us']} µs, p99 in the bucket up to"
+                    f" {ours['server_tick_lateness_p99_us']} µs (None: past 100 ms)."]
         for server, r in game.items():
             for what in r.get("first_errors", [])[:3]:
                 out.append(f"\n{server}: {what}")

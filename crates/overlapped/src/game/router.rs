@@ -251,7 +251,7 @@ impl<S: SessionState> SessionHandler for Routed<S> {
         let mut consumed = 0;
         while let Some(frame) = next_frame(&data[consumed..], max).map_err(|e| e.to_string())? {
             consumed += frame.wire_len();
-            crate::session::metrics::Counters::add(&session.counters().packets_in, 1);
+            crate::session::metrics::Counters::bump(&session.counters().packets_in, 1);
             self.router
                 .dispatch(&mut state, session, frame.id, frame.payload)?;
             if self.deliver_deferred(&mut state, session)

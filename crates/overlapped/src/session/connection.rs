@@ -266,7 +266,6 @@ impl Session {
         if !self.is_connected() || self.gate.is_draining() {
             return false;
         }
-        WorkerCounters::add(&self.counters.packets_out, 1);
         let data = match self.queue_here(data) {
             Ok(queued) => return queued,
             // Another thread, or a send from inside the queue's own update.
@@ -353,6 +352,7 @@ impl Session {
                 more: cost,
             };
         }
+        WorkerCounters::bump(&self.counters.packets_out, 1);
         if !queue.started {
             // Nothing goes out before what `on_connected` sends.
             queue.queued += cost;
@@ -617,7 +617,7 @@ impl Session {
         if !self.is_connected() || self.is_closing() {
             return;
         }
-        WorkerCounters::add(&self.counters.bytes_in, bytes.len() as u64);
+        WorkerCounters::bump(&self.counters.bytes_in, bytes.len() as u64);
         let outcome = self.recv.with(|slot| self.receive(slot, bytes));
         match outcome {
             Some(Ok(())) => {}
@@ -759,7 +759,7 @@ impl Session {
             Ok(transfer) => transfer.bytes,
             Err(e) => return self.disconnect(&format!("receive failed: {e}")),
         };
-        WorkerCounters::add(&self.counters.bytes_in, received as u64);
+        WorkerCounters::bump(&self.counters.bytes_in, received as u64);
         if let Some(mut carrier) = tails {
             if let Some(tail) = carrier.pop() {
                 buffer.restore(tail, received);
@@ -828,7 +828,7 @@ impl Session {
     ) {
         match result {
             Ok(transfer) => {
-                WorkerCounters::add(&self.counters.bytes_out, transfer.bytes as u64);
+                WorkerCounters::bump(&self.counters.bytes_out, transfer.bytes as u64);
                 self.handler.on_sent(self, transfer.bytes)
             }
             Err(e) => return self.disconnect(&format!("send failed: {e}")),

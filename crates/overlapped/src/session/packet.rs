@@ -53,7 +53,7 @@ impl<H: PacketHandler> SessionHandler for PacketSession<H> {
             next_frame(&data[consumed..], self.max_packet).map_err(|e| e.to_string())?
         {
             consumed += frame.wire_len();
-            super::metrics::Counters::add(&session.counters().packets_in, 1);
+            super::metrics::Counters::bump(&session.counters().packets_in, 1);
             self.handler.on_packet(session, frame.id, frame.payload)?;
             if !session.is_connected() || session.is_closing() {
                 // The handler ended the session (a kick, a logout): the
