@@ -293,3 +293,24 @@ fn a_room_of_a_stopped_service_refuses_jobs() {
     assert!(!room.push(|_, _| {}));
     assert!(room.is_closed());
 }
+
+#[test]
+fn a_panicking_tick_is_counted_and_the_next_slot_still_comes() {
+    let service = service(1);
+    let room = Room::new(&service, "panicky ticks", ());
+    let ticker = room
+        .every(Duration::from_millis(2), |_, _, tick| {
+            if tick.number == 1 {
+                panic!("a bug in a tick");
+            }
+        })
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while ticker.ran() < 3 && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(2));
+    }
+    ticker.cancel();
+    assert!(ticker.ran() >= 3, "ticking went on after the panic");
+    assert_eq!(service.metrics().job_panics, 1);
+    service.stop();
+}
