@@ -51,14 +51,20 @@ struct Harness {
 }
 
 fn harness(refuse: Option<&'static str>) -> Harness {
-    let (tx, events) = mpsc::channel();
-    let tx = Mutex::new(tx);
     let router = Router::new()
         .max_packet(64)
         .route(COUNT, on_count)
         .route(KICK_ME, on_kick);
+    harness_with(router, 2, refuse)
+}
+
+/// A server of `router` on `workers` workers whose factory refuses every
+/// peer with `refuse`, if given.
+fn harness_with(router: Router<Counter>, workers: usize, refuse: Option<&'static str>) -> Harness {
+    let (tx, events) = mpsc::channel();
+    let tx = Mutex::new(tx);
     let mut config = ServiceConfig {
-        workers: 2,
+        workers,
         ..ServiceConfig::default()
     };
     router.configure(&mut config);
@@ -251,24 +257,11 @@ const PANIC: u16 = 4;
 
 #[test]
 fn a_panicking_route_costs_its_own_session_only() {
-    let (tx, events) = mpsc::channel();
-    let tx = Mutex::new(tx);
     let router = Router::new().route(COUNT, on_count).route(
         PANIC,
         |_: &mut Counter, _: &Arc<Session>, _: &mut PacketReader| panic!("a bug in a handler"),
     );
-    let factory = router.factory(move |peer| {
-        Ok(Counter {
-            peer,
-            counted: 0,
-            events: tx.lock().unwrap().clone(),
-        })
-    });
-    let config = ServiceConfig {
-        workers: 1,
-        ..ServiceConfig::default()
-    };
-    let service = Service::server_with("127.0.0.1:0", config, factory).unwrap();
+    let Harness { service, events } = harness_with(router, 1, None);
     let mut doomed = connect(&service);
     let mut healthy = connect(&service);
     event(&events);
