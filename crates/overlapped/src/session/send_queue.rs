@@ -393,7 +393,11 @@ mod coalescing {
             queue.push_shared(shared.clone());
         }
         let batch = queue.take_batch();
-        assert_eq!(batch.len(), SHARED_BACKLOG + 1, "the rest coalesced into one");
+        assert_eq!(
+            batch.len(),
+            SHARED_BACKLOG + 1,
+            "the rest coalesced into one"
+        );
         assert_eq!(batch.concat().len(), (SHARED_BACKLOG + 100) * shared.len());
     }
 
