@@ -175,7 +175,7 @@ fn a_second_signal_during_the_drain_stops_at_once_and_says_so() {
     signal(&server, "TERM");
     let logged = wait_for_line(
         &server.stderr,
-        |l| l.contains("received again: stopping at once"),
+        |l| l.contains("received during the shutdown: stopping at once"),
         Duration::from_secs(10),
     );
     assert!(logged.is_some(), "the second signal was not logged");

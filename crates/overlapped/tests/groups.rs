@@ -1,5 +1,5 @@
 //! Groups: one broadcast reaches every member once, on every worker, or
-//! every member but the sender; and a service runs until it is stopped.
+//! every member but the sender.
 
 use std::io::Read;
 use std::net::TcpStream;
@@ -166,15 +166,4 @@ fn a_session_of_another_service_cannot_join_a_group() {
     assert!(group.is_empty());
     h.service.stop();
     other.service.stop();
-}
-
-#[test]
-fn run_until_signal_returns_when_the_service_stops_otherwise() {
-    let h = harness(1, 0);
-    let service = h.service.clone();
-    let running = std::thread::spawn(move || service.run_until_signal(Duration::from_secs(1)));
-    std::thread::sleep(Duration::from_millis(20));
-    h.service.stop();
-    let report = running.join().unwrap().unwrap();
-    assert_eq!((report.closed, report.forced), (0, 0));
 }

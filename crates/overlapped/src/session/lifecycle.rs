@@ -71,7 +71,7 @@ impl Service {
             .spawn(move || {
                 if let Some(signal) = signals.forever().next() {
                     tracing::warn!(
-                        "{} received again: stopping at once, dropping every session",
+                        "{} received during the shutdown: stopping at once, dropping every session",
                         signal_name(signal)
                     );
                     stopper.stop();

@@ -281,6 +281,9 @@ pub(crate) struct ServiceCore {
     next_room: AtomicUsize,
     /// Tickers started so far.
     tickers: AtomicU64,
+    /// Sessions `stop` disconnected (what a shutdown it cut short reports
+    /// as dropped).
+    dropped_by_stop: AtomicUsize,
     /// `stop` has finished: what [`Service::wait`] waits for.
     stopped: Mutex<bool>,
     stopped_changed: Condvar,
@@ -606,7 +609,8 @@ impl ServiceCore {
         }
     }
 
-    /// Disconnects the sessions of the worker running on `worker`, there.
+    /// Disconnects the sessions of the worker running on `worker`, there
+    /// (the service stops).
     fn disconnect_sessions_of(&self, worker: ThreadKey, reason: &str) {
         let sessions: Vec<Arc<Session>> = self
             .sessions()
@@ -614,6 +618,8 @@ impl ServiceCore {
             .filter(|session| self.worker_of(session.id()) == worker)
             .cloned()
             .collect();
+        self.dropped_by_stop
+            .fetch_add(sessions.len(), Ordering::Relaxed);
         for session in sessions {
             self.run_guarded(session.id(), || session.disconnect(reason));
         }
@@ -724,6 +730,7 @@ impl Service {
             schedules: (0..workers).map(|_| Schedule::default()).collect(),
             next_room: AtomicUsize::new(0),
             tickers: AtomicU64::new(0),
+            dropped_by_stop: AtomicUsize::new(0),
             stopped: Mutex::new(false),
             stopped_changed: Condvar::new(),
         });
@@ -897,6 +904,7 @@ impl Service {
             return self.shutdown_in_background(timeout);
         }
         let deadline = Instant::now() + timeout;
+        let dropped_before = self.core.dropped_by_stop.load(Ordering::Relaxed);
         self.stop_listening();
         tracing::info!(
             "stopped accepting; closing {} sessions gracefully",
@@ -916,12 +924,10 @@ impl Service {
             }
             thread::sleep(Duration::from_millis(10));
         }
-        tracing::info!(
-            "stopped accepting; closed {} sessions gracefully",
-            closing.len()
-        );
-        let forced = self.session_count();
         self.stop();
+        // Those still open at the deadline, or when another thread's
+        // `stop` (a second signal) cut the drain short.
+        let forced = self.core.dropped_by_stop.load(Ordering::Relaxed) - dropped_before;
         ShutdownReport {
             closed: closing.len().saturating_sub(forced),
             forced,
@@ -1024,7 +1030,11 @@ impl Service {
         }
         // Sessions a worker did not get to (one it was handed as it left):
         // with the ports closed, their hooks run here.
-        for session in self.sessions() {
+        let left = self.sessions();
+        self.core
+            .dropped_by_stop
+            .fetch_add(left.len(), Ordering::Relaxed);
+        for session in left {
             session.disconnect("service stopped");
         }
         *lock_ignoring_poison(&self.core.stopped) = true;
