@@ -21,8 +21,12 @@
 //! | `CreateIoCompletionPort`, `GetQueuedCompletionStatus(Ex)`, `PostQueuedCompletionStatus` | [`CompletionPort`] |
 //! | `AcceptEx`, `ConnectEx`, `DisconnectEx` | [`PortListener::accept`], [`CompletionPort::connect`], [`PortStream::disconnect`] |
 //!
-//! On top of the completion port, [`session`] holds the game-server layer:
-//! `Service`, `Listener`, `Session`, `RecvBuffer`, `PacketSession`.
+//! On top of the completion port, [`session`] holds the server core —
+//! `Service`, `Listener`, `Session`, `RecvBuffer`, `PacketSession`, its
+//! metrics and its shutdown on a signal — and [`game`] the game-server
+//! layer on it: `Room`s whose jobs and ticks run on the service's workers,
+//! `Router` and `SessionState` for typed packets and per-session state,
+//! `Group` broadcasts, `PacketReader` / `PacketWriter`.
 //!
 //! The difference that matters: buffers *move into* an operation and come
 //! back with its outcome, so the rule "do not touch the buffer or the

@@ -262,6 +262,8 @@ impl Client {
 
     fn on_move(&mut self, session: &Arc<Session>, r: &mut PacketReader) -> PacketResult {
         let (x, y) = (r.f32()?, r.f32()?);
+        // Every field read before acting: a longer C_MOVE changes nothing.
+        r.finish()?;
         let Some((_, room)) = &self.room else {
             return Err("C_MOVE before C_JOIN".into());
         };

@@ -212,7 +212,11 @@ impl<S: Send + 'static> Room<S> {
     }
 
     /// Stops the room: jobs not run yet are dropped, later pushes and
-    /// timers refused, ticks end.
+    /// timers refused, ticks end. The state is dropped with the last
+    /// handle (and the last job or timer holding one).
+    ///
+    /// To let the jobs already pushed run first (a player's leave), push
+    /// the close as a job instead: `room.push(|_, room| room.close())`.
     pub fn close(&self) {
         self.inner.jobs.close();
     }

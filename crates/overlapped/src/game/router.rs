@@ -88,6 +88,20 @@ type Route<S> =
 /// the handler left bytes of the payload unread (a malformed packet). A
 /// frame larger than [`Router::max_packet`] disconnects it too.
 ///
+/// **Decode, then act.** The leftover check runs after the handler
+/// returns, so a handler that acts before it has read every field acts on
+/// a packet that is then refused: read all fields and call
+/// [`PacketReader::finish`]`()?` before any side effect.
+///
+/// **A refusal is abrupt.** The disconnect is at once, not a graceful
+/// close: what the handler queued before returning its `Err` is dropped
+/// with the session. To tell a client why, send the reason, call
+/// [`Session::close_gracefully`] and return `Ok`.
+///
+/// [`Router::serve`] starts a server with the receive buffers sized for
+/// [`Router::max_packet`]; with [`Router::factory`], call
+/// [`Router::configure`] on the [`ServiceConfig`] yourself.
+///
 /// ```no_run
 /// use std::sync::Arc;
 /// use overlapped::game::{PacketReader, PacketResult, PacketWriter, Router, SessionState};
@@ -105,9 +119,8 @@ type Route<S> =
 /// }
 ///
 /// let router = Router::new().route(1, on_ping);
-/// let mut config = ServiceConfig::default();
-/// router.configure(&mut config);
-/// let service = Service::server_with("127.0.0.1:7777", config, router.factory(|_peer| Ok(Player::default())))?;
+/// let service = router.serve("127.0.0.1:7777", ServiceConfig::default(), |_peer| Ok(Player::default()))?;
+/// # service.stop();
 /// # Ok::<(), std::io::Error>(())
 /// ```
 pub struct Router<S> {
@@ -185,6 +198,19 @@ impl<S: SessionState> Router<S> {
                 deferred_disconnect: Mutex::new(None),
             }) as Arc<dyn SessionHandler>)
         })
+    }
+
+    /// Starts a server on `addr` with this router (`config`'s receive
+    /// buffers sized by [`Router::configure`]); `make` builds each
+    /// session's state knowing the peer's address, or refuses it.
+    pub fn serve(
+        self,
+        addr: impl std::net::ToSocketAddrs,
+        mut config: ServiceConfig,
+        make: impl Fn(SocketAddr) -> Result<S, String> + Send + Sync + 'static,
+    ) -> std::io::Result<crate::session::Service> {
+        self.configure(&mut config);
+        crate::session::Service::server_with(addr, config, self.factory(make))
     }
 
     /// Hands one frame to its route.

@@ -145,6 +145,9 @@ impl<'a> PacketReader<'a> {
     }
 
     /// `Ok` if every byte was read; an error naming the leftover otherwise.
+    /// Call it after the last field and before acting on the packet (a
+    /// [`Router`](super::Router) checks it again after the handler, too
+    /// late to undo what the handler did).
     pub fn finish(&self) -> Result<(), ReadError> {
         match self.remaining() {
             0 => Ok(()),

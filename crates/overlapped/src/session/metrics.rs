@@ -350,6 +350,7 @@ impl Metrics {
             "Room jobs that panicked.",
             self.job_panics,
         );
+        metric("ticks_total", "counter", "Room ticks run.", self.ticks);
         metric(
             "ticks_skipped_total",
             "counter",
