@@ -7,7 +7,7 @@ use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use overlapped::game::{Room, RoomError, Tick};
+use overlapped::game::{JoinError, Room, RoomError, Rooms, Tick};
 use overlapped::session::{Service, ServiceConfig, Session, SessionHandler};
 
 /// A server with `workers` workers whose sessions do nothing.
@@ -313,4 +313,80 @@ fn a_panicking_tick_is_counted_and_the_next_slot_still_comes() {
     assert!(ticker.ran() >= 3, "ticking went on after the panic");
     assert_eq!(service.metrics().job_panics, 1);
     service.stop();
+}
+
+/// Rooms by key, each a log of what its jobs saw.
+fn open_log(service: &Service, opened: &Arc<std::sync::atomic::AtomicUsize>) -> Room<Vec<String>> {
+    opened.fetch_add(1, Ordering::SeqCst);
+    Room::new(service, "keyed", Vec::new())
+}
+
+#[test]
+fn a_keyed_room_is_made_on_the_first_join_and_closed_after_the_last_leave() {
+    let service = service(2);
+    let rooms: Rooms<u32, Vec<String>> = Rooms::new(8);
+    let opened = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let open = || Ok(open_log(&service, &opened));
+    let first = rooms
+        .join(1, open, |log, _| log.push("a joined".into()))
+        .unwrap();
+    let again = rooms
+        .join(
+            1,
+            || Ok(open_log(&service, &opened)),
+            |log, _| log.push("b joined".into()),
+        )
+        .unwrap();
+    assert!(first.same_room(&again));
+    assert_eq!(opened.load(Ordering::SeqCst), 1);
+    assert_eq!(rooms.members(&1), 2);
+    let (tx, rx) = mpsc::channel();
+    rooms.leave(&1, |log, _| log.push("a left".into()));
+    rooms.leave(&1, move |log, _| {
+        log.push("b left".into());
+        tx.send(log.clone()).unwrap();
+    });
+    // The last leave's job ran before the close it pushed.
+    let log = rx.recv_timeout(Duration::from_secs(30)).unwrap();
+    assert_eq!(log, ["a joined", "b joined", "a left", "b left"]);
+    assert!(rooms.is_empty());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !first.is_closed() {
+        assert!(Instant::now() < deadline, "the room never closed");
+        thread::sleep(Duration::from_millis(1));
+    }
+    // A join after the last leave makes a new room.
+    let next = rooms
+        .join(1, || Ok(open_log(&service, &opened)), |_, _| {})
+        .unwrap();
+    assert!(!next.same_room(&first));
+    assert_eq!(opened.load(Ordering::SeqCst), 2);
+    service.stop();
+}
+
+#[test]
+fn a_full_keyed_room_refuses_the_next_join_until_someone_leaves() {
+    let service = service(1);
+    let rooms: Rooms<&str, ()> = Rooms::new(2);
+    let open = || Ok(Room::new(&service, "small", ()));
+    rooms.join("r", open, |_, _| {}).unwrap();
+    rooms.join("r", open, |_, _| {}).unwrap();
+    assert_eq!(
+        rooms.join("r", open, |_, _| {}).unwrap_err(),
+        JoinError::Full { capacity: 2 }
+    );
+    rooms.leave(&"r", |_, _| {});
+    rooms.join("r", open, |_, _| {}).unwrap();
+    assert_eq!(rooms.members(&"r"), 2);
+    service.stop();
+}
+
+#[test]
+fn a_keyed_room_that_cannot_open_refuses_the_join_with_the_reason() {
+    let rooms: Rooms<u8, ()> = Rooms::new(4);
+    let refused = rooms
+        .join(3, || Err("no such map".into()), |_, _| {})
+        .unwrap_err();
+    assert_eq!(refused, JoinError::Open("no such map".into()));
+    assert!(rooms.is_empty());
 }

@@ -17,13 +17,13 @@
 //! coordinate, an unknown id or a join to a full room disconnects that
 //! session alone, with the reason logged.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use overlapped::game::{
-    Group, PacketReader, PacketResult, PacketWriter, Room, Router, SessionState, Tick,
+    Group, JoinError, PacketReader, PacketResult, PacketWriter, Room, Rooms, Router, SessionState,
+    Tick,
 };
 use overlapped::session::{LogBudget, PeerFactory, Service, Session};
 
@@ -56,17 +56,9 @@ pub struct GameConfig {
 /// player leaves.
 pub struct World {
     config: GameConfig,
-    rooms: Mutex<HashMap<u32, RoomSlot>>,
+    rooms: Rooms<u32, RoomState>,
     /// Why players left, a few hundred lines a second at most.
     leave_log: LogBudget,
-}
-
-/// A room and the players assigned to it (joined, or whose join job is
-/// queued): counted here, under the world's lock, so that "full" and
-/// "empty" are decided once, in order with every join.
-struct RoomSlot {
-    room: Room<RoomState>,
-    assigned: usize,
 }
 
 impl World {
@@ -74,35 +66,20 @@ impl World {
     pub fn new(config: GameConfig) -> Arc<World> {
         Arc::new(World {
             config,
-            rooms: Mutex::new(HashMap::new()),
+            rooms: Rooms::new(config.max_room_players),
             leave_log: LogBudget::new(200),
         })
     }
 
-    /// Assigns `session` to room `number`, making it if needed, and queues
-    /// its join there. The room if it had a place.
+    /// Queues `session`'s join to room `number`, opening the room if it
+    /// is the first; the room, or why not (full).
     fn join(
-        self: &Arc<World>,
+        &self,
         number: u32,
         session: &Arc<Session>,
         name: String,
     ) -> Result<Room<RoomState>, String> {
         let service = session.service().ok_or("the service stopped")?;
-        let mut rooms = self.rooms.lock().unwrap();
-        let slot = match rooms.get_mut(&number) {
-            Some(slot) => slot,
-            None => {
-                let room = self.open_room(&service, number)?;
-                rooms
-                    .entry(number)
-                    .or_insert(RoomSlot { room, assigned: 0 })
-            }
-        };
-        let max = self.config.max_room_players;
-        if slot.assigned >= max {
-            return Err(format!("room {number} is full ({max} players)"));
-        }
-        slot.assigned += 1;
         let player = Player {
             id: session.id(),
             name,
@@ -111,8 +88,18 @@ impl World {
             y: 0.0,
         };
         let tick_hz = self.config.tick_hz;
-        slot.room.push(move |room, _| room.join(player, tick_hz));
-        Ok(slot.room.clone())
+        self.rooms
+            .join(
+                number,
+                || self.open_room(&service, number),
+                move |room, _| room.join(player, tick_hz),
+            )
+            .map_err(|e| match e {
+                JoinError::Full { capacity } => {
+                    format!("room {number} is full ({capacity} players)")
+                }
+                JoinError::Open(reason) => reason,
+            })
     }
 
     /// A room ticking at the game's rate.
@@ -129,20 +116,9 @@ impl World {
         Ok(room)
     }
 
-    /// Player `id` left room `number`: queue its leave, and close the room
-    /// after it if it was the last.
+    /// Player `id` left room `number` (the room closes after the last).
     fn leave(&self, number: u32, id: u64) {
-        let mut rooms = self.rooms.lock().unwrap();
-        let Some(slot) = rooms.get_mut(&number) else {
-            return;
-        };
-        slot.room.push(move |room, _| room.leave(id));
-        slot.assigned -= 1;
-        if slot.assigned == 0 {
-            // Every join to it was queued before this: the close runs last.
-            let slot = rooms.remove(&number).expect("looked up above");
-            slot.room.push(|_, room| room.close());
-        }
+        self.rooms.leave(&number, move |room, _| room.leave(id));
     }
 
     /// The session factory of the game: every client starts as a player
