@@ -92,34 +92,34 @@ pub fn run(args: BenchArgs) -> io::Result<()> {
     }
     if args.mode == BenchMode::Game {
         // Errors are in the report; only a run that could not be set up fails.
-        let report = game::run(&args, duration)?;
-        if args.json {
-            println!(
-                "{}",
-                serde_json::to_string(&report).map_err(io::Error::other)?
-            );
-        } else {
-            println!("{report}");
-        }
-        return Ok(());
+        return print_report(&game::run(&args, duration)?, args.json);
     }
     let report = match args.mode {
         BenchMode::Fanout => fanout::run(&args, duration)?,
         _ => load::run(&args, duration)?,
     };
-    if args.json {
-        println!(
-            "{}",
-            serde_json::to_string(&report).map_err(io::Error::other)?
-        );
-    } else {
-        println!("{report}");
-    }
+    print_report(&report, args.json)?;
     if report.errors > 0 || report.mismatches > 0 {
         return Err(io::Error::other(format!(
             "{} errors, {} mismatches",
             report.errors, report.mismatches
         )));
+    }
+    Ok(())
+}
+
+/// Prints a report, as one JSON object or as text.
+fn print_report(
+    report: &(impl serde::Serialize + std::fmt::Display),
+    json: bool,
+) -> io::Result<()> {
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string(report).map_err(io::Error::other)?
+        );
+    } else {
+        println!("{report}");
     }
     Ok(())
 }
