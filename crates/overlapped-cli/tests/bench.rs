@@ -58,3 +58,25 @@ fn bench_with_a_zero_duration_is_refused() {
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("--duration"));
 }
+
+#[test]
+fn game_bench_against_the_game_server_checks_every_snapshot() {
+    let server = Server::start_with(&["--model", "port", "--mode", "game", "--tick-hz", "50"]);
+    let output = binary()
+        .args([
+            "bench",
+            "--addr",
+            &server.addr.to_string(),
+            "--mode",
+            "game",
+        ])
+        .args(["--rooms", "2", "--players", "3", "--tick-hz", "50"])
+        .args(["--duration", "1", "--json"])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let json = String::from_utf8(output.stdout).unwrap();
+    assert_eq!(field(&json, "joined"), 6.0, "{json}");
+    assert!(field(&json, "messages") > 0.0, "{json}");
+    assert_eq!(field(&json, "errors"), 0.0, "{json}");
+}
