@@ -184,8 +184,9 @@ pub struct Metrics {
     /// Connections refused as they were accepted (the session limit, the
     /// per-address limit, or the program's factory).
     pub refused: u64,
-    /// Packets received: frames handed to a packet handler, or each
-    /// receive a raw handler got.
+    /// Packets received: frames handed on by a [`PacketSession`](super::PacketSession)
+    /// or a [`Router`](crate::game::Router) (a raw [`SessionHandler`](super::SessionHandler)'s
+    /// bytes count in `bytes_in` only).
     pub packets_in: u64,
     /// Sends queued on sessions (each `send`, and each session a broadcast
     /// reached).
