@@ -18,6 +18,7 @@
 //! session alone, with the reason logged.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -72,20 +73,20 @@ impl World {
     }
 
     /// Queues `session`'s join to room `number`, opening the room if it
-    /// is the first; the room, or why not (full).
+    /// is the first; why not if it cannot (full).
     fn join(
         &self,
         number: u32,
         session: &Arc<Session>,
         name: String,
-    ) -> Result<Room<RoomState>, String> {
+        position: Arc<Position>,
+    ) -> Result<(), String> {
         let service = session.service().ok_or("the service stopped")?;
         let player = Player {
             id: session.id(),
             name,
             session: session.clone(),
-            x: 0.0,
-            y: 0.0,
+            position,
         };
         let tick_hz = self.config.tick_hz;
         self.rooms
@@ -100,6 +101,7 @@ impl World {
                 }
                 JoinError::Open(reason) => reason,
             })
+            .map(drop)
     }
 
     /// A room ticking at the game's rate.
@@ -133,13 +135,33 @@ impl World {
     }
 }
 
+/// A player's latest position: written by its session's moves, read by
+/// its room's ticks. A move is one store, not a job, so however fast a
+/// client sends moves, its room's queue holds nothing more for them.
+#[derive(Default)]
+pub struct Position(AtomicU64);
+
+impl Position {
+    fn set(&self, x: f32, y: f32) {
+        let bits = (u64::from(x.to_bits()) << 32) | u64::from(y.to_bits());
+        self.0.store(bits, Ordering::Relaxed);
+    }
+
+    fn get(&self) -> (f32, f32) {
+        let bits = self.0.load(Ordering::Relaxed);
+        (
+            f32::from_bits((bits >> 32) as u32),
+            f32::from_bits(bits as u32),
+        )
+    }
+}
+
 /// A player as its room knows it.
 struct Player {
     id: u64,
     name: String,
     session: Arc<Session>,
-    x: f32,
-    y: f32,
+    position: Arc<Position>,
 }
 
 /// A room's state, changed only by its jobs.
@@ -166,12 +188,6 @@ impl RoomState {
         self.players.push(player);
     }
 
-    fn moved(&mut self, id: u64, x: f32, y: f32) {
-        if let Some(player) = self.players.iter_mut().find(|p| p.id == id) {
-            (player.x, player.y) = (x, y);
-        }
-    }
-
     fn leave(&mut self, id: u64) {
         self.players.retain(|p| p.id != id);
         self.group.remove(id);
@@ -187,7 +203,8 @@ impl RoomState {
             .u32(tick.number as u32)
             .u16(count as u16);
         for player in &self.players {
-            snapshot = snapshot.u64(player.id).f32(player.x).f32(player.y);
+            let (x, y) = player.position.get();
+            snapshot = snapshot.u64(player.id).f32(x).f32(y);
         }
         match snapshot.finish() {
             Ok(frame) => _ = self.group.broadcast(&frame),
@@ -208,10 +225,10 @@ fn send(session: &Arc<Session>, frame: PacketWriter) {
     }
 }
 
-/// A session's own state: which room it joined, if any.
+/// A session's own state: which room it joined, if any, and where it is.
 pub struct Client {
     world: Arc<World>,
-    room: Option<(u32, Room<RoomState>)>,
+    room: Option<(u32, Arc<Position>)>,
 }
 
 impl Client {
@@ -231,16 +248,18 @@ impl Client {
         if name.is_empty() || name.len() > MAX_NAME {
             return Err(format!("bad name: {} bytes (1 to {MAX_NAME})", name.len()).into());
         }
-        let room = self.world.join(number, session, name.to_owned())?;
-        self.room = Some((number, room));
+        let position = Arc::new(Position::default());
+        self.world
+            .join(number, session, name.to_owned(), position.clone())?;
+        self.room = Some((number, position));
         Ok(())
     }
 
-    fn on_move(&mut self, session: &Arc<Session>, r: &mut PacketReader) -> PacketResult {
+    fn on_move(&mut self, _: &Arc<Session>, r: &mut PacketReader) -> PacketResult {
         let (x, y) = (r.f32()?, r.f32()?);
         // Every field read before acting: a longer C_MOVE changes nothing.
         r.finish()?;
-        let Some((_, room)) = &self.room else {
+        let Some((_, position)) = &self.room else {
             return Err("C_MOVE before C_JOIN".into());
         };
         for value in [x, y] {
@@ -250,8 +269,7 @@ impl Client {
                 );
             }
         }
-        let id = session.id();
-        room.push(move |room, _| room.moved(id, x, y));
+        position.set(x, y);
         Ok(())
     }
 }

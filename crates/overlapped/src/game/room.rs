@@ -144,6 +144,10 @@ impl<S: Send + 'static> Room<S> {
     /// Queues `job`; it runs after every job pushed before it. Returns
     /// `false` (and drops the job) once the room is closed or its service
     /// stopped. Never blocks on the room's work.
+    ///
+    /// The queue has no bound of its own: bound what a client can make you
+    /// push (a join and a leave per session, not a job per packet — the
+    /// game's moves are a store the tick reads).
     pub fn push(&self, job: impl FnOnce(&mut S, &Room<S>) + Send + 'static) -> bool {
         let room = self.clone();
         self.inner

@@ -89,7 +89,8 @@ impl<K: Eq + Hash, S: Send + 'static> Rooms<K, S> {
 
     /// Counts a member into room `key` — opened with `open` if there is
     /// none — and pushes `join` as the room's job. The room, or why not:
-    /// it is full, or `open` failed.
+    /// it is full, or `open` failed. `open` runs under the registry's
+    /// lock: it must not call this registry.
     pub fn join(
         &self,
         key: K,

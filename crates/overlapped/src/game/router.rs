@@ -8,8 +8,10 @@ use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use rustc_hash::FxHashMap;
 
 use super::wire::{PacketReader, ReadError, WriteError};
-use crate::session::framing::next_frame;
-use crate::session::{recv_buffer_for, PeerFactory, ServiceConfig, Session, SessionHandler};
+use crate::session::{
+    recv_buffer_for, PacketHandler, PacketSession, PeerFactory, ServiceConfig, Session,
+    SessionHandler,
+};
 
 /// A session's own state under a [`Router`]: made by the router's factory
 /// for each connection, owned by the session, and handed to its hooks and
@@ -192,11 +194,15 @@ impl<S: SessionState> Router<S> {
         let router = Arc::new(self);
         Arc::new(move |peer| {
             let state = make(peer)?;
-            Ok(Arc::new(Routed {
+            let routed = Routed {
                 router: router.clone(),
                 state: Mutex::new(state),
                 deferred_disconnect: Mutex::new(None),
-            }) as Arc<dyn SessionHandler>)
+            };
+            // The session layer's framing cuts the frames and stops at the
+            // one after which the handler ended its session.
+            let max_packet = router.max_packet;
+            Ok(Arc::new(PacketSession::new(routed, max_packet)) as Arc<dyn SessionHandler>)
         })
     }
 
@@ -248,48 +254,30 @@ impl<S: SessionState> Routed<S> {
     }
 
     /// Runs the `on_disconnected` that came during a hook.
-    fn deliver_deferred(&self, state: &mut S, session: &Arc<Session>) -> bool {
+    fn deliver_deferred(&self, state: &mut S, session: &Arc<Session>) {
         let reason = self
             .deferred_disconnect
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take();
-        match reason {
-            Some(reason) => {
-                state.on_disconnected(session, &reason);
-                true
-            }
-            None => false,
+        if let Some(reason) = reason {
+            state.on_disconnected(session, &reason);
         }
     }
 }
 
-impl<S: SessionState> SessionHandler for Routed<S> {
+impl<S: SessionState> PacketHandler for Routed<S> {
     fn on_connected(&self, session: &Arc<Session>) {
         let mut state = self.state();
         state.on_connected(session);
         self.deliver_deferred(&mut state, session);
     }
 
-    fn on_recv(&self, session: &Arc<Session>, data: &[u8]) -> Result<usize, String> {
+    fn on_packet(&self, session: &Arc<Session>, id: u16, payload: &[u8]) -> Result<(), String> {
         let mut state = self.state();
-        let max = self.router.max_packet;
-        let mut consumed = 0;
-        while let Some(frame) = next_frame(&data[consumed..], max).map_err(|e| e.to_string())? {
-            consumed += frame.wire_len();
-            crate::session::metrics::Counters::bump(&session.counters().packets_in, 1);
-            self.router
-                .dispatch(&mut state, session, frame.id, frame.payload)?;
-            if self.deliver_deferred(&mut state, session)
-                || !session.is_connected()
-                || session.is_closing()
-            {
-                // The handler ended the session: the frames after this one
-                // are dropped unread, as every byte received from then on is.
-                return Ok(data.len());
-            }
-        }
-        Ok(consumed)
+        self.router.dispatch(&mut state, session, id, payload)?;
+        self.deliver_deferred(&mut state, session);
+        Ok(())
     }
 
     fn on_disconnected(&self, session: &Arc<Session>, reason: &str) {

@@ -79,10 +79,15 @@ impl Schedule {
         self.entries().heap.peek().map(|top| top.at)
     }
 
-    /// Takes the entries due at `now`, earliest first.
-    pub(crate) fn take_due(&self, now: Instant) -> Vec<Due> {
+    /// Takes the entries due by `now()`, earliest first; the clock is read
+    /// only when there is an entry (a worker asks after every batch).
+    pub(crate) fn take_due(&self, now: impl FnOnce() -> Instant) -> Vec<Due> {
         let mut entries = self.entries();
         let mut due = Vec::new();
+        if entries.heap.is_empty() {
+            return due;
+        }
+        let now = now();
         while entries.heap.peek().is_some_and(|top| top.at <= now) {
             if let Some(entry) = entries.heap.pop() {
                 due.push(entry.run);
@@ -120,7 +125,7 @@ mod tests {
             schedule.add(at, Box::new(move || order.lock().unwrap().push(n)));
         }
         assert_eq!(schedule.next(), Some(t0 + Duration::from_millis(10)));
-        for run in schedule.take_due(t0 + Duration::from_millis(20)) {
+        for run in schedule.take_due(|| t0 + Duration::from_millis(20)) {
             run();
         }
         assert_eq!(*order.lock().unwrap(), vec![2, 3, 1]);

@@ -650,7 +650,7 @@ impl ServiceCore {
                     stopping |= matches!(packet.record, Some(Io::Stop));
                     self.dispatch_guarded(packet, &mut receiving);
                 }
-                for due in schedule.take_due(Instant::now()) {
+                for due in schedule.take_due(Instant::now) {
                     let _ = crate::boundary::catch("a scheduled job", due);
                 }
             });
