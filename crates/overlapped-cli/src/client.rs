@@ -47,29 +47,84 @@ pub fn run(args: ClientArgs) -> io::Result<()> {
             ),
         )
     })?;
-    let mut connections = (0..args.clients)
-        .map(|_| Connection::open(args.addr, send_buffer.clone()))
-        .collect::<io::Result<Vec<_>>>()?;
+    let mut failures = Failures::new(args.clients);
+    let mut connections: Vec<Connection> = (0..args.clients)
+        .filter_map(|_| failures.check(Connection::open(args.addr, send_buffer.clone())))
+        .collect();
     let mut rounds = 0u64;
-    while args.count.is_none_or(|count| rounds < count) {
+    while !connections.is_empty() && args.count.is_none_or(|count| rounds < count) {
         // Post every connection's send first, then wait for each: the
         // sends of one round are in flight together.
-        let mut pending = Vec::with_capacity(connections.len());
-        for connection in &mut connections {
-            pending.push(connection.post()?);
-        }
-        for (connection, started) in connections.iter_mut().zip(pending) {
-            let bytes = connection.finish(started)?;
+        let pending: Vec<io::Result<Started>> = connections.iter_mut().map(|c| c.post()).collect();
+        let mut failed = Vec::new();
+        for (index, (connection, started)) in connections.iter_mut().zip(pending).enumerate() {
+            let Some(bytes) = failures.check(started.and_then(|s| connection.finish(s))) else {
+                failed.push(index);
+                continue;
+            };
             if writeln!(io::stdout().lock(), "Send Bytes : {bytes}").is_err() {
                 return Ok(());
             }
         }
+        // A failed connection is done; the others go on.
+        for index in failed.into_iter().rev() {
+            connections.swap_remove(index);
+        }
         rounds += 1;
-        if args.count.is_none_or(|count| rounds < count) {
+        if !connections.is_empty() && args.count.is_none_or(|count| rounds < count) {
             thread::sleep(Duration::from_millis(args.interval_ms));
         }
     }
-    Ok(())
+    failures.into_result()
+}
+
+/// The connections that failed, and the first reason: the client goes on
+/// with the others and exits non-zero at the end, saying how many.
+struct Failures {
+    clients: u32,
+    failed: u32,
+    first: Option<io::Error>,
+}
+
+impl Failures {
+    fn new(clients: u32) -> Failures {
+        Failures {
+            clients,
+            failed: 0,
+            first: None,
+        }
+    }
+
+    /// The value, or `None` with the failure counted (and, while other
+    /// connections go on, logged).
+    fn check<T>(&mut self, result: io::Result<T>) -> Option<T> {
+        let error = match result {
+            Ok(value) => return Some(value),
+            Err(error) => error,
+        };
+        self.failed += 1;
+        if self.clients > 1 {
+            tracing::warn!("a connection failed: {error}");
+        }
+        self.first.get_or_insert(error);
+        None
+    }
+
+    fn into_result(self) -> io::Result<()> {
+        let Some(first) = self.first else {
+            return Ok(());
+        };
+        if self.clients == 1 {
+            return Err(first);
+        }
+        Err(io::Error::new(
+            first.kind(),
+            format!(
+                "{} of {} connections failed; the first: {first}",
+                self.failed, self.clients
+            ),
+        ))
+    }
 }
 
 /// One connection of the client: the seed's socket, send buffer and

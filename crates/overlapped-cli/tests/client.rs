@@ -135,3 +135,54 @@ fn message_longer_than_size_is_refused() {
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("--size"));
 }
+
+#[test]
+fn one_lost_connection_of_several_is_counted_and_the_others_go_on() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let child = binary()
+        .args([
+            "client",
+            "--addr",
+            &addr,
+            "--clients",
+            "3",
+            "--count",
+            "4",
+            "--interval-ms",
+            "100",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut peers: Vec<_> = (0..3).map(|_| listener.accept().unwrap().0).collect();
+    // Every connection's first send arrived; then one is reset.
+    for peer in &mut peers {
+        let mut first = [0u8; 100];
+        peer.read_exact(&mut first).unwrap();
+    }
+    let lost = peers.remove(0);
+    socket2::SockRef::from(&lost)
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
+    drop(lost);
+    let readers: Vec<_> = peers
+        .into_iter()
+        .map(|mut peer| {
+            thread::spawn(move || {
+                let mut rest = Vec::new();
+                peer.read_to_end(&mut rest).unwrap();
+                100 + rest.len()
+            })
+        })
+        .collect();
+    let output = child.wait_with_output().unwrap();
+    let received: Vec<usize> = readers.into_iter().map(|r| r.join().unwrap()).collect();
+    assert_eq!(received, vec![400, 400], "the others sent every round");
+    assert!(!output.status.success(), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(last.contains("1 of 3 connections failed"), "{stderr}");
+    assert!(last.contains("WSASend Error"), "{stderr}");
+}

@@ -80,11 +80,11 @@ fn echo_server(workers: &str, timeout_ms: &str) -> Server {
 }
 
 /// The server's last words: `shutdown: N sessions closed cleanly, M
-/// dropped at the deadline; B bytes sent`.
+/// dropped at the deadline; B bytes sent` (or `shutdown cut short by ...`).
 fn shutdown_report(server: &Server) -> String {
     wait_for_line(
         &server.stderr,
-        |l| l.contains("shutdown:"),
+        |l| l.contains("shutdown:") || l.contains("shutdown cut short"),
         Duration::from_secs(5),
     )
     .expect("a shutdown report")
@@ -181,4 +181,24 @@ fn a_second_signal_during_the_drain_stops_at_once_and_says_so() {
     assert!(logged.is_some(), "the second signal was not logged");
     let status = wait_exit(&mut server, Duration::from_secs(30)).expect("the server exits");
     assert!(status.success(), "exit status {status}");
+    let report = shutdown_report(&server);
+    assert!(
+        report.contains("cut short by a second SIGTERM: 0 sessions closed cleanly, 1 dropped when the drain was cut short"),
+        "{report}"
+    );
+}
+
+#[test]
+fn a_sigterm_as_soon_as_the_server_listens_drains_it_and_exits_zero() {
+    // The signal follows the announcement at once, before a client could
+    // have been served: a few rounds, as the window it probes is short.
+    for round in 0..5 {
+        let mut server = echo_server("1", "10000");
+        signal(&server, "TERM");
+        let status = wait_exit(&mut server, Duration::from_secs(30))
+            .unwrap_or_else(|| panic!("round {round}: the signal was lost, the server runs on"));
+        assert!(status.success(), "round {round}: exit status {status}");
+        let report = shutdown_report(&server);
+        assert!(report.contains("0 dropped at the deadline"), "{report}");
+    }
 }

@@ -8,7 +8,7 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
-use overlapped::session::{Service, ServiceConfig, Session, SessionHandler};
+use overlapped::session::{Service, ServiceConfig, Session, SessionHandler, StopSignals};
 
 /// Sends whatever arrives straight back.
 struct Echo;
@@ -30,12 +30,15 @@ fn main() -> io::Result<()> {
     let addr = std::env::args()
         .nth(1)
         .unwrap_or_else(|| "127.0.0.1:7777".into());
+    // Caught before the server listens: a signal as the first clients
+    // connect still drains them.
+    let signals = StopSignals::catch()?;
     let service = Service::server(
         addr.as_str(),
         ServiceConfig::default(),
         Arc::new(|| Arc::new(Echo)),
     )?;
     tracing::info!("echo server listening on {:?}", service.local_addr());
-    service.run_until_signal(Duration::from_secs(5))?;
+    service.run_until(signals, Duration::from_secs(5))?;
     Ok(())
 }

@@ -60,6 +60,8 @@ fn one_address_cannot_take_more_than_its_share_of_sessions() {
     let config = ServiceConfig {
         workers: 1,
         max_sessions_per_ip: 2,
+        // Loopback stands in for remote addresses here.
+        limit_loopback: true,
         ..ServiceConfig::default()
     };
     let (service, _) = server(config);
@@ -81,6 +83,23 @@ fn one_address_cannot_take_more_than_its_share_of_sessions() {
         }
         assert!(Instant::now() < deadline, "the freed slot never came back");
         thread::sleep(Duration::from_millis(20));
+    }
+    service.stop();
+}
+
+#[test]
+fn loopback_peers_are_not_held_to_the_per_address_limit_by_default() {
+    let config = ServiceConfig {
+        workers: 1,
+        max_sessions_per_ip: 2,
+        ..ServiceConfig::default()
+    };
+    let (service, _) = server(config);
+    let mut clients: Vec<TcpStream> = (0..5)
+        .map(|_| connect_from("127.0.0.1", &service))
+        .collect();
+    for (i, client) in clients.iter_mut().enumerate() {
+        assert!(echoes(client), "loopback client {i} was refused");
     }
     service.stop();
 }

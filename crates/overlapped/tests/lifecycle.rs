@@ -1,12 +1,12 @@
 //! A service's end: what `shutdown` reports when it is cut short by
-//! `stop`, and `run_until_signal` when the service stops by itself.
+//! `stop`, and `run_until` when the service stops by itself.
 
 use std::net::TcpStream;
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use overlapped::session::{Service, ServiceConfig, Session, SessionHandler};
+use overlapped::session::{Service, ServiceConfig, Session, SessionHandler, StopSignals};
 
 struct Quiet;
 
@@ -53,15 +53,23 @@ fn a_shutdown_cut_short_by_stop_reports_the_sessions_it_dropped() {
     service.stop();
     let report = shutdown.join().unwrap();
     assert_eq!((report.closed, report.forced), (0, 3), "{report:?}");
+    assert!(report.cut_short, "{report:?}");
+    assert!(
+        report
+            .to_string()
+            .contains("3 dropped when the drain was cut short"),
+        "{report}"
+    );
     drop(clients);
 }
 
 #[test]
-fn run_until_signal_returns_when_the_service_stops_otherwise() {
+fn run_until_returns_when_the_service_stops_otherwise() {
     let service = service();
     let running = {
         let service = service.clone();
-        thread::spawn(move || service.run_until_signal(Duration::from_secs(1)))
+        let signals = StopSignals::catch().unwrap();
+        thread::spawn(move || service.run_until(signals, Duration::from_secs(1)))
     };
     thread::sleep(Duration::from_millis(20));
     service.stop();

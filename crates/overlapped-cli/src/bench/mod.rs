@@ -91,21 +91,42 @@ pub fn run(args: BenchArgs) -> io::Result<()> {
         ));
     }
     if args.mode == BenchMode::Game {
-        // Errors are in the report; only a run that could not be set up fails.
-        return print_report(&game::run(&args, duration)?, args.json);
+        let report = game::run(&args, duration)?;
+        print_report(&report, args.json)?;
+        return failed(&[
+            (report.bots - report.joined, "bots did not join"),
+            (report.errors as usize, "bot errors"),
+        ]);
     }
     let report = match args.mode {
         BenchMode::Fanout => fanout::run(&args, duration)?,
         _ => load::run(&args, duration)?,
     };
     print_report(&report, args.json)?;
-    if report.errors > 0 || report.mismatches > 0 {
-        return Err(io::Error::other(format!(
-            "{} errors, {} mismatches",
-            report.errors, report.mismatches
-        )));
+    let not_up = u64::from(report.conns).saturating_sub(report.connected);
+    failed(&[
+        (not_up as usize, "connections not up"),
+        (report.errors as usize, "errors"),
+        (report.mismatches as usize, "mismatches"),
+        (report.unanswered as usize, "messages unanswered"),
+    ])
+}
+
+/// An error naming every count that is not zero: a run where a connection,
+/// a message or a bot failed exits non-zero, and says how many.
+fn failed(counts: &[(usize, &str)]) -> io::Result<()> {
+    let failures: Vec<String> = counts
+        .iter()
+        .filter(|(count, _)| *count > 0)
+        .map(|(count, what)| format!("{count} {what}"))
+        .collect();
+    if failures.is_empty() {
+        return Ok(());
     }
-    Ok(())
+    Err(io::Error::other(format!(
+        "the run failed: {}",
+        failures.join(", ")
+    )))
 }
 
 /// Prints a report, as one JSON object or as text.

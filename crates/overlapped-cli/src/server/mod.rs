@@ -72,9 +72,14 @@ pub struct ServerArgs {
     #[arg(long)]
     pub idle_timeout_ms: Option<u64>,
     /// Most clients at once from one IP address; more are closed as soon
-    /// as they connect (port model; default 64, 0 = no limit).
+    /// as they connect (port model; default 64, 0 = no limit). Loopback
+    /// clients are not counted unless --limit-loopback.
     #[arg(long)]
     pub max_sessions_per_ip: Option<u64>,
+    /// Hold loopback clients (127.0.0.0/8, ::1) to --max-sessions-per-ip
+    /// too; by default only remote addresses are (port model).
+    #[arg(long)]
+    pub limit_loopback: bool,
     /// Drop a client that has not completed a first packet this long after
     /// it connected (port model; default 15000, 0 = never).
     #[arg(long)]
@@ -128,6 +133,7 @@ impl ServerArgs {
         self.max_sessions.is_some()
             || self.idle_timeout_ms.is_some()
             || self.max_sessions_per_ip.is_some()
+            || self.limit_loopback
             || self.handshake_timeout_ms.is_some()
             || self.max_send_queue.is_some()
             || self.max_memory.is_some()
@@ -179,18 +185,19 @@ pub fn run(args: ServerArgs) -> io::Result<()> {
     if args.has_session_options() && args.model != Model::Port {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
-            "--max-sessions, --max-sessions-per-ip, --idle-timeout-ms, \
+            "--max-sessions, --max-sessions-per-ip, --limit-loopback, --idle-timeout-ms, \
              --handshake-timeout-ms, --max-send-queue, --max-memory and --single-recv are \
              options of the session layer: use them with --model port",
         ));
     }
     // Chosen once per process; an invalid OVERLAPPED_BACKEND stops here.
     overlapped::backend()?;
-    let signals = Signals::new([SIGINT, SIGTERM])?;
+    // Signals are caught before the server listens: one that comes as the
+    // first clients connect still drains them.
     if args.model == Model::Port {
-        return port::run(&args, signals);
+        return port::run(&args, overlapped::session::StopSignals::catch()?);
     }
-    exit_on_signal(signals)?;
+    exit_on_signal(Signals::new([SIGINT, SIGTERM])?)?;
     let listener = TcpListener::bind(args.addr)
         .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {}: {e}", args.addr)))?;
     announce(listener.local_addr()?);

@@ -5,19 +5,17 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
-use signal_hook::iterator::Signals;
-
 use overlapped::session::{
     recv_buffer_for, PacketSession, PeerFactory, Service, ServiceConfig, Session, SessionHandler,
+    StopSignals,
 };
 
 use super::{print_line, recv_line, Mode, ServerArgs};
 use crate::chat::ChatRoom;
 use crate::game::{self, GameConfig, World};
 
-/// Serves until SIGINT/SIGTERM. `early` caught the signals from the start
-/// (before the service could); the service's own wait takes over.
-pub fn run(args: &ServerArgs, early: Signals) -> io::Result<()> {
+/// Serves until `signals` catch SIGINT/SIGTERM, then drains.
+pub fn run(args: &ServerArgs, signals: StopSignals) -> io::Result<()> {
     let mut config = ServiceConfig::default();
     if let Some(threads) = args.threads {
         config.workers = usize::from(threads);
@@ -64,8 +62,7 @@ pub fn run(args: &ServerArgs, early: Signals) -> io::Result<()> {
     let addr = service.local_addr().expect("a server service listens");
     super::announce(addr);
     // The workers serve; this thread waits for the signal to stop.
-    service.run_until_signal(Duration::from_millis(args.shutdown_timeout_ms))?;
-    drop(early);
+    service.run_until(signals, Duration::from_millis(args.shutdown_timeout_ms))?;
     Ok(())
 }
 
@@ -82,6 +79,7 @@ fn apply_limits(args: &ServerArgs, config: &mut ServiceConfig) -> io::Result<()>
         config.max_sessions_per_ip =
             usize::try_from(max).map_err(|_| too_big("--max-sessions-per-ip"))?;
     }
+    config.limit_loopback = args.limit_loopback;
     if let Some(ms) = args.handshake_timeout_ms {
         config.handshake_timeout = (ms > 0).then(|| Duration::from_millis(ms));
     }

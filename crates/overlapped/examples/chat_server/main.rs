@@ -12,7 +12,7 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
-use overlapped::session::{recv_buffer_for, PacketSession, Service, ServiceConfig};
+use overlapped::session::{recv_buffer_for, PacketSession, Service, ServiceConfig, StopSignals};
 
 use room::ChatRoom;
 
@@ -32,6 +32,9 @@ fn main() -> io::Result<()> {
         recv_low_water: MAX_PACKET,
         ..ServiceConfig::default()
     };
+    // Caught before the server listens: a signal as the first clients
+    // connect still drains them.
+    let signals = StopSignals::catch()?;
     let service = Service::server(
         addr.as_str(),
         config,
@@ -43,6 +46,6 @@ fn main() -> io::Result<()> {
         }),
     )?;
     tracing::info!("chat server listening on {:?}", service.local_addr());
-    service.run_until_signal(Duration::from_secs(5))?;
+    service.run_until(signals, Duration::from_secs(5))?;
     Ok(())
 }

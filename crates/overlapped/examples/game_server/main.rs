@@ -10,7 +10,7 @@ mod game;
 use std::io;
 use std::time::Duration;
 
-use overlapped::session::{Service, ServiceConfig};
+use overlapped::session::{Service, ServiceConfig, StopSignals};
 
 use game::{GameConfig, World, MAX_PACKET};
 
@@ -31,8 +31,11 @@ fn main() -> io::Result<()> {
         recv_low_water: MAX_PACKET,
         ..ServiceConfig::default()
     };
+    // Caught before the server listens: a signal as the first clients
+    // connect still drains them.
+    let signals = StopSignals::catch()?;
     let service = Service::server_with(addr.as_str(), config, world.factory())?;
     tracing::info!("game server listening on {:?}", service.local_addr());
-    service.run_until_signal(Duration::from_secs(5))?;
+    service.run_until(signals, Duration::from_secs(5))?;
     Ok(())
 }

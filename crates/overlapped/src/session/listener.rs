@@ -134,22 +134,41 @@ impl Listener {
 }
 
 /// Why a connection from `peer` is refused, if it is: the service is full,
-/// or its address has all the sessions it may have.
+/// or its address has all the sessions it may have. The reason names the
+/// setting that lifts it (the CLI's flag and the config's field).
 fn refusal(core: &ServiceCore, peer: SocketAddr) -> Option<String> {
     let config = core.config();
     let open = core.session_count();
     if open >= config.max_sessions {
         let limit = config.max_sessions;
-        return Some(format!("{open} sessions open, the limit is {limit}"));
+        return Some(format!(
+            "{open} sessions open, the limit is {limit} \
+             (--max-sessions, ServiceConfig::max_sessions)"
+        ));
     }
     let per_ip = config.max_sessions_per_ip;
+    if per_ip == 0 || (is_loopback(peer) && !config.limit_loopback) {
+        return None;
+    }
     let from_ip = core.sessions_from(peer.ip());
-    (per_ip > 0 && from_ip >= per_ip).then(|| {
+    (from_ip >= per_ip).then(|| {
+        let loopback = if is_loopback(peer) {
+            "; loopback peers are counted only with --limit-loopback, \
+             ServiceConfig::limit_loopback"
+        } else {
+            ""
+        };
         format!(
-            "{from_ip} sessions open from {}, the limit per address is {per_ip}",
+            "{from_ip} sessions open from {}, the limit per address is {per_ip} \
+             (--max-sessions-per-ip, ServiceConfig::max_sessions_per_ip; 0 = none{loopback})",
             peer.ip()
         )
     })
+}
+
+/// A peer on this host: `127.0.0.0/8`, `::1`, or either mapped into IPv6.
+fn is_loopback(peer: SocketAddr) -> bool {
+    peer.ip().to_canonical().is_loopback()
 }
 
 /// Failures that last until descriptors or memory are freed.

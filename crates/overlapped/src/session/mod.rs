@@ -41,6 +41,7 @@ mod timers;
 mod worker;
 
 pub use connection::{Session, SessionHandler};
+pub use lifecycle::StopSignals;
 pub use listener::Listener;
 pub use log_budget::LogBudget;
 pub use metrics::{DisconnectKind, Metrics, TICK_LATENESS_BOUNDS_US};

@@ -14,7 +14,7 @@ use std::fmt;
 use std::io;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::panic::{self, AssertUnwindSafe};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -166,8 +166,16 @@ pub struct ServiceConfig {
     pub max_sessions: usize,
     /// Most sessions at once from one IP address (0: no limit), so that one
     /// address cannot take every slot; beyond it a connection is closed as
-    /// soon as it is accepted, with a log line. Default: 64.
+    /// soon as it is accepted, with a log line. Loopback peers are not held
+    /// to it unless [`ServiceConfig::limit_loopback`] says so. Default: 64.
     pub max_sessions_per_ip: usize,
+    /// Hold loopback peers (`127.0.0.0/8`, `::1`) to
+    /// [`ServiceConfig::max_sessions_per_ip`] too. Off by default: every
+    /// connection of a first try, a local load test, or a proxy or load
+    /// balancer on the same host comes from one loopback address, and a
+    /// peer on this host can exhaust the machine without a socket anyway.
+    /// Remote peers are always counted. Default: off.
+    pub limit_loopback: bool,
     /// A session that has not completed a first packet this long after it
     /// connected is disconnected (a slot held by a client that never
     /// speaks). `None` waits however long the idle timeout allows.
@@ -219,6 +227,7 @@ impl Default for ServiceConfig {
             multishot: true,
             max_sessions: 20_000,
             max_sessions_per_ip: 64,
+            limit_loopback: false,
             handshake_timeout: Some(Duration::from_secs(15)),
             idle_timeout: Some(Duration::from_secs(120)),
             max_send_queue: 4 << 20,
@@ -239,7 +248,8 @@ pub(crate) fn now_millis() -> u64 {
 pub struct ShutdownReport {
     /// Sessions whose queued sends were flushed and that closed cleanly.
     pub closed: usize,
-    /// Sessions still open at the deadline, disconnected at once.
+    /// Sessions still open when the drain ended — at the deadline, or when
+    /// a stop cut it short — disconnected at once.
     pub forced: usize,
     /// Bytes the service's sends delivered to the kernel over its life:
     /// all of them reach the peers that closed cleanly.
@@ -249,6 +259,40 @@ pub struct ShutdownReport {
     /// itself: it goes on on a thread of its own, and the counts above are
     /// 0. [`Service::wait`] waits for it; the final counts are logged.
     pub in_background: bool,
+    /// A [`Service::stop`] from elsewhere (a second signal in
+    /// [`Service::run_until`]) ended the drain before its deadline: the
+    /// `forced` sessions were dropped then, not at the deadline.
+    pub cut_short: bool,
+}
+
+impl ShutdownReport {
+    /// The report of a service that stopped before any shutdown.
+    pub(crate) fn nothing(bytes_sent: u64) -> ShutdownReport {
+        ShutdownReport {
+            closed: 0,
+            forced: 0,
+            bytes_sent,
+            in_background: false,
+            cut_short: false,
+        }
+    }
+}
+
+/// `N sessions closed cleanly, M dropped at the deadline; B bytes sent`
+/// (or `M dropped when the drain was cut short`).
+impl fmt::Display for ShutdownReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let when = if self.cut_short {
+            "when the drain was cut short"
+        } else {
+            "at the deadline"
+        };
+        write!(
+            f,
+            "{} sessions closed cleanly, {} dropped {when}; {} bytes sent",
+            self.closed, self.forced, self.bytes_sent
+        )
+    }
 }
 
 pub(crate) struct ServiceCore {
@@ -284,6 +328,9 @@ pub(crate) struct ServiceCore {
     /// Sessions `stop` disconnected (what a shutdown it cut short reports
     /// as dropped).
     dropped_by_stop: AtomicUsize,
+    /// `stop` has begun: a shutdown that finds it set before its own stop
+    /// was cut short.
+    stopping: AtomicBool,
     /// `stop` has finished: what [`Service::wait`] waits for.
     stopped: Mutex<bool>,
     stopped_changed: Condvar,
@@ -731,6 +778,7 @@ impl Service {
             next_room: AtomicUsize::new(0),
             tickers: AtomicU64::new(0),
             dropped_by_stop: AtomicUsize::new(0),
+            stopping: AtomicBool::new(false),
             stopped: Mutex::new(false),
             stopped_changed: Condvar::new(),
         });
@@ -924,6 +972,7 @@ impl Service {
             }
             thread::sleep(Duration::from_millis(10));
         }
+        let cut_short = self.core.stopping.load(Ordering::Acquire);
         self.stop();
         // Those still open at the deadline, or when another thread's
         // `stop` (a second signal) cut the drain short.
@@ -933,6 +982,7 @@ impl Service {
             forced,
             bytes_sent: self.bytes_sent(),
             in_background: false,
+            cut_short,
         }
     }
 
@@ -945,21 +995,15 @@ impl Service {
             .name("service-shutdown".into())
             .spawn(move || {
                 let report = service.shutdown(timeout);
-                tracing::info!(
-                    "shutdown: {} sessions closed cleanly, {} dropped at the deadline",
-                    report.closed,
-                    report.forced
-                );
+                tracing::info!("shutdown: {report}");
             });
         if let Err(e) = spawned {
             tracing::error!("cannot start the shutdown's thread ({e}); stopping at once");
             self.stop();
         }
         ShutdownReport {
-            closed: 0,
-            forced: 0,
-            bytes_sent: self.bytes_sent(),
             in_background: true,
+            ..ShutdownReport::nothing(self.bytes_sent())
         }
     }
 
@@ -1004,6 +1048,7 @@ impl Service {
     /// sessions there and does not wait for it (it leaves once the hook
     /// returns).
     pub fn stop(&self) {
+        self.core.stopping.store(true, Ordering::Release);
         self.stop_listening();
         self.core.timers.stop();
         for schedule in &self.core.schedules {
