@@ -1,8 +1,7 @@
 //! `overlapped`: the seed's overlapped-I/O server and client, on Linux.
 
 mod bench;
-/// The chat room of the library's `chat_server` example, the same file.
-#[path = "../../overlapped/examples/chat_server/room.rs"]
+/// The chat room (the library's `chat_server` example serves this file).
 mod chat;
 mod client;
 mod demo;

@@ -2,9 +2,9 @@
 
 mod common;
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::chat::{chat_server as room, expect_chat, frame, is_dropped, join, C_CHAT};
 use common::{wait_for_line, Server};
@@ -143,11 +143,30 @@ fn a_client_that_chats_then_half_closes_gets_its_own_line_back() {
 
 #[test]
 fn a_ping_is_answered_to_its_sender_alone_and_keeps_a_reader_past_the_idle_timeout() {
-    let server = room(&["--idle-timeout-ms", "1000"]);
+    let server = room(&["--idle-timeout-ms", "3000"]);
     let (mut reader, _) = join(&server);
     let (mut other, _) = join(&server);
-    // Only reads, and pings: three idle timeouts pass.
-    for _ in 0..10 {
+    // The other only listens: it is dropped for idling, having heard
+    // nothing of the pongs.
+    let other_end = std::thread::spawn(move || {
+        other
+            .set_read_timeout(Some(Duration::from_secs(60)))
+            .unwrap();
+        let mut heard = Vec::new();
+        let ended = match other.read_to_end(&mut heard) {
+            Ok(_) => true,
+            Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+        };
+        (ended, heard)
+    });
+    // The reader only reads, and pings: until the other was dropped and
+    // three idle timeouts passed.
+    let started = Instant::now();
+    while !other_end.is_finished() || started.elapsed() < Duration::from_secs(9) {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the other was never dropped"
+        );
         reader
             .write_all(&frame(common::chat::C_PING, b"still here"))
             .unwrap();
@@ -156,11 +175,11 @@ fn a_ping_is_answered_to_its_sender_alone_and_keeps_a_reader_past_the_idle_timeo
             (kind, &payload[..]),
             (common::chat::S_PONG, &b"still here"[..])
         );
-        std::thread::sleep(Duration::from_millis(300));
+        std::thread::sleep(Duration::from_millis(100));
     }
-    // The pongs went to the pinger alone; the other was dropped for idling.
-    assert!(is_dropped(&mut other));
-    other.write_all(&frame(C_CHAT, b"gone")).ok();
+    let (ended, heard) = other_end.join().unwrap();
+    assert!(ended, "the other was not dropped");
+    assert!(heard.is_empty(), "the other heard {} bytes", heard.len());
     reader.write_all(&frame(C_CHAT, b"hello")).unwrap();
     let (_, said) = common::chat::read_frame(&mut reader);
     assert_eq!(&said[8..], b"hello");

@@ -71,10 +71,18 @@ fn client_sends_a_custom_message_and_size() {
 
 #[test]
 fn refused_connection_is_a_one_line_error_and_nonzero_exit() {
-    let port = {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap().port()
-    };
+    // Bound but not listening, for the whole test: nothing else can take
+    // the port, and a connection to it is refused.
+    let closed = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    closed
+        .bind(
+            &"127.0.0.1:0"
+                .parse::<std::net::SocketAddr>()
+                .unwrap()
+                .into(),
+        )
+        .unwrap();
+    let port = closed.local_addr().unwrap().as_socket().unwrap().port();
     let output = binary()
         .args([
             "client",

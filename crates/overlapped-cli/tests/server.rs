@@ -13,12 +13,19 @@ use common::{cpu_ticks, proc_status, seed_buffer, wait_for_line, Server, SEED_LI
 fn server_prints_one_seed_line_per_seed_buffer() {
     let server = Server::start();
     let mut client = TcpStream::connect(server.addr).unwrap();
+    // Each buffer once the last was printed, so the server sees each on
+    // its own, as the seed's once-a-second client sends them.
+    let mut lines = Vec::new();
     for _ in 0..3 {
         client.write_all(&seed_buffer()).unwrap();
-        thread::sleep(Duration::from_millis(300));
+        lines.extend(server.collect_stdout(1, Duration::from_secs(30)));
     }
-    let lines = server.collect_stdout(4, Duration::from_secs(5));
     assert_eq!(lines, vec![SEED_LINE; 3]);
+    // And nothing more.
+    assert_eq!(
+        server.collect_stdout(1, Duration::from_millis(300)),
+        Vec::<String>::new()
+    );
 }
 
 #[test]
@@ -59,17 +66,17 @@ fn server_serves_1000_clients_with_few_threads() {
     let mut clients: Vec<TcpStream> = (0..CLIENTS)
         .map(|_| TcpStream::connect(server.addr).unwrap())
         .collect();
-    for _ in 0..3 {
+    for round in 0..3 {
         for client in &mut clients {
             client.write_all(&seed_buffer()).unwrap();
         }
-        // Far longer than a receive takes, so the server sees each buffer
-        // on its own, as the seed's once-a-second client sends them.
-        thread::sleep(Duration::from_millis(700));
+        // The next round once every buffer of this one was printed: the
+        // server sees each on its own, as the seed's once-a-second client
+        // sends them.
+        let lines = server.collect_stdout(CLIENTS, Duration::from_secs(60));
+        assert_eq!(lines.len(), CLIENTS, "round {round}");
+        assert!(lines.iter().all(|l| l == SEED_LINE), "round {round}");
     }
-    let lines = server.collect_stdout(3 * CLIENTS, Duration::from_secs(60));
-    assert_eq!(lines.len(), 3 * CLIENTS);
-    assert!(lines.iter().all(|l| l == SEED_LINE));
     let threads = proc_status(server.pid(), "Threads");
     assert!(threads < 64, "{threads} threads for {CLIENTS} clients");
 }
@@ -80,8 +87,18 @@ fn idle_server_with_silent_clients_uses_no_cpu() {
     let clients: Vec<TcpStream> = (0..100)
         .map(|_| TcpStream::connect(server.addr).unwrap())
         .collect();
-    // Let the server pick every client up before measuring.
+    // Let the server pick every client up before measuring, and settle:
+    // its CPU time stops moving.
     wait_for_connected(&server, clients.len());
+    let mut settled = cpu_ticks(server.pid());
+    for _ in 0..60 {
+        thread::sleep(Duration::from_millis(500));
+        let now = cpu_ticks(server.pid());
+        if now == settled {
+            break;
+        }
+        settled = now;
+    }
     let before = cpu_ticks(server.pid());
     thread::sleep(Duration::from_secs(5));
     let used = cpu_ticks(server.pid()) - before;
@@ -99,5 +116,4 @@ fn wait_for_connected(server: &Server, count: usize) {
         )
         .expect("server logs each connection");
     }
-    thread::sleep(Duration::from_millis(200));
 }

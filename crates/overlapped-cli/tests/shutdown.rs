@@ -6,7 +6,7 @@ mod common;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::{Command, ExitStatus};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -34,7 +34,8 @@ fn wait_exit(server: &mut Server, limit: Duration) -> Option<ExitStatus> {
 
 /// An echo client under load: a writer thread sends until the server ends
 /// the stream, the reader counts every echoed byte until the end.
-fn loaded_client(server: &Server) -> thread::JoinHandle<u64> {
+/// `echoing` counts the clients that had a first echo.
+fn loaded_client(server: &Server, echoing: Arc<AtomicU64>) -> thread::JoinHandle<u64> {
     let stream = TcpStream::connect(server.addr).unwrap();
     let ended = Arc::new(AtomicBool::new(false));
     let mut writer = stream.try_clone().unwrap();
@@ -46,13 +47,16 @@ fn loaded_client(server: &Server) -> thread::JoinHandle<u64> {
     thread::spawn(move || {
         let mut reader = stream;
         reader
-            .set_read_timeout(Some(Duration::from_secs(20)))
+            .set_read_timeout(Some(Duration::from_secs(90)))
             .unwrap();
         let mut received = 0u64;
         let mut buffer = vec![0; 64 * 1024];
         while let Ok(n) = reader.read(&mut buffer) {
             if n == 0 {
                 break;
+            }
+            if received == 0 {
+                echoing.fetch_add(1, Ordering::AcqRel);
             }
             received += n as u64;
         }
@@ -101,11 +105,19 @@ fn sigterm_under_load_with_multishot_receives_loses_no_reported_byte() {
 }
 
 fn sigterm_under_load(workers: &str) {
-    let mut server = echo_server(workers, "10000");
-    let clients: Vec<_> = (0..20).map(|_| loaded_client(&server)).collect();
-    thread::sleep(Duration::from_secs(1));
+    let mut server = echo_server(workers, "60000");
+    let echoed = Arc::new(AtomicU64::new(0));
+    let clients: Vec<_> = (0..20)
+        .map(|_| loaded_client(&server, echoed.clone()))
+        .collect();
+    // Under load: every client has had echoes back.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while echoed.load(Ordering::Acquire) < 20 {
+        assert!(Instant::now() < deadline, "the clients never got echoes");
+        thread::sleep(Duration::from_millis(10));
+    }
     signal(&server, "TERM");
-    let status = wait_exit(&mut server, Duration::from_secs(20)).expect("the server exits");
+    let status = wait_exit(&mut server, Duration::from_secs(90)).expect("the server exits");
     assert!(status.success(), "exit status {status}");
     let received: u64 = clients.into_iter().map(|c| c.join().unwrap()).sum();
     let report = shutdown_report(&server);
@@ -132,7 +144,7 @@ fn sigint_stops_an_idle_server_with_status_zero() {
 
 #[test]
 fn during_shutdown_new_clients_are_refused_and_stragglers_dropped_at_the_deadline() {
-    let mut server = echo_server("2", "3000");
+    let mut server = echo_server("2", "15000");
     let addr = server.addr;
     // Connected, but never closes its side: it keeps the server waiting.
     let mut straggler = TcpStream::connect(addr).unwrap();
@@ -151,7 +163,7 @@ fn during_shutdown_new_clients_are_refused_and_stragglers_dropped_at_the_deadlin
         TcpStream::connect(addr).is_err(),
         "a new client was accepted"
     );
-    let status = wait_exit(&mut server, Duration::from_secs(15)).expect("the server exits");
+    let status = wait_exit(&mut server, Duration::from_secs(60)).expect("the server exits");
     assert!(status.success(), "exit status {status}");
     let report = shutdown_report(&server);
     assert!(report.contains("1 dropped at the deadline"), "{report}");

@@ -6,7 +6,9 @@
 //! terminals (the address is positional; default `127.0.0.1:7777`).
 
 use std::io::BufRead;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use overlapped::session::{framing, PacketHandler, PacketSession, Service, ServiceConfig, Session};
 
@@ -19,9 +21,19 @@ const S_PONG: u16 = 5;
 /// How often the client says it is there while the user is quiet: well
 /// inside the server's idle timeout (120 s by default), which counts
 /// complete packets, so a client that only reads is not dropped.
-const PING_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
+const PING_EVERY: Duration = Duration::from_secs(30);
 
 struct ChatClient;
+
+/// Input ended and the client closes: the disconnect that follows is ours.
+static ENDING: AtomicBool = AtomicBool::new(false);
+/// Our session id, from `S_WELCOME` (0 until then).
+static MY_ID: AtomicU64 = AtomicU64::new(0);
+/// Lines we sent, and those of them the room has sent back.
+static SENT: AtomicU64 = AtomicU64::new(0);
+static ECHOED: AtomicU64 = AtomicU64::new(0);
+/// How long the end of input waits for the room to relay our last lines.
+const ECHO_WAIT: Duration = Duration::from_secs(10);
 
 impl PacketHandler for ChatClient {
     fn on_connected(&self, session: &Arc<Session>) {
@@ -37,12 +49,18 @@ impl PacketHandler for ChatClient {
                 .map(|b| u64::from_le_bytes(b.try_into().unwrap()))
         };
         match id {
-            S_WELCOME => println!("* you are session {}", id_at(0).ok_or("short welcome")?),
-            S_CHAT => println!(
-                "[{}] {}",
-                id_at(0).ok_or("short chat")?,
-                String::from_utf8_lossy(&payload[8..])
-            ),
+            S_WELCOME => {
+                let me = id_at(0).ok_or("short welcome")?;
+                MY_ID.store(me, Ordering::Release);
+                println!("* you are session {me}");
+            }
+            S_CHAT => {
+                let sender = id_at(0).ok_or("short chat")?;
+                println!("[{sender}] {}", String::from_utf8_lossy(&payload[8..]));
+                if sender == MY_ID.load(Ordering::Acquire) {
+                    ECHOED.fetch_add(1, Ordering::AcqRel);
+                }
+            }
             S_PONG => {}
             other => return Err(format!("unknown packet id {other}")),
         }
@@ -50,8 +68,12 @@ impl PacketHandler for ChatClient {
     }
 
     fn on_disconnected(&self, _: &Arc<Session>, reason: &str) {
-        println!("* disconnected: {reason}");
-        std::process::exit(0);
+        if ENDING.load(Ordering::Acquire) {
+            // Our end of input: every line went out before the close.
+            std::process::exit(0);
+        }
+        eprintln!("* disconnected: {reason}");
+        std::process::exit(1);
     }
 }
 
@@ -95,9 +117,28 @@ fn main() -> std::io::Result<()> {
             continue;
         };
         for session in service.sessions() {
-            session.send(frame.clone());
+            if session.send(frame.clone()) {
+                SENT.fetch_add(1, Ordering::AcqRel);
+            }
         }
     }
-    service.stop();
+    // Input piped in ends at once: see the room relay our lines first.
+    let waiting = Instant::now();
+    while ECHOED.load(Ordering::Acquire) < SENT.load(Ordering::Acquire)
+        && waiting.elapsed() < ECHO_WAIT
+    {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Flush what was typed, then end the stream; the server's end of it
+    // disconnects the session, and `on_disconnected` exits.
+    ENDING.store(true, Ordering::Release);
+    let sessions = service.sessions();
+    if sessions.is_empty() {
+        return Ok(());
+    }
+    for session in sessions {
+        session.close_gracefully();
+    }
+    service.wait();
     Ok(())
 }

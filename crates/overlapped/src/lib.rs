@@ -93,3 +93,9 @@ pub use overlapped::{
 };
 pub use port::{Completion, CompletionPort, PortListener, PortStream};
 pub use routine::sleep_ex;
+
+/// The README's Rust examples, compiled (and, where they can, run) as
+/// doctests, so the README cannot drift from the API.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+pub struct ReadmeDoctests;

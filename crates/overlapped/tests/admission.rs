@@ -104,18 +104,23 @@ fn loopback_peers_are_not_held_to_the_per_address_limit_by_default() {
     service.stop();
 }
 
+/// The handshake timeout of the test below: long enough that a loaded
+/// machine still carries a first packet through inside it.
+const HANDSHAKE: Duration = Duration::from_secs(2);
+
 #[test]
 fn a_client_that_sends_no_first_packet_is_dropped_at_the_handshake_timeout() {
     let config = ServiceConfig {
         workers: 1,
-        handshake_timeout: Some(Duration::from_millis(300)),
+        handshake_timeout: Some(HANDSHAKE),
         idle_timeout: None,
         ..ServiceConfig::default()
     };
     let (service, echo) = server(config);
-    let mut silent = common::connect_to(&service);
+    // The one that speaks does so at once, long inside the timeout.
     let mut speaks = common::connect_to(&service);
     assert!(echoes(&mut speaks));
+    let mut silent = common::connect_to(&service);
     let mut rest = Vec::new();
     assert_eq!(silent.read_to_end(&mut rest).ok(), Some(0), "dropped");
     // Its hook runs on its worker, after the connection ended.
@@ -130,8 +135,9 @@ fn a_client_that_sends_no_first_packet_is_dropped_at_the_handshake_timeout() {
         assert!(Instant::now() < deadline, "{:?}", echo.0.lock().unwrap());
         thread::sleep(Duration::from_millis(5));
     }
-    // The one that spoke stays, long past the handshake timeout.
-    thread::sleep(Duration::from_millis(600));
+    // The one that spoke stays, past twice the handshake timeout (it
+    // connected before the silent one, which was dropped after one).
+    thread::sleep(HANDSHAKE);
     assert!(echoes(&mut speaks));
     service.stop();
 }

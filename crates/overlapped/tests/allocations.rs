@@ -37,9 +37,15 @@ impl SessionHandler for Echo {
 }
 
 fn echo_service(multishot: bool) -> (Service, SocketAddr) {
+    // No budget check and no timeouts: the service's timer thread would
+    // allocate a little every 100 ms, as often as the clock says, not per
+    // message, and a slow run would count more of it.
     let config = ServiceConfig {
         workers: 1,
         multishot,
+        max_memory: 0,
+        handshake_timeout: None,
+        idle_timeout: None,
         ..ServiceConfig::default()
     };
     let service = Service::server("127.0.0.1:0", config, Arc::new(|| Arc::new(Echo)))
@@ -128,8 +134,12 @@ fn a_group_broadcast_writes_its_bytes_once_for_every_member() {
     let _alone = ALONE.lock().unwrap_or_else(|p| p.into_inner());
     let (tx, rx) = std::sync::mpsc::channel();
     let handler = Arc::new(Joining(Mutex::new(tx)));
+    // No budget check and no timeouts, whose timer allocates by the clock.
     let config = ServiceConfig {
         workers: 2,
+        max_memory: 0,
+        handshake_timeout: None,
+        idle_timeout: None,
         ..ServiceConfig::default()
     };
     let service =

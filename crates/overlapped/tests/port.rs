@@ -169,6 +169,7 @@ fn receive_reports_key_record_bytes_and_buffers() {
 fn immediate_completion_still_queues_a_packet() {
     let (ours, mut peer) = pair();
     peer.write_all(b"early").unwrap();
+    common::wait_readable(&ours);
     let port = port();
     let stream = port.associate(ours, 1);
     let started = stream.recv(vec![vec![0u8; 16]], Record::Recv).unwrap();
@@ -254,10 +255,18 @@ fn connect_through_the_port_reports_success() {
 
 #[test]
 fn connect_to_a_closed_port_reports_refused() {
-    let addr = StdListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
+    // Bound but not listening, for the whole test: nothing else can take
+    // the port, and a connection to it is refused.
+    let closed = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    closed
+        .bind(
+            &"127.0.0.1:0"
+                .parse::<std::net::SocketAddr>()
+                .unwrap()
+                .into(),
+        )
         .unwrap();
+    let addr = closed.local_addr().unwrap().as_socket().unwrap();
     let port = port();
     let _stream = port.connect(addr, 8, Record::Connect).unwrap();
     let packet = port.get_queued_completion_status(SOON).unwrap().unwrap();

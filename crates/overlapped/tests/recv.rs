@@ -58,8 +58,7 @@ fn receive_with_data_queued_completes_immediately_with_event_signaled() {
     let (ours, mut peer) = pair();
     peer.write_all(b"queued").unwrap();
     let (mut ov, event) = record();
-    // Loopback delivers a write into the peer's receive queue before
-    // `write` returns, so the data is already there.
+    common::wait_readable(&ours);
     let started = ours.recv(&mut ov, vec![vec![0; 16]]).unwrap();
     let Started::Completed(transfer) = started else {
         panic!("expected an immediate completion, got {started:?}");

@@ -72,6 +72,7 @@ fn alertable_event_wait_runs_the_routine_and_reports_io_completion() {
 fn immediate_completion_still_queues_the_routine() {
     let (ours, mut peer) = pair();
     peer.write_all(b"early").unwrap();
+    common::wait_readable(&ours);
     let seen = Seen::default();
     let started = ours
         .recv_with_routine(vec![vec![0; 16]], recorder(&seen))

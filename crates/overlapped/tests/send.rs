@@ -3,7 +3,7 @@
 mod common;
 
 use std::io::Read;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::{pair, read_exactly, record, SOON};
 use overlapped::error::WSA_INVALID_PARAMETER;
@@ -66,16 +66,23 @@ fn start_error_produces_no_completion_and_returns_the_buffers() {
         .unwrap();
     drop(peer);
     let (mut ov, event) = record();
-    // The first send after a reset may still be taken; the next fails to start.
-    let failed = (0..100).find_map(|_| match ours.send(&mut ov, vec![vec![1u8; 100]]) {
-        Ok(_) => {
-            let _ = ov.result(true);
-            event.reset().unwrap();
-            None
+    // A send before the reset arrived may still be taken; once it has, a
+    // send fails to start.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let failed = loop {
+        match ours.send(&mut ov, vec![vec![1u8; 100]]) {
+            Ok(_) => {
+                let _ = ov.result(true);
+                event.reset().unwrap();
+                assert!(
+                    Instant::now() < deadline,
+                    "sending on a reset connection kept succeeding"
+                );
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err(e) => break e,
         }
-        Err(e) => Some(e),
-    });
-    let failed = failed.expect("sending on a reset connection kept succeeding");
+    };
     assert!(failed.error().winsock_code().is_some());
     assert_eq!(failed.into_buffers(), vec![vec![1u8; 100]]);
     assert!(!ov.is_pending());

@@ -1,11 +1,13 @@
 //! A chat server on the session layer: one room, every line to everyone
-//! (see `room.rs` for the protocol). `overlapped server --model port
+//! (see `crates/overlapped-cli/src/chat.rs`, which the CLI serves too, for
+//! the protocol). `overlapped server --model port
 //! --mode chat` serves the same room with its limits as options.
 //!
 //! Run: `cargo run -p overlapped --example chat_server [ADDR]` (default
 //! `127.0.0.1:7777`), then `cargo run -p overlapped --example chat_client`
 //! in two terminals; stop it with Ctrl-C.
 
+#[path = "../../../overlapped-cli/src/chat.rs"]
 mod room;
 
 use std::io;

@@ -1,10 +1,12 @@
-//! A game server on the game layer: rooms with a 20 Hz snapshot tick, see
-//! `game.rs` for the protocol and the game.
+//! A game server on the game layer: rooms with a 20 Hz snapshot tick. The
+//! game itself, protocol and rules, is the file `overlapped server --mode
+//! game` serves: `crates/overlapped-cli/src/game/rules.rs`.
 //!
 //! Run: `cargo run -p overlapped --example game_server [ADDR]` (default
 //! `127.0.0.1:7777`); stop it with Ctrl-C, which shuts it down gracefully.
 //! `overlapped bench --mode game` drives it with bots.
 
+#[path = "../../../overlapped-cli/src/game/rules.rs"]
 mod game;
 
 use std::io;

@@ -62,6 +62,14 @@ impl From<WriteError> for PacketError {
     }
 }
 
+/// A join refused by [`Rooms::join`](super::Rooms::join) (a full room)
+/// disconnects the joiner with that reason.
+impl From<super::JoinError> for PacketError {
+    fn from(e: super::JoinError) -> Self {
+        PacketError(e.to_string())
+    }
+}
+
 impl From<String> for PacketError {
     fn from(reason: String) -> Self {
         PacketError(reason)

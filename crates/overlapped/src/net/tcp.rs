@@ -2,6 +2,7 @@
 
 use std::io;
 use std::net::{Shutdown, SocketAddr, ToSocketAddrs};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -75,6 +76,16 @@ pub struct TcpStream {
 impl std::fmt::Debug for Socket {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Socket").field("sock", &self.sock).finish()
+    }
+}
+
+/// The socket's descriptor, borrowed (Winsock's `SOCKET` handle): for
+/// options this crate does not wrap (`socket2::SockRef::from(&stream)`),
+/// or to peek and poll. Operations own the stream's data: reading or
+/// writing through the descriptor races them.
+impl AsFd for TcpStream {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.socket.sock.as_fd()
     }
 }
 

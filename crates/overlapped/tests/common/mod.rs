@@ -18,6 +18,24 @@ pub fn pair() -> (TcpStream, StdStream) {
     (ours, peer)
 }
 
+/// Waits until `ours` has data queued (peeked, never taken): what a test
+/// of an immediate completion needs, whenever the kernel delivers it.
+pub fn wait_readable(ours: &TcpStream) {
+    let socket = socket2::SockRef::from(ours);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut byte = [std::mem::MaybeUninit::uninit(); 1];
+        match socket.peek(&mut byte) {
+            Ok(_) => return,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                assert!(std::time::Instant::now() < deadline, "nothing arrived");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err(e) => panic!("peek failed: {e}"),
+        }
+    }
+}
+
 /// A record tied to a fresh event, and that event.
 pub fn record() -> (Overlapped, Event) {
     let event = Event::new().unwrap();
