@@ -310,3 +310,55 @@ fn a_panicking_factory_closes_that_connection_and_the_server_accepts_the_next() 
     assert_eq!(read_reply(&mut next), 1);
     service.stop();
 }
+
+/// Routes that disconnect their own session, then end badly.
+const KICK_THEN_ERR: u16 = 5;
+const KICK_THEN_LEAVE_BYTES: u16 = 6;
+const KICK_THEN_PANIC: u16 = 7;
+
+fn kick_then_end_badly(id: u16) {
+    let router = Router::new()
+        .route(KICK_THEN_ERR, |_: &mut Counter, s: &Arc<Session>, _: &mut PacketReader| {
+            s.disconnect("kicked");
+            Err("and then an error".into())
+        })
+        .route(
+            KICK_THEN_LEAVE_BYTES,
+            |_: &mut Counter, s: &Arc<Session>, _: &mut PacketReader| {
+                s.disconnect("kicked");
+                Ok(())
+            },
+        )
+        .route(KICK_THEN_PANIC, |_: &mut Counter, s: &Arc<Session>, _: &mut PacketReader| {
+            s.disconnect("kicked");
+            panic!("and then a panic")
+        });
+    let Harness { service, events } = harness_with(router, 1, None);
+    let mut client = connect(&service);
+    assert!(event(&events).starts_with("connected"));
+    client.write_all(&frame(id, b"unread")).unwrap();
+    // `on_disconnected` runs, once, with the reason of the disconnect the
+    // route made itself.
+    assert_eq!(event(&events), "disconnected after 0: kicked");
+    read_to_end(&mut client);
+    assert!(
+        events.recv_timeout(Duration::from_millis(200)).is_err(),
+        "on_disconnected ran twice"
+    );
+    service.stop();
+}
+
+#[test]
+fn a_route_that_disconnects_its_session_then_errs_still_delivers_on_disconnected() {
+    kick_then_end_badly(KICK_THEN_ERR);
+}
+
+#[test]
+fn a_route_that_disconnects_its_session_then_leaves_bytes_still_delivers_on_disconnected() {
+    kick_then_end_badly(KICK_THEN_LEAVE_BYTES);
+}
+
+#[test]
+fn a_route_that_disconnects_its_session_then_panics_still_delivers_on_disconnected() {
+    kick_then_end_badly(KICK_THEN_PANIC);
+}

@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::panic::{self, AssertUnwindSafe};
 use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 
 use rustc_hash::FxHashMap;
@@ -274,18 +275,28 @@ impl<S: SessionState> Routed<S> {
     }
 }
 
+impl<S: SessionState> Routed<S> {
+    /// Runs a hook on the state, then the `on_disconnected` it caused by
+    /// disconnecting its own session — however the hook ends: with `Ok`,
+    /// with `Err`, or with a panic, which goes on after the delivery (to
+    /// the session layer's boundary, which disconnects the session).
+    fn hook<T>(&self, session: &Arc<Session>, hook: impl FnOnce(&mut S) -> T) -> T {
+        let mut state = self.state();
+        let outcome = panic::catch_unwind(AssertUnwindSafe(|| hook(&mut state)));
+        self.deliver_deferred(&mut state, session);
+        outcome.unwrap_or_else(|panic| panic::resume_unwind(panic))
+    }
+}
+
 impl<S: SessionState> PacketHandler for Routed<S> {
     fn on_connected(&self, session: &Arc<Session>) {
-        let mut state = self.state();
-        state.on_connected(session);
-        self.deliver_deferred(&mut state, session);
+        self.hook(session, |state| state.on_connected(session));
     }
 
     fn on_packet(&self, session: &Arc<Session>, id: u16, payload: &[u8]) -> Result<(), String> {
-        let mut state = self.state();
-        self.router.dispatch(&mut state, session, id, payload)?;
-        self.deliver_deferred(&mut state, session);
-        Ok(())
+        self.hook(session, |state| {
+            self.router.dispatch(state, session, id, payload)
+        })
     }
 
     fn on_disconnected(&self, session: &Arc<Session>, reason: &str) {
