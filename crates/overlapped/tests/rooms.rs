@@ -393,3 +393,53 @@ fn a_keyed_room_that_cannot_open_refuses_the_join_with_the_reason() {
     assert_eq!(refused, JoinError::Open("no such map".into()));
     assert!(rooms.is_empty());
 }
+
+#[test]
+fn a_join_to_a_keyed_room_that_closed_itself_is_refused_until_its_members_left() {
+    let service = service(1);
+    let rooms: Rooms<u8, ()> = Rooms::new(8);
+    let open = || Ok(Room::new(&service, "match", ()));
+    let first = rooms.join(1, open, |_, _| {}).unwrap();
+    // The match ends: the room closes itself.
+    first.close();
+    assert_eq!(
+        rooms.join(1, open, |_, _| {}).unwrap_err(),
+        JoinError::Closed
+    );
+    assert_eq!(rooms.members(&1), 1, "the refused join was counted");
+    // Once its member left, the key opens a new room.
+    rooms.leave(&1, |_, _| {});
+    let next = rooms.join(1, open, |_, _| {}).unwrap();
+    assert!(!next.same_room(&first));
+    assert!(!next.is_closed());
+    service.stop();
+}
+
+#[test]
+fn a_join_after_the_service_stopped_is_refused() {
+    let service = service(1);
+    let rooms: Rooms<u8, ()> = Rooms::new(8);
+    service.stop();
+    let refused = rooms.join(1, || Ok(Room::new(&service, "late", ())), |_, _| {});
+    assert_eq!(refused.unwrap_err(), JoinError::Closed);
+    assert!(rooms.is_empty(), "a dead room stayed registered");
+}
+
+#[test]
+fn keyed_rooms_of_capacity_zero_refuse_without_opening_a_room() {
+    let service = service(1);
+    let rooms: Rooms<u8, ()> = Rooms::new(0);
+    let opened = AtomicBool::new(false);
+    let refused = rooms.join(
+        1,
+        || {
+            opened.store(true, Ordering::SeqCst);
+            Ok(Room::new(&service, "never", ()))
+        },
+        |_, _| {},
+    );
+    assert_eq!(refused.unwrap_err(), JoinError::Full { capacity: 0 });
+    assert!(!opened.load(Ordering::SeqCst), "a room was opened");
+    assert!(rooms.is_empty());
+    service.stop();
+}

@@ -318,10 +318,13 @@ const KICK_THEN_PANIC: u16 = 7;
 
 fn kick_then_end_badly(id: u16) {
     let router = Router::new()
-        .route(KICK_THEN_ERR, |_: &mut Counter, s: &Arc<Session>, _: &mut PacketReader| {
-            s.disconnect("kicked");
-            Err("and then an error".into())
-        })
+        .route(
+            KICK_THEN_ERR,
+            |_: &mut Counter, s: &Arc<Session>, _: &mut PacketReader| {
+                s.disconnect("kicked");
+                Err("and then an error".into())
+            },
+        )
         .route(
             KICK_THEN_LEAVE_BYTES,
             |_: &mut Counter, s: &Arc<Session>, _: &mut PacketReader| {
@@ -329,10 +332,13 @@ fn kick_then_end_badly(id: u16) {
                 Ok(())
             },
         )
-        .route(KICK_THEN_PANIC, |_: &mut Counter, s: &Arc<Session>, _: &mut PacketReader| {
-            s.disconnect("kicked");
-            panic!("and then a panic")
-        });
+        .route(
+            KICK_THEN_PANIC,
+            |_: &mut Counter, s: &Arc<Session>, _: &mut PacketReader| {
+                s.disconnect("kicked");
+                panic!("and then a panic")
+            },
+        );
     let Harness { service, events } = harness_with(router, 1, None);
     let mut client = connect(&service);
     assert!(event(&events).starts_with("connected"));

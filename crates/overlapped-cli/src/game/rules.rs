@@ -100,6 +100,7 @@ impl World {
                     format!("room {number} is full ({capacity} players)")
                 }
                 JoinError::Open(reason) => reason,
+                other => format!("room {number}: {other}"),
             })
             .map(drop)
     }

@@ -1,6 +1,7 @@
 //! `Rooms`: rooms by key, made on the first join and closed when the last
 //! member leaves, with a capacity each.
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::fmt;
 use std::hash::Hash;
@@ -10,12 +11,17 @@ use super::room::Room;
 
 /// Why [`Rooms::join`] refused a member.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum JoinError {
     /// The room has its capacity of members.
     Full {
         /// The capacity of a room.
         capacity: usize,
     },
+    /// The room is closed — it closed itself ([`Room::close`]: a match
+    /// ended) or its service stopped — and takes no more jobs. Its key
+    /// opens a new room once the members it had have left.
+    Closed,
     /// The room did not exist and could not be opened (the reason `open`
     /// gave).
     Open(String),
@@ -25,6 +31,7 @@ impl fmt::Display for JoinError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             JoinError::Full { capacity } => write!(f, "the room is full ({capacity} members)"),
+            JoinError::Closed => f.write_str("the room is closed"),
             JoinError::Open(reason) => write!(f, "cannot open the room: {reason}"),
         }
     }
@@ -48,7 +55,9 @@ struct Slot<S> {
 /// a join after the last leave makes a new room. Each join and leave
 /// pushes its job to the room in that same order, and the last leave
 /// pushes the room's close after its own job, so every job pushed before
-/// it still runs.
+/// it still runs. A room that closed otherwise ([`Room::close`], or its
+/// service stopped) refuses joins ([`JoinError::Closed`]): a join is
+/// counted only if its job was taken.
 ///
 /// ```no_run
 /// # use overlapped::game::{Rooms, Room};
@@ -97,21 +106,31 @@ impl<K: Eq + Hash, S: Send + 'static> Rooms<K, S> {
         open: impl FnOnce() -> Result<Room<S>, String>,
         join: impl FnOnce(&mut S, &Room<S>) + Send + 'static,
     ) -> Result<Room<S>, JoinError> {
+        let full = JoinError::Full {
+            capacity: self.capacity,
+        };
         let mut slots = self.slots();
         let slot = match slots.entry(key) {
-            std::collections::hash_map::Entry::Occupied(slot) => slot.into_mut(),
-            std::collections::hash_map::Entry::Vacant(vacant) => {
+            Entry::Occupied(slot) => slot.into_mut(),
+            // A room that could hold no one is never opened.
+            Entry::Vacant(_) if self.capacity == 0 => return Err(full),
+            Entry::Vacant(vacant) => {
                 let room = open().map_err(JoinError::Open)?;
                 vacant.insert(Slot { room, members: 0 })
             }
         };
         if slot.members >= self.capacity {
-            return Err(JoinError::Full {
-                capacity: self.capacity,
-            });
+            return Err(full);
+        }
+        if !slot.room.push(join) {
+            // Closed: the join is not counted, and a room it was the first
+            // of is not kept.
+            if slot.members == 0 {
+                slots.retain(|_, slot| slot.members > 0);
+            }
+            return Err(JoinError::Closed);
         }
         slot.members += 1;
-        slot.room.push(join);
         Ok(slot.room.clone())
     }
 
