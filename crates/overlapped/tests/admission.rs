@@ -261,3 +261,96 @@ fn a_partial_packet_costs_what_has_arrived_of_it_not_the_largest_packet() {
     assert!(held <= 4096, "{held} bytes held for 100 bytes of a packet");
     service.stop();
 }
+
+/// Echoes, but keeps a message that starts with `P` as an incomplete
+/// packet (the receive buffer holds it); records why each session ended.
+#[derive(Default)]
+struct Partial(Mutex<Vec<String>>);
+
+impl SessionHandler for Partial {
+    fn on_recv(&self, _: &Arc<Session>, data: &[u8]) -> Result<usize, String> {
+        Ok(if data.first() == Some(&b'P') {
+            0
+        } else {
+            data.len()
+        })
+    }
+    fn on_disconnected(&self, _: &Arc<Session>, reason: &str) {
+        self.0.lock().unwrap().push(reason.to_owned());
+    }
+}
+
+#[test]
+fn broadcasts_waiting_for_a_busy_worker_never_shed_a_session_that_holds_nothing() {
+    const BUDGET: usize = 4 << 20;
+    let config = ServiceConfig {
+        workers: 2,
+        max_memory: BUDGET,
+        recv_buffer: 1 << 20,
+        handshake_timeout: None,
+        idle_timeout: None,
+        ..ServiceConfig::default()
+    };
+    let handler = Arc::new(Partial::default());
+    let shared = handler.clone();
+    let service = Service::server("127.0.0.1:0", config, Arc::new(move || shared.clone())).unwrap();
+    // Sessions 1 and 3 belong to worker 1, session 2 (the hoarder) to worker
+    // 0, which also accepts.
+    let mut quiet_one = common::connect_to(&service);
+    let mut hoarder = common::connect_to(&service);
+    let mut quiet_three = common::connect_to(&service);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while service.session_count() < 3 {
+        assert!(Instant::now() < deadline);
+        thread::sleep(Duration::from_millis(5));
+    }
+    // The hoarder holds 200 KB of an incomplete packet: the one session
+    // that holds anything.
+    let mut partial = vec![b'p'; 200_000];
+    partial[0] = b'P';
+    hoarder.write_all(&partial).unwrap();
+    while service
+        .sessions()
+        .iter()
+        .map(|s| s.held_bytes())
+        .sum::<usize>()
+        < 200_000
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the partial packet never arrived"
+        );
+        thread::sleep(Duration::from_millis(5));
+    }
+    // Worker 1 is held up in a job (the second room goes to it); the
+    // broadcasts handed to it wait in its queue, past the budget's half.
+    let (release, stalled) = std::sync::mpsc::channel::<()>();
+    let _first = overlapped::game::Room::new(&service, "worker 0", ());
+    let busy = overlapped::game::Room::new(&service, "worker 1", ());
+    assert!(busy.push(move |_, _| {
+        let _ = stalled.recv();
+    }));
+    let chunk = overlapped::Bytes::from(vec![b'z'; 64 * 1024]);
+    for _ in 0..48 {
+        service.broadcast(&chunk);
+    }
+    // The hoarder, which holds bytes, is shed...
+    while !handler
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|r| r.starts_with("memory budget"))
+    {
+        assert!(Instant::now() < deadline, "the hoarder was never shed");
+        thread::sleep(Duration::from_millis(5));
+    }
+    // ... and no one else: the quiet sessions hold nothing to free.
+    release.send(()).unwrap();
+    let mut got = vec![0; 48 * 64 * 1024];
+    quiet_one.read_exact(&mut got).unwrap();
+    quiet_three.read_exact(&mut got).unwrap();
+    let reasons = handler.0.lock().unwrap().clone();
+    assert_eq!(reasons.len(), 1, "{reasons:?}");
+    service.stop();
+}

@@ -118,16 +118,19 @@ const BUDGET_CHECK_BUSY: Duration = Duration::from_millis(10);
 /// Disconnects the sessions holding the most while the service holds more
 /// than half of `budget` for them, down to nine twentieths. The other half
 /// is room for what the bytes held cost the allocator and for the server's
-/// own memory, so that the process stays within the budget. Returns what
-/// the sessions hold afterwards.
+/// own memory, so that the process stays within the budget. Broadcasts on
+/// their way to a busy worker count too, but no session holds them: a
+/// session is shed only for bytes of its own, never one that holds
+/// nothing, which would free nothing. Returns what the service holds
+/// afterwards.
 fn hold_to_budget(core: &ServiceCore, budget: usize) -> usize {
     let mut sessions: Vec<(usize, _)> = core
         .session_snapshot()
         .into_iter()
         .map(|session| (session.held_bytes(), session))
         .collect();
-    let mut held: usize =
-        sessions.iter().map(|(bytes, _)| bytes).sum::<usize>() + core.held_in_transit();
+    let in_transit = core.held_in_transit();
+    let mut held = sessions.iter().map(|(bytes, _)| bytes).sum::<usize>() + in_transit;
     let limit = budget / 2;
     if held <= limit {
         return held;
@@ -135,11 +138,13 @@ fn hold_to_budget(core: &ServiceCore, budget: usize) -> usize {
     sessions.sort_unstable_by_key(|(bytes, _)| std::cmp::Reverse(*bytes));
     let target = limit / 10 * 9;
     for (bytes, session) in sessions {
-        if held <= target {
+        // Heaviest first: past the first that holds nothing, none holds any.
+        if held <= target || bytes == 0 {
             break;
         }
         session.disconnect(&format!(
-            "memory budget: sessions hold {held} bytes, past half the server's {budget}; \
+            "memory budget: the server holds {held} bytes for its sessions ({in_transit} of \
+             them broadcasts on their way to a busy worker), past half of its {budget}; \
              this one held the most ({bytes} bytes)"
         ));
         held = held.saturating_sub(bytes);
