@@ -443,3 +443,33 @@ fn keyed_rooms_of_capacity_zero_refuse_without_opening_a_room() {
     assert!(rooms.is_empty());
     service.stop();
 }
+
+#[test]
+fn a_scrape_counts_every_tick_in_its_histogram_at_one_moment() {
+    let service = service(2);
+    let rooms: Vec<Room<()>> = (0..64)
+        .map(|n| {
+            let room = Room::new(&service, format!("busy {n}"), ());
+            room.every(Duration::from_millis(1), |_, _, _| {}).unwrap();
+            room
+        })
+        .collect();
+    for scrape in 0..3000 {
+        let metrics = service.metrics();
+        let in_buckets: u64 = metrics.tick_lateness.iter().sum();
+        assert_eq!(metrics.ticks, in_buckets, "scrape {scrape}");
+        // The text Prometheus reads: `_count` is the `+Inf` bucket.
+        let text = metrics.to_prometheus("t");
+        let value = |prefix: &str| {
+            let line = text.lines().find(|l| l.starts_with(prefix)).unwrap();
+            line.rsplit(' ').next().unwrap().parse::<u64>().unwrap()
+        };
+        assert_eq!(
+            value("t_tick_lateness_seconds_count"),
+            value("t_tick_lateness_seconds_bucket{le=\"+Inf\"}"),
+            "scrape {scrape}"
+        );
+    }
+    drop(rooms);
+    service.stop();
+}
