@@ -33,6 +33,7 @@ mod log_budget;
 pub(crate) mod metrics;
 mod packet;
 mod recv_buffer;
+mod registry;
 pub(crate) mod schedule;
 mod send_gate;
 mod send_queue;

@@ -27,6 +27,7 @@ use super::jobs::JobQueue;
 use super::listener::Listener;
 use super::metrics::{Counters, Metrics};
 use super::recv_buffer::RecvBuffer;
+use super::registry::Registry;
 use super::schedule::{Due, Schedule};
 use super::timers::Timers;
 use super::worker::Worker;
@@ -300,15 +301,11 @@ pub(crate) struct ServiceCore {
     ports: Vec<CompletionPort<Io>>,
     factory: PeerFactory,
     config: ServiceConfig,
-    sessions: Mutex<FxHashMap<u64, Arc<Session>>>,
-    /// Sessions open from each IP address.
-    per_ip: Mutex<FxHashMap<IpAddr, usize>>,
+    /// The sessions, by id, by worker and by address, under one lock.
+    registry: Registry,
     /// Bytes of broadcasts handed to other workers and not fanned out yet:
     /// counted with the sessions' against the memory budget.
     in_transit: AtomicUsize,
-    /// The sessions of each worker, in port order: what a broadcast that a
-    /// worker fans out itself goes to.
-    by_worker: Vec<Mutex<FxHashMap<u64, Arc<Session>>>>,
     next_id: AtomicU64,
     listener: Mutex<Option<Arc<Listener>>>,
     workers: Mutex<Vec<Worker>>,
@@ -337,10 +334,6 @@ pub(crate) struct ServiceCore {
 }
 
 impl ServiceCore {
-    fn sessions(&self) -> MutexGuard<'_, FxHashMap<u64, Arc<Session>>> {
-        self.sessions.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     /// Whether the current thread is one of the service's workers.
     fn is_worker_thread(&self) -> bool {
         let me = current_thread();
@@ -351,31 +344,17 @@ impl ServiceCore {
 
     /// The sessions open now.
     pub(crate) fn session_snapshot(&self) -> Vec<Arc<Session>> {
-        self.sessions().values().cloned().collect()
+        self.registry.snapshot()
     }
 
-    /// Drops a disconnected session from the table.
+    /// Drops a disconnected session from the tables.
     pub(crate) fn forget(&self, id: u64) {
-        let Some(session) = self.sessions().remove(&id) else {
-            return;
-        };
-        lock_ignoring_poison(&self.by_worker[self.worker_index(id)]).remove(&id);
-        let mut per_ip = lock_ignoring_poison(&self.per_ip);
-        let ip = session.peer_addr().ip();
-        if let Some(open) = per_ip.get_mut(&ip) {
-            *open -= 1;
-            if *open == 0 {
-                per_ip.remove(&ip);
-            }
-        }
+        self.registry.remove(self.worker_index(id), id);
     }
 
     /// Sessions open now from `ip`.
     pub(crate) fn sessions_from(&self, ip: IpAddr) -> usize {
-        lock_ignoring_poison(&self.per_ip)
-            .get(&ip)
-            .copied()
-            .unwrap_or(0)
+        self.registry.open_from(ip)
     }
 
     /// Makes a session for a stream (connected, or about to be) and tracks
@@ -404,11 +383,7 @@ impl ServiceCore {
             limits,
             self.worker_of(id),
         );
-        self.sessions().insert(id, session.clone());
-        lock_ignoring_poison(&self.by_worker[self.worker_index(id)]).insert(id, session.clone());
-        *lock_ignoring_poison(&self.per_ip)
-            .entry(peer.ip())
-            .or_insert(0) += 1;
+        self.registry.insert(self.worker_index(id), session.clone());
         Ok(session)
     }
 
@@ -436,7 +411,7 @@ impl ServiceCore {
 
     /// Sessions open now.
     pub(crate) fn session_count(&self) -> usize {
-        self.sessions().len()
+        self.registry.len()
     }
 
     /// Posts an accept of `listener` again after `delay`.
@@ -470,11 +445,8 @@ impl ServiceCore {
     /// Queues `data` on every session of the worker at `index` (called on
     /// that worker); how many took it.
     fn broadcast_here(&self, index: usize, data: &Bytes) -> usize {
-        let sessions: Vec<Arc<Session>> = lock_ignoring_poison(&self.by_worker[index])
-            .values()
-            .cloned()
-            .collect();
-        sessions
+        self.registry
+            .of_worker(index)
             .iter()
             .filter(|session| session.send(data.clone()))
             .count()
@@ -588,7 +560,7 @@ impl ServiceCore {
             return;
         };
         let what = panic_message(panic.as_ref());
-        let session = self.sessions().get(&id).cloned();
+        let session = self.registry.get(id);
         let Some(session) = session else {
             tracing::error!("a handler panicked: {what}");
             return;
@@ -660,10 +632,9 @@ impl ServiceCore {
     /// (the service stops).
     fn disconnect_sessions_of(&self, worker: ThreadKey, reason: &str) {
         let sessions: Vec<Arc<Session>> = self
-            .sessions()
-            .values()
+            .session_snapshot()
+            .into_iter()
             .filter(|session| self.worker_of(session.id()) == worker)
-            .cloned()
             .collect();
         self.dropped_by_stop
             .fetch_add(sessions.len(), Ordering::Relaxed);
@@ -724,7 +695,7 @@ impl Receiving {
     fn session(&mut self, id: u64, core: &ServiceCore) -> Option<&Arc<Session>> {
         match self.sessions.entry(id) {
             Entry::Occupied(tracked) => Some(tracked.into_mut()),
-            Entry::Vacant(untracked) => Some(untracked.insert(core.sessions().get(&id).cloned()?)),
+            Entry::Vacant(untracked) => Some(untracked.insert(core.registry.get(id)?)),
         }
     }
 
@@ -762,12 +733,8 @@ impl Service {
             ports,
             factory,
             config,
-            sessions: Mutex::new(FxHashMap::default()),
-            per_ip: Mutex::new(FxHashMap::default()),
+            registry: Registry::new(workers),
             in_transit: AtomicUsize::new(0),
-            by_worker: (0..workers)
-                .map(|_| Mutex::new(FxHashMap::default()))
-                .collect(),
             next_id: AtomicU64::new(0),
             listener: Mutex::new(None),
             workers: Mutex::new(Vec::new()),
@@ -898,12 +865,12 @@ impl Service {
 
     /// Connected sessions right now.
     pub fn session_count(&self) -> usize {
-        self.core.sessions().len()
+        self.core.session_count()
     }
 
     /// A snapshot of the connected sessions.
     pub fn sessions(&self) -> Vec<Arc<Session>> {
-        self.core.sessions().values().cloned().collect()
+        self.core.session_snapshot()
     }
 
     /// Queues the same bytes on every connected session (small ones are
@@ -923,7 +890,7 @@ impl Service {
                 self.core.in_transit.fetch_add(cost, Ordering::Relaxed);
                 let posted = port.post(0, 0, Some(Io::Broadcast(Box::new(data.clone()))));
                 match posted {
-                    Ok(()) => reached += lock_ignoring_poison(&self.core.by_worker[index]).len(),
+                    Ok(()) => reached += self.core.registry.worker_len(index),
                     Err(_) => _ = self.core.in_transit.fetch_sub(cost, Ordering::Relaxed),
                 }
             }
