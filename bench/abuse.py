@@ -18,6 +18,12 @@ Scenarios (issue #17):
                     127.0.0.2: it must get in
   partial-frames    15,000 clients each sending a maximum-size frame less one
                     byte (--max-packet 65535): RSS while they wait, and after
+  metrics-flood     (issue #23) a game of 50 rooms x 20 bots with
+                    --metrics-addr, whose endpoint takes 9,900 idle
+                    connections, 200 slowloris heads (a byte a second) and
+                    20 requests with a 1 MiB header, while an honest scrape
+                    runs every 100 ms: threads, descriptors, RSS during and
+                    after, scrape latency, ticks the game lost
 """
 
 import argparse
@@ -314,6 +320,152 @@ def partial_frames(backend, clients):
             "rss_10s_after_mib": round(after, 1)}
 
 
+def http_get(addr, path="/metrics", timeout=10):
+    """Status and seconds taken of one GET, or (None, seconds) on failure."""
+    started = time.time()
+    try:
+        with socket.create_connection(addr, timeout=timeout) as sock:
+            sock.sendall(f"GET {path} HTTP/1.1\r\nHost: scrape\r\n\r\n".encode())
+            data = b""
+            while chunk := sock.recv(65536):
+                data += chunk
+        status = int(data.split(b" ", 2)[1])
+        return status, time.time() - started, data
+    except (OSError, ValueError, IndexError):
+        return None, time.time() - started, b""
+
+
+def metric_value(body, name):
+    for line in body.decode(errors="replace").splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return None
+
+
+def proc_count(pid, what):
+    if what == "fds":
+        return len(os.listdir(f"/proc/{pid}/fd"))
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Threads:"):
+            return int(line.split()[1])
+    return 0
+
+
+def metrics_flood(backend, seconds):
+    metrics_port = free_port()
+    metrics = ("127.0.0.1", metrics_port)
+    server = Server(backend, ["--mode", "game", "--metrics-addr", f"127.0.0.1:{metrics_port}"])
+    pid = server.proc.pid
+    baseline = {"rss_mib": round(rss_mib(pid), 1), "threads": proc_count(pid, "threads"),
+                "fds": proc_count(pid, "fds")}
+    bench = subprocess.Popen(
+        [str(BINARY), "bench", "--mode", "game", "--addr", f"127.0.0.1:{server.port}",
+         "--rooms", "50", "--players", "20", "--duration", str(seconds), "--json"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    # The bots join first; the attack comes once they play.
+    time.sleep(5)
+    playing = {"rss_mib": round(rss_mib(pid), 1), "threads": proc_count(pid, "threads"),
+               "fds": proc_count(pid, "fds")}
+    _, _, body = http_get(metrics)
+    skipped_before = metric_value(body, "overlapped_ticks_skipped_total") or 0
+    stop = threading.Event()
+    peak = {"rss_mib": 0.0, "threads": 0, "fds": 0}
+
+    def watch():
+        while not stop.is_set():
+            peak["rss_mib"] = max(peak["rss_mib"], rss_mib(pid))
+            peak["threads"] = max(peak["threads"], proc_count(pid, "threads"))
+            peak["fds"] = max(peak["fds"], proc_count(pid, "fds"))
+            time.sleep(0.1)
+
+    latencies, failures = [], 0
+
+    def scrape():
+        nonlocal failures
+        while not stop.is_set():
+            status, took, _ = http_get(metrics)
+            if status == 200:
+                latencies.append(took)
+            else:
+                failures += 1
+            time.sleep(0.1)
+
+    idle, slow = [], []
+
+    def hold_idle():
+        for _ in range(9900):
+            if stop.is_set():
+                return
+            try:
+                idle.append(socket.create_connection(metrics, timeout=5))
+            except OSError:
+                time.sleep(0.01)
+
+    def slowloris():
+        for _ in range(200):
+            try:
+                sock = socket.create_connection(metrics, timeout=5)
+                sock.setblocking(False)
+                slow.append(sock)
+            except OSError:
+                pass
+        while not stop.is_set():
+            for sock in slow:
+                try:
+                    sock.send(b"G")
+                except OSError:
+                    pass
+            time.sleep(1)
+
+    def big_headers():
+        head = b"GET /metrics HTTP/1.1\r\nX-Filler: " + b"a" * (1 << 20) + b"\r\n\r\n"
+        for _ in range(20):
+            try:
+                with socket.create_connection(metrics, timeout=10) as sock:
+                    sock.sendall(head)
+                    sock.recv(4096)
+            except OSError:
+                pass
+
+    threads = [threading.Thread(target=t, daemon=True)
+               for t in (watch, scrape, hold_idle, slowloris, big_headers)]
+    for t in threads:
+        t.start()
+    time.sleep(max(5, seconds - 20))
+    stop.set()
+    for t in threads:
+        t.join(timeout=30)
+    for sock in idle + slow:
+        sock.close()
+    # The game still plays, and is scraped as before: what the attack left
+    # behind.
+    for _ in range(50):
+        http_get(metrics)
+        time.sleep(0.1)
+    after = {"rss_mib": round(rss_mib(pid), 1), "threads": proc_count(pid, "threads"),
+             "fds": proc_count(pid, "fds")}
+    out, _ = bench.communicate(timeout=seconds + 120)
+    game = json.loads(out.strip().splitlines()[-1]) if out.strip() else {}
+    _, _, body = http_get(metrics)
+    skipped_after = metric_value(body, "overlapped_ticks_skipped_total") or 0
+    summaries = sum("more like the next were not logged" in l for l in server.lines)
+    server.stop()
+    latencies.sort()
+    return {
+        "idle_server": baseline, "game_playing": playing,
+        "peak_under_attack": {**peak, "rss_mib": round(peak["rss_mib"], 1)},
+        "5s_after_attack": after,
+        "idle_opened": len(idle), "slowloris": len(slow),
+        "honest_scrapes": len(latencies), "honest_failures": failures,
+        "honest_p99_ms": round(percentile(latencies, 99) * 1000, 2) if latencies else None,
+        "honest_max_ms": round(latencies[-1] * 1000, 2) if latencies else None,
+        "game_ticks_skipped": skipped_after - skipped_before,
+        "game_lost_snapshots": game.get("lost"), "game_errors": game.get("errors"),
+        "game_lateness_p99_us": game.get("lateness_p99_us"),
+        "log_summaries": summaries,
+    }
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--backends", default="uring,epoll")
@@ -329,6 +481,7 @@ def main():
         "half-close": half_close,
         "one-address": one_address,
         "partial-frames": lambda b: partial_frames(b, 15000),
+        "metrics-flood": lambda b: metrics_flood(b, opts.seconds),
     }
     results = {}
     for backend in opts.backends.split(","):

@@ -328,6 +328,24 @@ fn attacks() -> Vec<Attack> {
             "bad name: not UTF-8",
         ),
         attack(
+            "name with an escape",
+            false,
+            vec![frame(C_JOIN, &join_payload(1, b"\x1b[2Jx"))],
+            "bad name: a control character",
+        ),
+        attack(
+            "name with a newline",
+            false,
+            vec![frame(C_JOIN, &join_payload(1, b"a\nb"))],
+            "bad name: a control character",
+        ),
+        attack(
+            "name with a NUL",
+            false,
+            vec![frame(C_JOIN, &join_payload(1, b"a\0"))],
+            "bad name: a control character",
+        ),
+        attack(
             "NaN",
             true,
             vec![frame(C_MOVE, &move_payload(f32::NAN, 0.0))],

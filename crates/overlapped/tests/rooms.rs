@@ -473,3 +473,30 @@ fn a_scrape_counts_every_tick_in_its_histogram_at_one_moment() {
     drop(rooms);
     service.stop();
 }
+
+#[test]
+fn no_tick_starts_after_a_cancel_from_another_thread_returns() {
+    let service = service(1);
+    for round in 0..200 {
+        let room = Room::new(&service, "cancelled from afar", ());
+        let ticker = room
+            .every(Duration::from_micros(200), |_, _, _| {
+                thread::sleep(Duration::from_micros(50))
+            })
+            .unwrap();
+        while ticker.ran() < 1 + round % 3 {
+            thread::yield_now();
+        }
+        ticker.cancel();
+        let ran = ticker.ran();
+        // Whatever was queued of the room runs; no tick among it.
+        drain(&room);
+        assert_eq!(
+            ticker.ran(),
+            ran,
+            "round {round}: a tick ran after cancel returned"
+        );
+        room.close();
+    }
+    service.stop();
+}

@@ -6,7 +6,7 @@
 //!
 //! | id | name | direction | payload |
 //! |---|---|---|---|
-//! | 10 | `C_JOIN` | client → server | `[room u32][name: UTF-8, 1–32 bytes]` |
+//! | 10 | `C_JOIN` | client → server | `[room u32][name: UTF-8, 1–32 bytes, no control characters]` |
 //! | 11 | `S_JOINED` | server → joiner | `[your id u64][room u32][tick_hz u16]` |
 //! | 12 | `S_PLAYER_JOIN` | server → room | `[id u64][name]` |
 //! | 13 | `C_MOVE` | client → server | `[x f32][y f32]`, finite, within ±10000 |
@@ -248,6 +248,11 @@ impl Client {
         let name = r.rest_str().map_err(|_| "bad name: not UTF-8".to_owned())?;
         if name.is_empty() || name.len() > MAX_NAME {
             return Err(format!("bad name: {} bytes (1 to {MAX_NAME})", name.len()).into());
+        }
+        // A name is relayed to every player of the room: no NUL, escape
+        // or line break reaches their screens.
+        if name.chars().any(char::is_control) {
+            return Err("bad name: a control character".into());
         }
         let position = Arc::new(Position::default());
         self.world

@@ -53,16 +53,24 @@ pub fn run(args: &ServerArgs, signals: StopSignals) -> io::Result<()> {
         }
     };
     let service = Service::server_with(args.addr, config, factory)?;
-    if let Some(metrics_addr) = args.metrics_addr {
-        if let Err(e) = crate::metrics::serve(metrics_addr, service.clone()) {
+    let metrics = match args
+        .metrics_addr
+        .map(|addr| crate::metrics::serve(addr, &service))
+    {
+        Some(Err(e)) => {
             service.stop();
             return Err(e);
         }
-    }
+        Some(Ok(endpoint)) => Some(endpoint),
+        None => None,
+    };
     let addr = service.local_addr().expect("a server service listens");
     super::announce(addr);
     // The workers serve; this thread waits for the signal to stop.
     service.run_until(signals, Duration::from_millis(args.shutdown_timeout_ms))?;
+    if let Some(endpoint) = metrics {
+        endpoint.stop();
+    }
     Ok(())
 }
 

@@ -100,18 +100,51 @@ pub struct Ticker {
     control: Arc<TickControl>,
 }
 
-#[derive(Debug, Default)]
 struct TickControl {
     cancelled: AtomicBool,
+    /// Held by a run from its check of `cancelled` to its end, and by a
+    /// cancel from another thread: a cancel that returned has seen every
+    /// run that passed the check finish, so none starts after it.
+    running: Mutex<()>,
+    /// The room's queue: which worker its runs are on.
+    jobs: Arc<JobQueue>,
     ran: AtomicU64,
     skipped: AtomicU64,
 }
 
+impl fmt::Debug for TickControl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TickControl")
+            .field("cancelled", &self.cancelled)
+            .field("ran", &self.ran)
+            .field("skipped", &self.skipped)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TickControl {
+    fn running(&self) -> MutexGuard<'_, ()> {
+        self.running.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
 impl Ticker {
-    /// Stops the tick: no run starts after this call returns (one running
-    /// now finishes).
+    /// Stops the tick: no run starts after this call returns. Called on
+    /// another thread while a run is under way, it waits for that run to
+    /// end; called from a job or tick of the room's worker (the tick itself
+    /// included), no run can be under way beside it, and it returns at once.
     pub fn cancel(&self) {
-        self.control.cancelled.store(true, Ordering::Release);
+        let control = &self.control;
+        let on_its_worker = control
+            .jobs
+            .service()
+            .is_some_and(|core| core.current_worker() == Some(control.jobs.worker()));
+        if on_its_worker {
+            control.cancelled.store(true, Ordering::Release);
+        } else {
+            let _run = control.running();
+            control.cancelled.store(true, Ordering::Release);
+        }
     }
 
     /// Ticks run so far.
@@ -200,7 +233,13 @@ impl<S: Send + 'static> Room<S> {
         if period.is_zero() {
             return Err(RoomError::ZeroPeriod);
         }
-        let control = Arc::new(TickControl::default());
+        let control = Arc::new(TickControl {
+            cancelled: AtomicBool::new(false),
+            running: Mutex::new(()),
+            jobs: self.inner.jobs.clone(),
+            ran: AtomicU64::new(0),
+            skipped: AtomicU64::new(0),
+        });
         let service = self.inner.jobs.service().ok_or(RoomError::Closed)?;
         let ticking = Ticking {
             room: self.clone(),
@@ -306,7 +345,9 @@ impl<S: Send + 'static> Ticking<S> {
 
     /// Runs the tick (as a job of the room), then arms the next slot.
     fn fire(mut self) {
-        if self.control.cancelled.load(Ordering::Acquire) {
+        let control = self.control.clone();
+        let _run = control.running();
+        if control.cancelled.load(Ordering::Acquire) {
             return;
         }
         let started = Instant::now();

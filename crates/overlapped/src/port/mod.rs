@@ -231,13 +231,13 @@ impl<T: Send + 'static> CompletionPort<T> {
     }
 
     /// Makes the pool of buffers that multishot receives take from now,
-    /// for a port that is one of `ports` sharing out a service's sessions:
-    /// they share out what one port's pool would hold, since under steady
-    /// traffic the kernel takes every buffer of a pool in turn and all of
-    /// it becomes resident.
-    pub(crate) fn make_receive_pool(&self, ports: usize) -> io::Result<()> {
-        let ports = u16::try_from(ports.max(1)).unwrap_or(u16::MAX);
-        self.shared.ring.ensure_pool_of(POOL_BUFFERS / ports)?;
+    /// of about `buffers` buffers (a power of two, between the pool's
+    /// least and most): under steady traffic the kernel takes every buffer
+    /// of a pool in turn and all of it becomes resident, so a service's
+    /// ports share out what it may hold.
+    pub(crate) fn make_receive_pool(&self, buffers: usize) -> io::Result<()> {
+        let buffers = u16::try_from(buffers).unwrap_or(POOL_BUFFERS);
+        self.shared.ring.ensure_pool_of(buffers)?;
         Ok(())
     }
 

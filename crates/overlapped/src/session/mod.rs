@@ -26,11 +26,13 @@
 
 mod connection;
 pub mod framing;
+mod http;
 pub(crate) mod jobs;
 mod lifecycle;
 mod listener;
 mod log_budget;
 pub(crate) mod metrics;
+mod metrics_endpoint;
 mod packet;
 mod recv_buffer;
 mod registry;
@@ -46,6 +48,7 @@ pub use lifecycle::StopSignals;
 pub use listener::Listener;
 pub use log_budget::LogBudget;
 pub use metrics::{DisconnectKind, Metrics, TICK_LATENESS_BOUNDS_US};
+pub use metrics_endpoint::{EndpointConfig, MetricsEndpoint};
 pub use packet::{recv_buffer_for, PacketHandler, PacketSession};
 pub use recv_buffer::RecvBuffer;
 pub use service::{

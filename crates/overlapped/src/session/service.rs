@@ -162,6 +162,12 @@ pub struct ServiceConfig {
     /// session's own buffer after each one: fewer requests per message, and
     /// an idle session pins no receive buffer. Default: on.
     pub multishot: bool,
+    /// Buffers of 2 KiB in the pool that multishot receives take from,
+    /// shared out over the workers (each gets at least 1024, at most
+    /// 16384, a power of two). The pool must outnumber the sessions with
+    /// data on its way; under steady traffic every buffer of it is touched
+    /// and resident. Default: 16384 (32 MiB).
+    pub recv_pool_buffers: usize,
     /// Most sessions at once; a connection beyond it is closed as soon as
     /// it is accepted, with a log line. Default: 20,000.
     pub max_sessions: usize,
@@ -226,6 +232,7 @@ impl Default for ServiceConfig {
             recv_low_water: 4096,
             nodelay: true,
             multishot: true,
+            recv_pool_buffers: usize::from(crate::driver::buf_ring::POOL_BUFFERS),
             max_sessions: 20_000,
             max_sessions_per_ip: 64,
             limit_loopback: false,
@@ -328,6 +335,8 @@ pub(crate) struct ServiceCore {
     /// `stop` has begun: a shutdown that finds it set before its own stop
     /// was cut short.
     stopping: AtomicBool,
+    /// A shutdown or a stop has begun (what a health check reports).
+    ending: AtomicBool,
     /// `stop` has finished: what [`Service::wait`] waits for.
     stopped: Mutex<bool>,
     stopped_changed: Condvar,
@@ -746,6 +755,7 @@ impl Service {
             tickers: AtomicU64::new(0),
             dropped_by_stop: AtomicUsize::new(0),
             stopping: AtomicBool::new(false),
+            ending: AtomicBool::new(false),
             stopped: Mutex::new(false),
             stopped_changed: Condvar::new(),
         });
@@ -754,7 +764,8 @@ impl Service {
             // that has started: register the sessions' buffer pools now. On
             // failure the first multishot receive reports the error.
             for port in &core.ports {
-                if let Err(e) = port.make_receive_pool(core.ports.len()) {
+                let share = core.config.recv_pool_buffers / core.ports.len();
+                if let Err(e) = port.make_receive_pool(share) {
                     tracing::warn!("cannot register a receive buffer pool: {e}");
                 }
             }
@@ -898,6 +909,12 @@ impl Service {
         reached
     }
 
+    /// Whether a [`Service::shutdown`] or [`Service::stop`] has begun: the
+    /// service takes no new sessions, and a health check says so.
+    pub fn is_stopping(&self) -> bool {
+        self.core.ending.load(Ordering::Acquire)
+    }
+
     /// Bytes the service's sends have delivered to the kernel so far.
     pub fn bytes_sent(&self) -> u64 {
         self.metrics().bytes_out
@@ -918,6 +935,7 @@ impl Service {
         if self.core.is_worker_thread() {
             return self.shutdown_in_background(timeout);
         }
+        self.core.ending.store(true, Ordering::Release);
         let deadline = Instant::now() + timeout;
         let dropped_before = self.core.dropped_by_stop.load(Ordering::Relaxed);
         self.stop_listening();
@@ -1016,6 +1034,7 @@ impl Service {
     /// returns).
     pub fn stop(&self) {
         self.core.stopping.store(true, Ordering::Release);
+        self.core.ending.store(true, Ordering::Release);
         self.stop_listening();
         self.core.timers.stop();
         for schedule in &self.core.schedules {
