@@ -146,9 +146,13 @@ class Running:
         for line in self.proc.stdout:
             line = line.rstrip("\n")
             self.lines.append(line)
-            print(f"    | {line}", flush=True)
             if READY in line:
                 self.ready.set()
+
+    def show(self, last):
+        """Prints the last `last` lines of its output."""
+        for line in self.lines[-last:]:
+            print(f"    | {ANSI.sub('', line)}", flush=True)
 
     def send(self, sig):
         try:
@@ -216,7 +220,9 @@ class Check:
         self.server = None
         self.failures = []
 
-    def fail(self, command, why):
+    def fail(self, command, why, running=None):
+        if running:
+            running.show(40)
         print(f"  FAILED: {command!r}: {why}", flush=True)
         self.failures.append(f"{command}\n    {why}")
 
@@ -229,9 +235,11 @@ class Check:
         running.send(signal.SIGTERM)
         code = running.wait(float(how.get("timeout", 60)))
         if code != 0:
-            self.fail(running.command, f"the server exited with {code} on SIGTERM")
+            self.fail(running.command, f"the server exited with {code} on SIGTERM", running)
         elif (why := trouble(running, how)):
-            self.fail(running.command, why)
+            self.fail(running.command, why, running)
+        else:
+            running.show(3)
 
     def run(self, how, command):
         kind = how["kind"]
@@ -247,15 +255,18 @@ class Check:
             seconds = float(how.get("for", 3))
             code = running.wait(seconds, on_timeout=signal.SIGINT)
             if code is not None:
-                self.fail(command, f"it ended with {code} before it was stopped")
+                self.fail(command, f"it ended with {code} before it was stopped", running)
                 return
         else:
             code = running.wait(float(how.get("timeout", 300)))
             if code != 0:
-                self.fail(command, "it did not finish in time" if code is None else f"it exited with {code}")
+                why = "it did not finish in time" if code is None else f"it exited with {code}"
+                self.fail(command, why, running)
                 return
         if (why := trouble(running, how)):
-            self.fail(command, why)
+            self.fail(command, why, running)
+        else:
+            running.show(8)
 
     def serve(self, how, command):
         self.stop_server()
@@ -268,7 +279,7 @@ class Check:
         if not running.ready.wait(float(how.get("start", 900))):
             code = running.proc.poll()
             running.send(signal.SIGKILL)
-            self.fail(command, f"it never said {READY!r} (exit {code})")
+            self.fail(command, f"it never said {READY!r} (exit {code})", running)
             return
         self.server = (running, how)
 
