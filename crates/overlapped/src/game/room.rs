@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::session::jobs::JobQueue;
-use crate::session::Service;
+use crate::session::{BlockingError, BlockingLine, Service};
 
 /// State of type `S` owned by a queue of jobs (the course's `JobQueue`
 /// under a `GameRoom`): jobs run one at a time, never beside each other, in
@@ -34,6 +34,8 @@ pub struct Room<S> {
 
 struct RoomInner<S> {
     jobs: Arc<JobQueue>,
+    /// The room's line of blocking work: its calls run in submission order.
+    line: BlockingLine,
     state: Mutex<S>,
     ticks_run: AtomicU64,
     ticks_skipped: AtomicU64,
@@ -167,6 +169,7 @@ impl<S: Send + 'static> Room<S> {
         Room {
             inner: Arc::new(RoomInner {
                 jobs: Arc::new(JobQueue::new(core, worker, name.into())),
+                line: service.blocking_line(),
                 state: Mutex::new(state),
                 ticks_run: AtomicU64::new(0),
                 ticks_skipped: AtomicU64::new(0),
@@ -186,6 +189,36 @@ impl<S: Send + 'static> Room<S> {
         self.inner
             .jobs
             .push(Box::new(move || room.run(|state, room| job(state, room))))
+    }
+
+    /// Runs `work` on the service's pool of blocking threads — a database
+    /// call, a file: what must not stall the room's worker — then `then`
+    /// with its value as a job of this room, in the room's order with its
+    /// other jobs. The room's blocking calls run one at a time in the order
+    /// they were made, so a read sees the room's earlier writes; rooms'
+    /// calls run beside each other. `then` gets
+    /// [`BlockingError::Panicked`] if `work` panicked; `Err` at once (and
+    /// neither runs) when the pool's queue is full or the service is
+    /// stopping. If the room closed meanwhile, `then` does not run.
+    ///
+    /// ```no_run
+    /// # use overlapped::game::Room;
+    /// # fn f(room: &Room<Vec<String>>) -> Result<(), overlapped::session::BlockingError> {
+    /// room.blocking(
+    ///     || std::fs::read_to_string("motd.txt"),                   // on a blocking thread
+    ///     |lines, _, motd| lines.push(motd.ok().and_then(Result::ok).unwrap_or_default()),
+    /// )?;
+    /// # Ok(()) }
+    /// ```
+    pub fn blocking<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+        then: impl FnOnce(&mut S, &Room<S>, Result<T, BlockingError>) + Send + 'static,
+    ) -> Result<(), BlockingError> {
+        let room = self.clone();
+        self.inner.line.run(work, move |value| {
+            room.push(move |state, room| then(state, room, value));
+        })
     }
 
     /// Queues `job` once `delay` has passed (then it waits its turn behind

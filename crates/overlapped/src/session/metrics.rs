@@ -7,6 +7,8 @@
 //! sums them.
 
 use std::fmt::Write as _;
+
+use super::blocking::BlockingMetrics;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -213,6 +215,8 @@ pub struct Metrics {
     pub tick_lateness: Vec<u64>,
     /// The ticks' lateness, summed, in microseconds.
     pub tick_lateness_sum_us: u64,
+    /// The blocking pool's calls ([`BlockingLine`](super::BlockingLine)).
+    pub blocking: BlockingMetrics,
 }
 
 impl Metrics {
@@ -261,6 +265,7 @@ impl Metrics {
             ticks_skipped: total(|c| &c.ticks_skipped),
             tick_lateness,
             tick_lateness_sum_us: total(|c| &c.tick_lateness_sum_us),
+            blocking: BlockingMetrics::default(),
         }
     }
 
@@ -371,21 +376,42 @@ impl Metrics {
                 kind.label()
             );
         }
-        let name = format!("{prefix}_tick_lateness_seconds");
-        let _ = writeln!(out, "# HELP {name} How late room ticks ran.");
-        let _ = writeln!(out, "# TYPE {name} histogram");
-        let mut cumulative = 0;
-        for (bucket, n) in self.tick_lateness.iter().enumerate() {
-            cumulative += n;
-            let bound = TICK_LATENESS_BOUNDS_US
-                .get(bucket)
-                .map_or("+Inf".to_owned(), |&us| format!("{}", us as f64 / 1e6));
-            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
-        }
-        let _ = writeln!(out, "{name}_sum {}", self.tick_lateness_sum_us as f64 / 1e6);
-        let _ = writeln!(out, "{name}_count {}", self.ticks);
+        write_histogram(
+            &mut out,
+            &format!("{prefix}_tick_lateness_seconds"),
+            "How late room ticks ran.",
+            &TICK_LATENESS_BOUNDS_US,
+            &self.tick_lateness,
+            self.tick_lateness_sum_us,
+        );
+        self.blocking.write_prometheus(&mut out, prefix);
         out
     }
+}
+
+/// A histogram in Prometheus' text: cumulative buckets over `bounds_us`
+/// (then `+Inf`), the sum in seconds, and the count — the `+Inf` bucket,
+/// so the two always agree.
+pub(crate) fn write_histogram(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    bounds_us: &[u64],
+    buckets: &[u64],
+    sum_us: u64,
+) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} histogram");
+    let mut cumulative = 0;
+    for (bucket, n) in buckets.iter().enumerate() {
+        cumulative += n;
+        let bound = bounds_us
+            .get(bucket)
+            .map_or("+Inf".to_owned(), |&us| format!("{}", us as f64 / 1e6));
+        let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
+    }
+    let _ = writeln!(out, "{name}_sum {}", sum_us as f64 / 1e6);
+    let _ = writeln!(out, "{name}_count {cumulative}");
 }
 
 #[cfg(test)]

@@ -24,6 +24,7 @@
 //! ([`ServiceConfig::max_send_queue`]). `crates/overlapped/tests/
 //! session_order.rs` holds a test for each of these.
 
+pub(crate) mod blocking;
 mod connection;
 pub mod framing;
 mod http;
@@ -43,6 +44,7 @@ pub(crate) mod service;
 mod timers;
 mod worker;
 
+pub use blocking::{BlockingError, BlockingLine, BlockingMetrics, BLOCKING_BOUNDS_US};
 pub use connection::{Session, SessionHandler};
 pub use lifecycle::StopSignals;
 pub use listener::Listener;

@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use rustc_hash::FxHashMap;
 
+use super::blocking::{BlockingLine, BlockingMetrics, BlockingPool};
 use super::connection::{Session, SessionHandler, SessionLimits};
 use super::jobs::JobQueue;
 use super::listener::Listener;
@@ -213,6 +214,14 @@ pub struct ServiceConfig {
     /// tenths of it. The default is a quarter of the machine's memory,
     /// between 64 MiB and 8 GiB.
     pub max_memory: usize,
+    /// Threads of the pool that runs blocking work
+    /// ([`BlockingLine`](super::BlockingLine), `Room::blocking`), started
+    /// as work first needs them. Default: 4.
+    pub blocking_threads: usize,
+    /// Blocking calls that may wait for a thread at once; past it a
+    /// submission is refused ([`BlockingError::Full`](super::BlockingError::Full)).
+    /// Default: 1024.
+    pub blocking_queue: usize,
 }
 
 /// A quarter of the machine's memory, between 64 MiB and 8 GiB: the
@@ -240,6 +249,8 @@ impl Default for ServiceConfig {
             idle_timeout: Some(Duration::from_secs(120)),
             max_send_queue: 4 << 20,
             max_memory: default_max_memory(),
+            blocking_threads: 4,
+            blocking_queue: 1024,
         }
     }
 }
@@ -271,6 +282,9 @@ pub struct ShutdownReport {
     /// [`Service::run_until`]) ended the drain before its deadline: the
     /// `forced` sessions were dropped then, not at the deadline.
     pub cut_short: bool,
+    /// Blocking calls ([`BlockingLine`]) still waiting or running at the
+    /// deadline: dropped, their results never delivered.
+    pub blocking_unfinished: usize,
 }
 
 impl ShutdownReport {
@@ -282,6 +296,7 @@ impl ShutdownReport {
             bytes_sent,
             in_background: false,
             cut_short: false,
+            blocking_unfinished: 0,
         }
     }
 }
@@ -299,7 +314,15 @@ impl fmt::Display for ShutdownReport {
             f,
             "{} sessions closed cleanly, {} dropped {when}; {} bytes sent",
             self.closed, self.forced, self.bytes_sent
-        )
+        )?;
+        if self.blocking_unfinished > 0 {
+            write!(
+                f,
+                "; {} blocking calls unfinished",
+                self.blocking_unfinished
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -310,6 +333,8 @@ pub(crate) struct ServiceCore {
     config: ServiceConfig,
     /// The sessions, by id, by worker and by address, under one lock.
     registry: Registry,
+    /// The threads that run blocking work for the service's rooms.
+    blocking: Arc<BlockingPool>,
     /// Bytes of broadcasts handed to other workers and not fanned out yet:
     /// counted with the sessions' against the memory budget.
     in_transit: AtomicUsize,
@@ -537,6 +562,10 @@ impl ServiceCore {
         self.in_transit.fetch_sub(bytes, Ordering::Relaxed);
     }
 
+    pub(crate) fn blocking(&self) -> &Arc<BlockingPool> {
+        &self.blocking
+    }
+
     pub(crate) fn config(&self) -> &ServiceConfig {
         &self.config
     }
@@ -738,11 +767,16 @@ impl Service {
         let ports = (0..workers)
             .map(|_| CompletionPort::for_one_worker())
             .collect::<io::Result<Vec<_>>>()?;
+        let blocking = Arc::new(BlockingPool::new(
+            config.blocking_threads,
+            config.blocking_queue,
+        ));
         let core = Arc::new(ServiceCore {
             ports,
             factory,
             config,
             registry: Registry::new(workers),
+            blocking,
             in_transit: AtomicUsize::new(0),
             next_id: AtomicU64::new(0),
             listener: Mutex::new(None),
@@ -909,6 +943,12 @@ impl Service {
         reached
     }
 
+    /// A new line of blocking work on the service's pool (see
+    /// [`BlockingLine`]).
+    pub fn blocking_line(&self) -> BlockingLine {
+        BlockingLine::new(&self.core)
+    }
+
     /// Whether a [`Service::shutdown`] or [`Service::stop`] has begun: the
     /// service takes no new sessions, and a health check says so.
     pub fn is_stopping(&self) -> bool {
@@ -923,7 +963,9 @@ impl Service {
     /// The service's counters now: sessions, packets and bytes in and out,
     /// disconnects by kind, its rooms' jobs and tick lateness.
     pub fn metrics(&self) -> Metrics {
-        Metrics::sum(&self.core.counters, self.session_count())
+        let mut metrics = Metrics::sum(&self.core.counters, self.session_count());
+        metrics.blocking = BlockingMetrics::read(&self.core.blocking);
+        metrics
     }
 
     /// Shuts the service down cleanly: stops accepting, closes every
@@ -957,6 +999,9 @@ impl Service {
             }
             thread::sleep(Duration::from_millis(10));
         }
+        // Blocking work the sessions' ends asked for (a save) finishes
+        // within the same deadline.
+        let blocking_unfinished = self.core.blocking.finish(deadline);
         let cut_short = self.core.stopping.load(Ordering::Acquire);
         self.stop();
         // Those still open at the deadline, or when another thread's
@@ -968,6 +1013,7 @@ impl Service {
             bytes_sent: self.bytes_sent(),
             in_background: false,
             cut_short,
+            blocking_unfinished,
         }
     }
 
@@ -1035,6 +1081,7 @@ impl Service {
     pub fn stop(&self) {
         self.core.stopping.store(true, Ordering::Release);
         self.core.ending.store(true, Ordering::Release);
+        self.core.blocking.stop();
         self.stop_listening();
         self.core.timers.stop();
         for schedule in &self.core.schedules {
