@@ -61,7 +61,16 @@ fn bench_with_a_zero_duration_is_refused() {
 
 #[test]
 fn game_bench_against_the_game_server_checks_every_snapshot() {
-    let server = Server::start_with(&["--model", "port", "--mode", "game", "--tick-hz", "50"]);
+    let server = Server::start_with(&[
+        "--model",
+        "port",
+        "--mode",
+        "game",
+        "--tick-hz",
+        "50",
+        "--db",
+        "none",
+    ]);
     let output = binary()
         .args([
             "bench",

@@ -576,6 +576,18 @@ pub fn run(args: &BenchArgs, duration: Duration) -> io::Result<GameReport> {
     Ok(report)
 }
 
+/// Bot `i`'s name, new in each run: a server that keeps players between
+/// visits (`--db`) would otherwise start a bot where an earlier run's bot
+/// of that name left, at a position this run never sent.
+fn bot_name(i: usize) -> String {
+    static RUN: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let run = RUN.get_or_init(|| {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+        now.map_or(0, |d| d.as_nanos() as u64) ^ u64::from(std::process::id())
+    });
+    format!("bot{i}-{:x}", run & 0xffff_ffff_ffff)
+}
+
 /// The event loop: packets as they come, and moves at their slots.
 struct Pump<'a> {
     port: &'a CompletionPort<Req>,
@@ -629,7 +641,7 @@ fn handle(bots: &mut [Bot], batch: &mut Vec<Completion<Req>>, now: Instant, stat
                     let bot = &mut bots[i];
                     bot.post_recv(stats);
                     let mut join = bot.room.to_le_bytes().to_vec();
-                    join.extend_from_slice(format!("bot{i}").as_bytes());
+                    join.extend_from_slice(bot_name(i).as_bytes());
                     bot.send(C_JOIN, &join, stats);
                 }
                 Err(e) => {

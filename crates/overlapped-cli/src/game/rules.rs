@@ -16,17 +16,25 @@
 //! A malformed packet, a move before joining, a second join, a bad name or
 //! coordinate, an unknown id or a join to a full room disconnects that
 //! session alone, with the reason logged.
+//!
+//! A player's last position and play time are kept under its name
+//! ([`Persistence`]): a player who comes back starts where it left. The
+//! load and the save run on the service's blocking threads, never on a
+//! worker: the room admits a joiner once its record is in.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use overlapped::game::{
     Group, JoinError, PacketReader, PacketResult, PacketWriter, Room, Rooms, Router, SessionState,
     Tick,
 };
 use overlapped::session::{LogBudget, PeerFactory, Service, Session};
+
+use super::persistence::{CloseReport, Persistence};
+use super::store::Saved;
 
 pub const C_JOIN: u16 = 10;
 pub const S_JOINED: u16 = 11;
@@ -58,16 +66,19 @@ pub struct GameConfig {
 pub struct World {
     config: GameConfig,
     rooms: Rooms<u32, RoomState>,
+    /// Where players are kept between visits.
+    persistence: Arc<Persistence>,
     /// Why players left, a few hundred lines a second at most.
     leave_log: LogBudget,
 }
 
 impl World {
-    /// An empty world.
-    pub fn new(config: GameConfig) -> Arc<World> {
+    /// An empty world whose players are kept by `persistence`.
+    pub fn new(config: GameConfig, persistence: Arc<Persistence>) -> Arc<World> {
         Arc::new(World {
             config,
             rooms: Rooms::new(config.max_room_players),
+            persistence,
             leave_log: LogBudget::new(200),
         })
     }
@@ -79,22 +90,28 @@ impl World {
         number: u32,
         session: &Arc<Session>,
         name: String,
-        position: Arc<Position>,
+        presence: Arc<Presence>,
     ) -> Result<(), String> {
         let service = session.service().ok_or("the service stopped")?;
         let player = Player {
             id: session.id(),
             name,
             session: session.clone(),
-            position,
+            presence,
         };
         let tick_hz = self.config.tick_hz;
+        let persistence = self.persistence.clone();
+        let loads_with = service.clone();
+        // Counted in the room now; admitted once its record is loaded.
+        let admit = move |_: &mut RoomState, room: &Room<RoomState>| {
+            let room = room.clone();
+            let name = player.name.clone();
+            persistence.load(&loads_with, &name, move |saved| {
+                room.push(move |state, _| state.admit(player, saved, tick_hz));
+            });
+        };
         self.rooms
-            .join(
-                number,
-                || self.open_room(&service, number),
-                move |room, _| room.join(player, tick_hz),
-            )
+            .join(number, || self.open_room(&service, number), admit)
             .map_err(|e| match e {
                 JoinError::Full { capacity } => {
                     format!("room {number} is full ({capacity} players)")
@@ -119,9 +136,20 @@ impl World {
         Ok(room)
     }
 
-    /// Player `id` left room `number` (the room closes after the last).
-    fn leave(&self, number: u32, id: u64) {
+    /// Player `id` left room `number` (the room closes after the last);
+    /// its record is saved if it was admitted.
+    fn leave(&self, session: &Arc<Session>, number: u32, name: &str, presence: &Presence) {
+        if let Some(saved) = presence.record() {
+            self.persistence
+                .save(session.service().as_ref(), name, saved);
+        }
+        let id = session.id();
         self.rooms.leave(&number, move |room, _| room.leave(id));
+    }
+
+    /// Writes the saves still waiting, until `deadline` (at exit).
+    pub fn close(&self, deadline: Instant) -> CloseReport {
+        self.persistence.close(deadline)
     }
 
     /// The session factory of the game: every client starts as a player
@@ -141,6 +169,47 @@ impl World {
 /// client sends moves, its room's queue holds nothing more for them.
 #[derive(Default)]
 pub struct Position(AtomicU64);
+
+/// What a player's session and its room share: where it is, and since
+/// when it plays (set once its room admitted it, with the play time of its
+/// earlier visits).
+#[derive(Default)]
+pub struct Presence {
+    position: Position,
+    moved: AtomicBool,
+    admitted: OnceLock<(Instant, u64)>,
+}
+
+impl Presence {
+    fn moved_to(&self, x: f32, y: f32) {
+        self.position.set(x, y);
+        self.moved.store(true, Ordering::Relaxed);
+    }
+
+    /// Takes the saved position, unless the player moved already.
+    fn restore(&self, saved: Option<Saved>) {
+        if let Some(saved) = saved {
+            if !self.moved.load(Ordering::Relaxed) {
+                self.position.set(saved.x, saved.y);
+            }
+        }
+        let before = saved.map_or(0, |s| s.play_time_ms);
+        let _ = self.admitted.set((Instant::now(), before));
+    }
+
+    /// What to save of it: `None` if it was never admitted (its load never
+    /// came), which must not overwrite its record.
+    fn record(&self) -> Option<Saved> {
+        let (since, before) = self.admitted.get()?;
+        let (x, y) = self.position.get();
+        let played = u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX);
+        Some(Saved {
+            x,
+            y,
+            play_time_ms: before.saturating_add(played),
+        })
+    }
+}
 
 impl Position {
     fn set(&self, x: f32, y: f32) {
@@ -162,7 +231,7 @@ struct Player {
     id: u64,
     name: String,
     session: Arc<Session>,
-    position: Arc<Position>,
+    presence: Arc<Presence>,
 }
 
 /// A room's state, changed only by its jobs.
@@ -173,6 +242,16 @@ pub struct RoomState {
 }
 
 impl RoomState {
+    /// A joiner whose record came: into the room, where it left.
+    fn admit(&mut self, player: Player, saved: Option<Saved>, tick_hz: u16) {
+        player.presence.restore(saved);
+        // Gone while its record was loading: its leave ran already.
+        if !player.session.is_connected() {
+            return;
+        }
+        self.join(player, tick_hz);
+    }
+
     fn join(&mut self, player: Player, tick_hz: u16) {
         let joined = PacketWriter::new(S_JOINED)
             .u64(player.id)
@@ -204,7 +283,7 @@ impl RoomState {
             .u32(tick.number as u32)
             .u16(count as u16);
         for player in &self.players {
-            let (x, y) = player.position.get();
+            let (x, y) = player.presence.position.get();
             snapshot = snapshot.u64(player.id).f32(x).f32(y);
         }
         match snapshot.finish() {
@@ -226,10 +305,11 @@ fn send(session: &Arc<Session>, frame: PacketWriter) {
     }
 }
 
-/// A session's own state: which room it joined, if any, and where it is.
+/// A session's own state: which room it joined, if any, under which
+/// name, and where it is.
 pub struct Client {
     world: Arc<World>,
-    room: Option<(u32, Arc<Position>)>,
+    room: Option<(u32, String, Arc<Presence>)>,
 }
 
 impl Client {
@@ -241,7 +321,7 @@ impl Client {
     }
 
     fn on_join(&mut self, session: &Arc<Session>, r: &mut PacketReader) -> PacketResult {
-        if let Some((number, _)) = self.room {
+        if let Some((number, _, _)) = self.room {
             return Err(format!("a second C_JOIN (already in room {number})").into());
         }
         let number = r.u32()?;
@@ -254,10 +334,10 @@ impl Client {
         if name.chars().any(char::is_control) {
             return Err("bad name: a control character".into());
         }
-        let position = Arc::new(Position::default());
+        let presence = Arc::new(Presence::default());
         self.world
-            .join(number, session, name.to_owned(), position.clone())?;
-        self.room = Some((number, position));
+            .join(number, session, name.to_owned(), presence.clone())?;
+        self.room = Some((number, name.to_owned(), presence));
         Ok(())
     }
 
@@ -265,7 +345,7 @@ impl Client {
         let (x, y) = (r.f32()?, r.f32()?);
         // Every field read before acting: a longer C_MOVE changes nothing.
         r.finish()?;
-        let Some((_, position)) = &self.room else {
+        let Some((_, _, presence)) = &self.room else {
             return Err("C_MOVE before C_JOIN".into());
         };
         for value in [x, y] {
@@ -275,7 +355,7 @@ impl Client {
                 );
             }
         }
-        position.set(x, y);
+        presence.moved_to(x, y);
         Ok(())
     }
 }
@@ -286,8 +366,8 @@ impl SessionState for Client {
         self.world
             .leave_log
             .info(&format!("client {peer} disconnected: {reason}"));
-        if let Some((number, _)) = self.room.take() {
-            self.world.leave(number, session.id());
+        if let Some((number, name, presence)) = self.room.take() {
+            self.world.leave(session, number, &name, &presence);
         }
     }
 }

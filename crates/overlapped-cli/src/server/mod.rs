@@ -109,6 +109,15 @@ pub struct ServerArgs {
     /// (game mode).
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..))]
     pub max_room_players: u16,
+    /// Where the game keeps its players between visits (game mode): a
+    /// SQLite file's path, a `postgres://user:password@host/database` URL
+    /// (one database the processes of a fleet share), or `none`.
+    #[arg(long, default_value = "game.sqlite3")]
+    pub db: String,
+    /// Every call to the game's database takes this much longer: a slow
+    /// database, for the benchmark that shows it never stalls a tick.
+    #[arg(long, default_value_t = 0)]
+    pub db_delay_ms: u64,
     /// Serve `/metrics` (Prometheus text) and `/healthz` over HTTP on this
     /// address (port model).
     #[arg(long, value_parser = resolve_addr)]

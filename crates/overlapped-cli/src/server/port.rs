@@ -3,7 +3,7 @@
 
 use std::io;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use overlapped::session::{
     recv_buffer_for, PacketSession, PeerFactory, Service, ServiceConfig, Session, SessionHandler,
@@ -28,6 +28,7 @@ pub fn run(args: &ServerArgs, signals: StopSignals) -> io::Result<()> {
         config.recv_buffer = 4096;
         config.recv_low_water = 1024;
     }
+    let mut world = None;
     let factory: PeerFactory = match args.mode {
         Mode::Print => Arc::new(|_| Ok(Arc::new(Printer))),
         Mode::Echo => Arc::new(|_| Ok(Arc::new(Echo))),
@@ -45,11 +46,16 @@ pub fn run(args: &ServerArgs, signals: StopSignals) -> io::Result<()> {
         Mode::Game => {
             config.recv_buffer = recv_buffer_for(game::MAX_PACKET);
             config.recv_low_water = game::MAX_PACKET;
-            let world = World::new(GameConfig {
-                tick_hz: args.tick_hz,
-                max_room_players: usize::from(args.max_room_players),
-            });
-            world.factory()
+            let persistence = game::Persistence::new(open_store(args)?);
+            let game = World::new(
+                GameConfig {
+                    tick_hz: args.tick_hz,
+                    max_room_players: usize::from(args.max_room_players),
+                },
+                persistence,
+            );
+            world = Some(game.clone());
+            game.factory()
         }
     };
     let service = Service::server_with(args.addr, config, factory)?;
@@ -67,11 +73,39 @@ pub fn run(args: &ServerArgs, signals: StopSignals) -> io::Result<()> {
     let addr = service.local_addr().expect("a server service listens");
     super::announce(addr);
     // The workers serve; this thread waits for the signal to stop.
-    service.run_until(signals, Duration::from_millis(args.shutdown_timeout_ms))?;
+    let grace = Duration::from_millis(args.shutdown_timeout_ms);
+    service.run_until(signals, grace)?;
     if let Some(endpoint) = metrics {
         endpoint.stop();
     }
+    if let Some(world) = world {
+        // The players who left in the drain are saved before exit.
+        let report = world.close(Instant::now() + grace);
+        match report.unsaved {
+            0 => tracing::info!("players saved: {} saves written", report.written),
+            n => tracing::error!(
+                "{n} players' saves could not be written before exit (the database was \
+                 unavailable or behind); {} were written",
+                report.written
+            ),
+        }
+    }
     Ok(())
+}
+
+/// The game's store, as `--db` names it (`--db-delay-ms` slows it down).
+fn open_store(args: &ServerArgs) -> io::Result<Option<Box<dyn game::store::Store>>> {
+    let store =
+        game::store::open(&args.db).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    if args.db_delay_ms == 0 {
+        return Ok(store);
+    }
+    Ok(store.map(|inner| {
+        Box::new(game::store::Slow {
+            inner,
+            delay: Duration::from_millis(args.db_delay_ms),
+        }) as Box<dyn game::store::Store>
+    }))
 }
 
 fn apply_limits(args: &ServerArgs, config: &mut ServiceConfig) -> io::Result<()> {

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod chat;
+pub mod game;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
