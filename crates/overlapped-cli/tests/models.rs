@@ -164,3 +164,23 @@ fn session_layer_options_outside_the_port_model_are_refused() {
         assert!(stderr.contains("--model port"), "{option:?}: {stderr}");
     }
 }
+
+#[test]
+fn reuse_port_is_refused_for_the_game_whose_rooms_would_split() {
+    let output = common::binary()
+        .args([
+            "server",
+            "--model",
+            "port",
+            "--mode",
+            "game",
+            "--reuse-port",
+            "--db",
+            "none",
+        ])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--reuse-port"), "{stderr}");
+}

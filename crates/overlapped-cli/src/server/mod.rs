@@ -94,6 +94,13 @@ pub struct ServerArgs {
     /// it is dropped (port model; default 4 MiB, at least 65536).
     #[arg(long, value_parser = clap::value_parser!(u64).range(65536..))]
     pub max_send_queue: Option<u64>,
+    /// Share the port with other `overlapped server --reuse-port`
+    /// processes (SO_REUSEPORT): the kernel spreads the connections over
+    /// them. Each process keeps its own sessions: echo and print modes, or
+    /// a chat room per process; refused for the game, whose rooms would
+    /// split (port model).
+    #[arg(long)]
+    pub reuse_port: bool,
     /// Post one receive at a time into each client's own buffer instead of
     /// keeping a multishot receive that takes pooled buffers (port model).
     #[arg(long)]
@@ -147,6 +154,7 @@ impl ServerArgs {
             || self.max_send_queue.is_some()
             || self.max_memory.is_some()
             || self.single_recv
+            || self.reuse_port
     }
 }
 
@@ -185,6 +193,13 @@ pub fn run(args: ServerArgs) -> io::Result<()> {
             "--mode chat and --mode game run on the session layer: use them with --model port",
         ));
     }
+    if args.reuse_port && args.mode == Mode::Game {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "--reuse-port spreads players over processes that do not share rooms: \
+             run one game process per port (a fleet: see docs/fleet.md)",
+        ));
+    }
     if args.metrics_addr.is_some() && args.model != Model::Port {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
@@ -195,7 +210,8 @@ pub fn run(args: ServerArgs) -> io::Result<()> {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             "--max-sessions, --max-sessions-per-ip, --limit-loopback, --idle-timeout-ms, \
-             --handshake-timeout-ms, --max-send-queue, --max-memory and --single-recv are \
+             --handshake-timeout-ms, --max-send-queue, --max-memory, --single-recv and \
+             --reuse-port are \
              options of the session layer: use them with --model port",
         ));
     }

@@ -132,6 +132,7 @@ fn apply_limits(args: &ServerArgs, config: &mut ServiceConfig) -> io::Result<()>
         config.max_memory = usize::try_from(bytes).map_err(|_| too_big("--max-memory"))?;
     }
     config.multishot = !args.single_recv;
+    config.reuse_port = args.reuse_port;
     Ok(())
 }
 

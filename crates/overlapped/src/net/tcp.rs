@@ -28,10 +28,23 @@ impl TcpListener {
     /// and listens (`socket`, `bind`, `listen(SOMAXCONN)`). The address may be
     /// reused at once after a previous server exits (`SO_REUSEADDR`).
     pub fn bind(addr: impl ToSocketAddrs) -> io::Result<TcpListener> {
+        TcpListener::bind_shared(addr, false)
+    }
+
+    /// As [`TcpListener::bind`], and with `reuse_port` the port may be
+    /// shared (`SO_REUSEPORT`): several processes (or listeners) that each
+    /// bind it with the option take their share of its connections, which
+    /// the kernel spreads over them by a hash of each connection's
+    /// addresses. Winsock has no counterpart (`SO_REUSEADDR` there lets a
+    /// second socket *steal* a port).
+    pub fn bind_shared(addr: impl ToSocketAddrs, reuse_port: bool) -> io::Result<TcpListener> {
         each_address(addr, |addr| {
             let sock =
                 socket2::Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
             sock.set_reuse_address(true)?;
+            if reuse_port {
+                sock.set_reuse_port(true)?;
+            }
             sock.bind(&addr.into())?;
             sock.listen(LISTEN_BACKLOG)?;
             Ok(TcpListener { sock })

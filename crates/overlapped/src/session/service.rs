@@ -222,6 +222,11 @@ pub struct ServiceConfig {
     /// submission is refused ([`BlockingError::Full`](super::BlockingError::Full)).
     /// Default: 1024.
     pub blocking_queue: usize,
+    /// Share the listening port with other processes that bind it the
+    /// same way (`SO_REUSEPORT`, see [`TcpListener::bind_shared`]): each
+    /// takes a share of the connections. For servers whose sessions need
+    /// nothing of each other across processes. Default: off.
+    pub reuse_port: bool,
 }
 
 /// A quarter of the machine's memory, between 64 MiB and 8 GiB: the
@@ -251,6 +256,7 @@ impl Default for ServiceConfig {
             max_memory: default_max_memory(),
             blocking_threads: 4,
             blocking_queue: 1024,
+            reuse_port: false,
         }
     }
 }
@@ -848,7 +854,7 @@ impl Service {
         factory: PeerFactory,
     ) -> io::Result<Service> {
         let addrs = resolve(addr)?;
-        let listener = TcpListener::bind(&addrs[..])
+        let listener = TcpListener::bind_shared(&addrs[..], config.reuse_port)
             .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {}: {e}", addrs[0])))?;
         let service = Service::start(config, factory)?;
         let listener = Listener::start(&service.core, listener)?;
