@@ -147,3 +147,16 @@ fn sends_faster_than_it_reads(receives: &[&str]) {
     let dropped = server.logged_so_far(|l| l.contains("disconnected"));
     assert!(dropped.is_empty(), "{dropped:?}");
 }
+
+#[test]
+fn behind_proxy_protocol_a_connection_without_a_header_is_refused_with_the_reason() {
+    let server = Server::start_with(&["--model", "port", "--mode", "echo", "--proxy-protocol"]);
+    let mut client = std::net::TcpStream::connect(server.addr).unwrap();
+    std::io::Write::write_all(&mut client, b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\r\n").unwrap();
+    let line = wait_for_line(
+        &server.stderr,
+        |l| l.contains("refused") && l.contains("version 1"),
+        Duration::from_secs(30),
+    );
+    assert!(line.is_some(), "no refusal logged");
+}

@@ -101,6 +101,12 @@ pub struct ServerArgs {
     /// split (port model).
     #[arg(long)]
     pub reuse_port: bool,
+    /// Every connection starts with a PROXY protocol v2 header from a load
+    /// balancer, naming the client: limits and logs see the client (port
+    /// model). Only behind such a balancer: a connection without a valid
+    /// header is closed with the reason logged.
+    #[arg(long)]
+    pub proxy_protocol: bool,
     /// Post one receive at a time into each client's own buffer instead of
     /// keeping a multishot receive that takes pooled buffers (port model).
     #[arg(long)]
@@ -155,6 +161,7 @@ impl ServerArgs {
             || self.max_memory.is_some()
             || self.single_recv
             || self.reuse_port
+            || self.proxy_protocol
     }
 }
 
@@ -210,8 +217,8 @@ pub fn run(args: ServerArgs) -> io::Result<()> {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             "--max-sessions, --max-sessions-per-ip, --limit-loopback, --idle-timeout-ms, \
-             --handshake-timeout-ms, --max-send-queue, --max-memory, --single-recv and \
-             --reuse-port are \
+             --handshake-timeout-ms, --max-send-queue, --max-memory, --single-recv, \
+             --reuse-port and --proxy-protocol are \
              options of the session layer: use them with --model port",
         ));
     }

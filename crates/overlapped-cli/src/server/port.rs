@@ -133,6 +133,7 @@ fn apply_limits(args: &ServerArgs, config: &mut ServiceConfig) -> io::Result<()>
     }
     config.multishot = !args.single_recv;
     config.reuse_port = args.reuse_port;
+    config.proxy_protocol = args.proxy_protocol;
     Ok(())
 }
 

@@ -6,7 +6,7 @@ use std::io;
 use std::mem;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, OnceLock, Weak};
 
 use bytes::Bytes;
 
@@ -99,6 +99,9 @@ impl Outgoing<'_> {
 pub struct Session {
     id: u64,
     peer: SocketAddr,
+    /// The client a PROXY protocol header named (see `proxy_protocol`),
+    /// set once, under the registry's lock.
+    proxied_peer: OnceLock<SocketAddr>,
     stream: PortStream<Io>,
     handler: Arc<dyn SessionHandler>,
     service: Weak<ServiceCore>,
@@ -180,6 +183,7 @@ impl Session {
         Arc::new(Session {
             id,
             peer,
+            proxied_peer: OnceLock::new(),
             stream,
             handler,
             service,
@@ -213,9 +217,22 @@ impl Session {
         self.id
     }
 
-    /// The peer's address.
+    /// The peer's address: the client's, as a PROXY protocol header named
+    /// it when the service takes them
+    /// ([`ServiceConfig::proxy_protocol`](super::ServiceConfig::proxy_protocol)).
     pub fn peer_addr(&self) -> SocketAddr {
-        self.peer
+        self.proxied_peer.get().copied().unwrap_or(self.peer)
+    }
+
+    /// Records the client a PROXY protocol header named (the registry does,
+    /// under its lock, as it moves the address's count).
+    pub(crate) fn set_proxied_peer(&self, client: SocketAddr) {
+        let _ = self.proxied_peer.set(client);
+    }
+
+    /// The service's core, while it runs.
+    pub(crate) fn core(&self) -> Option<Arc<ServiceCore>> {
+        self.service.upgrade()
     }
 
     /// Whether the session is still connected.

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::log_budget::LogBudget;
-use super::service::{now_millis, Io, ServiceCore};
+use super::service::{now_millis, Io, ServiceConfig, ServiceCore};
 use crate::error::{ErrorExt, WSA_OPERATION_ABORTED};
 use crate::net::TcpListener;
 use crate::port::{Completion, PortListener};
@@ -134,8 +134,10 @@ impl Listener {
 }
 
 /// Why a connection from `peer` is refused, if it is: the service is full,
-/// or its address has all the sessions it may have. The reason names the
-/// setting that lifts it (the CLI's flag and the config's field).
+/// or its address has all the sessions it may have (counted once a PROXY
+/// protocol header named the client, when the service takes them). The
+/// reason names the setting that lifts it (the CLI's flag and the config's
+/// field).
 fn refusal(core: &ServiceCore, peer: SocketAddr) -> Option<String> {
     let config = core.config();
     let open = core.session_count();
@@ -146,11 +148,23 @@ fn refusal(core: &ServiceCore, peer: SocketAddr) -> Option<String> {
              (--max-sessions, ServiceConfig::max_sessions)"
         ));
     }
+    if config.proxy_protocol {
+        return None;
+    }
+    per_address_refusal(config, peer, core.sessions_from(peer.ip()))
+}
+
+/// Why another session from `peer`'s address is refused when it has
+/// `from_ip` already, if it is.
+pub(crate) fn per_address_refusal(
+    config: &ServiceConfig,
+    peer: SocketAddr,
+    from_ip: usize,
+) -> Option<String> {
     let per_ip = config.max_sessions_per_ip;
     if per_ip == 0 || (is_loopback(peer) && !config.limit_loopback) {
         return None;
     }
-    let from_ip = core.sessions_from(peer.ip());
     (from_ip >= per_ip).then(|| {
         let loopback = if is_loopback(peer) {
             "; loopback peers are counted only with --limit-loopback, \

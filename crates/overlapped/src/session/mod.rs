@@ -35,6 +35,7 @@ mod log_budget;
 pub(crate) mod metrics;
 mod metrics_endpoint;
 mod packet;
+mod proxy_protocol;
 mod recv_buffer;
 mod registry;
 pub(crate) mod schedule;

@@ -7,7 +7,7 @@
 //! address's count would take a count that was never given, and leave the
 //! address a slot short for good.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use rustc_hash::FxHashMap;
@@ -67,6 +67,32 @@ impl Registry {
             }
         }
         Some(session)
+    }
+
+    /// Moves `session`'s address count to `client` (the client a PROXY
+    /// protocol header named) and makes that its address — if `admit`,
+    /// given how many sessions `client`'s address has now, lets it in.
+    pub(crate) fn readdress(
+        &self,
+        session: &Session,
+        client: SocketAddr,
+        admit: impl FnOnce(usize) -> Result<(), String>,
+    ) -> Result<(), String> {
+        let mut tables = self.tables();
+        if !tables.by_id.contains_key(&session.id()) {
+            return Err("the session ended".into());
+        }
+        admit(tables.per_ip.get(&client.ip()).copied().unwrap_or(0))?;
+        let from = session.peer_addr().ip();
+        if let Some(open) = tables.per_ip.get_mut(&from) {
+            *open -= 1;
+            if *open == 0 {
+                tables.per_ip.remove(&from);
+            }
+        }
+        *tables.per_ip.entry(client.ip()).or_insert(0) += 1;
+        session.set_proxied_peer(client);
+        Ok(())
     }
 
     /// Session `id`, if it is tracked.

@@ -25,8 +25,10 @@ use rustc_hash::FxHashMap;
 use super::blocking::{BlockingLine, BlockingMetrics, BlockingPool};
 use super::connection::{Session, SessionHandler, SessionLimits};
 use super::jobs::JobQueue;
+use super::listener::per_address_refusal;
 use super::listener::Listener;
 use super::metrics::{Counters, Metrics};
+use super::proxy_protocol::Proxied;
 use super::recv_buffer::RecvBuffer;
 use super::registry::Registry;
 use super::schedule::{Due, Schedule};
@@ -227,6 +229,13 @@ pub struct ServiceConfig {
     /// takes a share of the connections. For servers whose sessions need
     /// nothing of each other across processes. Default: off.
     pub reuse_port: bool,
+    /// Every connection starts with a PROXY protocol version 2 header
+    /// (from a load balancer): the factory, the per-address limit,
+    /// [`Session::peer_addr`] and the logs see the client it names, and a
+    /// connection without a valid one is closed with the reason logged.
+    /// Only for a server behind such a balancer: anyone else could claim
+    /// any address. Default: off.
+    pub proxy_protocol: bool,
 }
 
 /// A quarter of the machine's memory, between 64 MiB and 8 GiB: the
@@ -257,6 +266,7 @@ impl Default for ServiceConfig {
             blocking_threads: 4,
             blocking_queue: 1024,
             reuse_port: false,
+            proxy_protocol: false,
         }
     }
 }
@@ -404,7 +414,13 @@ impl ServiceCore {
         stream: TcpStream,
         peer: SocketAddr,
     ) -> Result<Arc<Session>, String> {
-        let handler = (self.factory)(peer).inspect_err(|_| self.count_refusal())?;
+        // Behind a balancer the factory waits for the header that names
+        // the client (`proxy_protocol::Proxied` calls it).
+        let handler = if self.config.proxy_protocol {
+            Arc::new(Proxied::new())
+        } else {
+            self.make_handler(peer)?
+        };
         self.configure(&stream);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
         let stream = self.port_of(id).associate(stream, id);
@@ -425,6 +441,25 @@ impl ServiceCore {
         );
         self.registry.insert(self.worker_index(id), session.clone());
         Ok(session)
+    }
+
+    /// The program's handler for a session with `peer`, or the factory's
+    /// reason to refuse it (counted).
+    pub(crate) fn make_handler(&self, peer: SocketAddr) -> Result<Arc<dyn SessionHandler>, String> {
+        (self.factory)(peer).inspect_err(|_| self.count_refusal())
+    }
+
+    /// Makes `client` the address of `session` (a PROXY protocol header
+    /// named it), if the per-address limit lets it in; the refusal is
+    /// counted.
+    pub(crate) fn readdress(&self, session: &Session, client: SocketAddr) -> Result<(), String> {
+        let admitted = self.registry.readdress(session, client, |open| {
+            match per_address_refusal(&self.config, client, open) {
+                Some(refusal) => Err(refusal),
+                None => Ok(()),
+            }
+        });
+        admitted.inspect_err(|_| self.count_refusal())
     }
 
     fn configure(&self, stream: &TcpStream) {
