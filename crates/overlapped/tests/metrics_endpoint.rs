@@ -209,3 +209,31 @@ fn idle_connections_past_the_limit_never_keep_an_honest_scrape_out() {
     endpoint.stop();
     game.stop();
 }
+
+#[test]
+fn health_answers_503_while_a_worker_is_stuck_in_a_job() {
+    let _alone = alone();
+    let game = game();
+    let endpoint = endpoint(&game, EndpointConfig::default());
+    let room = overlapped::game::Room::new(&game, "stuck", ());
+    let (release, held) = std::sync::mpsc::channel::<()>();
+    assert!(room.push(move |_, _| {
+        let _ = held.recv();
+    }));
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let answer = get(endpoint.local_addr(), "/healthz");
+        if answer.starts_with("HTTP/1.1 503") {
+            assert!(answer.contains("workers [0] are stuck"), "{answer}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never unhealthy: {answer}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    release.send(()).unwrap();
+    endpoint.stop();
+    game.stop();
+}

@@ -22,6 +22,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use super::connection::{Session, SessionHandler};
+use super::heartbeat::Heartbeat;
 use super::http::{self, Head};
 use super::log_budget::LogBudget;
 use super::metrics::DisconnectKind;
@@ -54,9 +55,10 @@ impl Default for EndpointConfig {
     }
 }
 
-/// `GET /metrics` (Prometheus' text format) and `GET /healthz` (`ok`, or
-/// 503 once the service is stopping) for a [`Service`], on an address of
-/// its own. There is no Winsock counterpart; it is what a fleet scrapes.
+/// `GET /metrics` (Prometheus' text format) and `GET /healthz` (`ok`; 503
+/// once the service is stopping, or while one of its workers has not beat
+/// for 5 s — stuck in a job: see [`Service::heartbeat`]) for a
+/// [`Service`], on an address of its own. There is no Winsock counterpart; it is what a fleet scrapes.
 ///
 /// ```no_run
 /// # use std::sync::Arc;
@@ -92,6 +94,7 @@ impl MetricsEndpoint {
         }
         let shared = Arc::new(Shared {
             target: target.clone(),
+            heartbeat: target.heartbeat(BEAT),
             waiting: Mutex::new(VecDeque::new()),
             log: LogBudget::new(10),
             config: config.clone(),
@@ -126,6 +129,11 @@ impl MetricsEndpoint {
     }
 }
 
+/// How often the target's workers beat, and how long one may go without
+/// before `/healthz` says it is stuck.
+const BEAT: Duration = Duration::from_millis(500);
+const STALLED_AFTER: Duration = Duration::from_secs(5);
+
 /// The endpoint's own service: one worker, and the limits that bound it.
 fn service_config(config: &EndpointConfig) -> ServiceConfig {
     ServiceConfig {
@@ -150,6 +158,8 @@ fn service_config(config: &EndpointConfig) -> ServiceConfig {
 /// What every connection of an endpoint shares.
 struct Shared {
     target: Service,
+    /// The target's workers' beats: a stuck worker fails the health check.
+    heartbeat: Heartbeat,
     /// Connections that have not had their answer, oldest first.
     waiting: Mutex<VecDeque<Arc<Session>>>,
     /// Connections dropped (slow, idle, malformed, displaced), logged ten a
@@ -179,7 +189,10 @@ impl Shared {
                 self.target.metrics().to_prometheus(&self.config.prefix),
             ),
             "/healthz" if self.target.is_stopping() => (503, "text/plain", "stopping\n".into()),
-            "/healthz" => (200, "text/plain", "ok\n".into()),
+            "/healthz" => match self.heartbeat.stalled(STALLED_AFTER)[..] {
+                [] => (200, "text/plain", "ok\n".into()),
+                ref stuck => (503, "text/plain", format!("workers {stuck:?} are stuck\n")),
+            },
             _ => (
                 404,
                 "text/plain",

@@ -27,6 +27,7 @@
 pub(crate) mod blocking;
 mod connection;
 pub mod framing;
+mod heartbeat;
 mod http;
 pub(crate) mod jobs;
 mod lifecycle;
@@ -47,6 +48,7 @@ mod worker;
 
 pub use blocking::{BlockingError, BlockingLine, BlockingMetrics, BLOCKING_BOUNDS_US};
 pub use connection::{Session, SessionHandler};
+pub use heartbeat::Heartbeat;
 pub use lifecycle::StopSignals;
 pub use listener::Listener;
 pub use log_budget::LogBudget;
