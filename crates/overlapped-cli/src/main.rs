@@ -1,5 +1,7 @@
 //! `overlapped`: the seed's overlapped-I/O server and client, on Linux.
 
+#[cfg(feature = "agones")]
+mod agones;
 mod bench;
 /// The chat room (the library's `chat_server` example serves this file).
 mod chat;

@@ -184,3 +184,15 @@ fn reuse_port_is_refused_for_the_game_whose_rooms_would_split() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("--reuse-port"), "{stderr}");
 }
+
+#[cfg(not(feature = "agones"))]
+#[test]
+fn agones_in_a_build_without_it_is_refused_with_how_to_build_it() {
+    let output = common::binary()
+        .args(["server", "--model", "port", "--mode", "echo", "--agones"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--features agones"), "{stderr}");
+}

@@ -147,6 +147,12 @@ impl World {
         self.rooms.leave(&number, move |room, _| room.leave(id));
     }
 
+    /// Rooms open now (what Agones' `rooms` label says).
+    #[cfg_attr(not(feature = "agones"), allow(dead_code))]
+    pub fn rooms_open(&self) -> usize {
+        self.rooms.len()
+    }
+
     /// Writes the saves still waiting, until `deadline` (at exit).
     pub fn close(&self, deadline: Instant) -> CloseReport {
         self.persistence.close(deadline)

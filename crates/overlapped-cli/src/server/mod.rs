@@ -131,6 +131,19 @@ pub struct ServerArgs {
     /// database, for the benchmark that shows it never stalls a tick.
     #[arg(long, default_value_t = 0)]
     pub db_delay_ms: u64,
+    /// Live as an Agones GameServer: Ready once listening, health pings
+    /// while every worker beats, players and rooms tracked, allocation
+    /// logged (port model; a build with `--features agones`).
+    #[arg(long)]
+    pub agones: bool,
+    /// How often the Agones health ping goes (within the GameServer's
+    /// `health.periodSeconds`).
+    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(10..))]
+    pub agones_health_ms: u64,
+    /// Ask Agones to shut the server down once the last room of an
+    /// allocated server closed (with --agones).
+    #[arg(long)]
+    pub agones_shutdown_when_empty: bool,
     /// Serve `/metrics` (Prometheus text) and `/healthz` over HTTP on this
     /// address (port model).
     #[arg(long, value_parser = resolve_addr)]
@@ -198,6 +211,19 @@ pub fn run(args: ServerArgs) -> io::Result<()> {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             "--mode chat and --mode game run on the session layer: use them with --model port",
+        ));
+    }
+    if (args.agones || args.agones_shutdown_when_empty) && args.model != Model::Port {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "--agones runs on the session layer: use it with --model port",
+        ));
+    }
+    if args.agones && !cfg!(feature = "agones") {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "this build has no Agones SDK: build with `cargo build --release --features agones` \
+             (which needs protoc, Debian's protobuf-compiler)",
         ));
     }
     if args.reuse_port && args.mode == Mode::Game {

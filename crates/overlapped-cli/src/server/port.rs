@@ -58,6 +58,13 @@ pub fn run(args: &ServerArgs, signals: StopSignals) -> io::Result<()> {
             game.factory()
         }
     };
+    #[cfg(feature = "agones")]
+    let (factory, agones_events) = if args.agones {
+        let (tracker, events) = crate::agones::channel();
+        (crate::agones::track(factory, tracker), Some(events))
+    } else {
+        (factory, None)
+    };
     let service = Service::server_with(args.addr, config, factory)?;
     let metrics = match args
         .metrics_addr
@@ -73,8 +80,23 @@ pub fn run(args: &ServerArgs, signals: StopSignals) -> io::Result<()> {
     let addr = service.local_addr().expect("a server service listens");
     super::announce(addr);
     // The workers serve; this thread waits for the signal to stop.
+    #[cfg(feature = "agones")]
+    let agones = match agones_events {
+        Some(events) => match start_agones(args, &service, events, world.clone()) {
+            Ok(agones) => Some(agones),
+            Err(e) => {
+                service.stop();
+                return Err(e);
+            }
+        },
+        None => None,
+    };
     let grace = Duration::from_millis(args.shutdown_timeout_ms);
     service.run_until(signals, grace)?;
+    #[cfg(feature = "agones")]
+    if let Some(agones) = agones {
+        agones.stop();
+    }
     if let Some(endpoint) = metrics {
         endpoint.stop();
     }
@@ -91,6 +113,27 @@ pub fn run(args: &ServerArgs, signals: StopSignals) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The game server's life with Agones (`--agones`), the server listening.
+#[cfg(feature = "agones")]
+fn start_agones(
+    args: &ServerArgs,
+    service: &Service,
+    events: crate::agones::Events,
+    world: Option<Arc<World>>,
+) -> io::Result<crate::agones::Agones> {
+    let counted = service.clone();
+    let occupancy: crate::agones::Occupancy = Arc::new(move || {
+        let rooms = world.as_ref().map_or(0, |world| world.rooms_open());
+        (counted.session_count(), rooms)
+    });
+    let config = crate::agones::AgonesConfig {
+        sidecar: None,
+        health_every: Duration::from_millis(args.agones_health_ms),
+        shutdown_when_empty: args.agones_shutdown_when_empty,
+    };
+    crate::agones::Agones::start(service, events, occupancy, config)
 }
 
 /// The game's store, as `--db` names it (`--db-delay-ms` slows it down).
