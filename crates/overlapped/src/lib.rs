@@ -86,10 +86,10 @@ pub use backend::{backend, Backend};
 pub use driver::buf::{IoBuf, IoBufMut, Tail};
 pub use error::ErrorExt;
 pub use event::{wait_for_multiple_events, Event, WaitResult, INFINITE, MAXIMUM_WAIT_EVENTS};
-pub use net::{AsOverlappedSocket, TcpListener, TcpStream, UdpSocket};
+pub use net::{TcpListener, TcpStream, UdpSocket};
 pub use overlapped::{
-    get_overlapped_result, Overlapped, StartError, Started, Transfer, MSG_CTRUNC, MSG_OOB,
-    MSG_TRUNC,
+    get_overlapped_result, AsOverlappedSocket, Overlapped, StartError, Started, Transfer,
+    MSG_CTRUNC, MSG_OOB, MSG_TRUNC,
 };
 pub use port::{Completion, CompletionPort, PortListener, PortStream};
 pub use routine::sleep_ex;

@@ -10,7 +10,6 @@ use crate::driver;
 use crate::driver::op::{Notify, Op, Outcome};
 use crate::error;
 use crate::event::Event;
-use crate::net::AsOverlappedSocket;
 
 /// The record of one overlapped operation: the `WSAOVERLAPPED` counterpart.
 ///
@@ -308,6 +307,27 @@ impl<B> Drop for Overlapped<B> {
             }
         }
     }
+}
+
+pub(crate) mod sealed {
+    use std::sync::Arc;
+
+    use crate::driver::socket::Socket;
+
+    pub trait Sealed {
+        fn driver_socket(&self) -> &Arc<Socket>;
+    }
+}
+
+/// A socket that overlapped operations run on (a Winsock `SOCKET` created
+/// with `WSA_FLAG_OVERLAPPED`). Implemented by this crate's socket types.
+pub trait AsOverlappedSocket: sealed::Sealed {}
+
+impl<T: sealed::Sealed> AsOverlappedSocket for T {}
+
+/// The driver's side of one of our sockets.
+pub(crate) fn driver_socket<S: sealed::Sealed>(socket: &S) -> &Arc<crate::driver::socket::Socket> {
+    socket.driver_socket()
 }
 
 /// `WSAGetOverlappedResult(socket, overlapped, &bytes, wait, &flags)`:

@@ -14,29 +14,9 @@ use crate::driver::op::{IoParts, Notify, Op, OpKind, Outcome};
 use crate::driver::socket::Socket;
 use crate::driver::{self, buf::IoBuf, buf::IoBufMut};
 use crate::error;
+pub(crate) use crate::overlapped::{driver_socket, sealed};
 use crate::overlapped::{Overlapped, StartError, Started, Transfer};
 use crate::routine;
-
-mod sealed {
-    use std::sync::Arc;
-
-    use crate::driver::socket::Socket;
-
-    pub trait Sealed {
-        fn driver_socket(&self) -> &Arc<Socket>;
-    }
-}
-
-/// A socket that overlapped operations run on (a Winsock `SOCKET` created
-/// with `WSA_FLAG_OVERLAPPED`). Implemented by this crate's socket types.
-pub trait AsOverlappedSocket: sealed::Sealed {}
-
-impl<T: sealed::Sealed> AsOverlappedSocket for T {}
-
-/// The driver's side of one of our sockets.
-pub(crate) fn driver_socket<S: sealed::Sealed>(socket: &S) -> &Arc<Socket> {
-    socket.driver_socket()
-}
 
 /// Wraps a freshly made socket for the driver, making sure the driver can run.
 fn register(sock: socket2::Socket) -> io::Result<Arc<Socket>> {
