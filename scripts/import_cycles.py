@@ -77,6 +77,18 @@ def strip_tests(text):
 
 
 def references(path, text, modules):
+    # A `mod.rs` re-exporting its children declares them; what else it
+    # names of them is a dependency like any other.
+    reexported = set()
+    if path.name in ("mod.rs", "lib.rs"):
+        for m in REEXPORT.finditer(text):
+            reexported |= references_in(path, m.group(0), modules)
+        text = REEXPORT.sub("", text)
+    named = references_in(path, text, modules)
+    return {t for t in named | reexported if not (t in reexported and t not in named and is_own_child(path, t))}
+
+
+def references_in(path, text, modules):
     here = module_of(path)
     # `super` of a `mod.rs` is its parent; of `a/b.rs` it is `a`.
     parent = here[:-1]
@@ -101,19 +113,33 @@ def references(path, text, modules):
                 names.add(tuple(prefix))
     for m in PATH.finditer(GROUP.sub("", text)):
         names.add(tuple(resolve(m.group(1), m.group(2))))
+    # Paths from this module's own children (`use lanes::Next`,
+    # `op::Op::new`) and `self::`.
+    if path.name in ("mod.rs", "lib.rs"):
+        children = {parts[len(here)] for parts in modules if len(parts) == len(here) + 1 and list(parts[:len(here)]) == here}
+        for m in CHILD.finditer(text):
+            first = m.group(1)
+            if first == "self":
+                first = m.group(2).split("::")[1]
+            if first in children:
+                names.add(tuple(here + [first]))
     files = set()
     for parts in names:
         target = file_of(list(parts), modules)
-        if target and target != path and not is_own_child(path, target):
+        if target and target != path:
             files.add(target)
     return files
 
 
 def is_own_child(path, target):
-    """A `mod.rs` naming its own children declares them: not an edge."""
+    """Whether `target` is one of the modules under `path` (a `mod.rs`)."""
     if path.name not in ("mod.rs", "lib.rs"):
         return False
     return target.parent == path.parent or path.parent in target.parents
+
+
+CHILD = re.compile(r"(?<![:\w])([a-z_][a-z0-9_]*)((?:::[A-Za-z_][A-Za-z0-9_]*)+)")
+REEXPORT = re.compile(r"^\s*pub(?:\([^)]*\))?\s+use\s[^;]*;", re.M)
 
 
 def cycles(graph):

@@ -24,7 +24,6 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use super::service::ServiceCore;
 use crate::boundary::panic_message;
 
 /// Upper bounds, in microseconds, of the buckets of the blocking calls'
@@ -368,7 +367,7 @@ impl BlockingMetrics {
         ];
         for (what, help, buckets, sum) in histograms {
             let name = format!("{prefix}_blocking_{what}_seconds");
-            super::metrics::write_histogram(out, &name, help, &BLOCKING_BOUNDS_US, buckets, sum);
+            super::prometheus::write_histogram(out, &name, help, &BLOCKING_BOUNDS_US, buckets, sum);
         }
     }
 }
@@ -383,7 +382,7 @@ impl BlockingMetrics {
 /// Cloning gives another handle to the same line.
 #[derive(Clone)]
 pub struct BlockingLine {
-    core: Weak<ServiceCore>,
+    pool: Weak<BlockingPool>,
     id: u64,
 }
 
@@ -396,10 +395,10 @@ impl fmt::Debug for BlockingLine {
 }
 
 impl BlockingLine {
-    pub(crate) fn new(core: &Arc<ServiceCore>) -> BlockingLine {
+    pub(crate) fn new(pool: &Arc<BlockingPool>) -> BlockingLine {
         BlockingLine {
-            core: Arc::downgrade(core),
-            id: core.blocking().new_line(),
+            pool: Arc::downgrade(pool),
+            id: pool.new_line(),
         }
     }
 
@@ -416,8 +415,7 @@ impl BlockingLine {
         work: impl FnOnce() -> T + Send + 'static,
         then: impl FnOnce(Result<T, BlockingError>) + Send + 'static,
     ) -> Result<(), BlockingError> {
-        let core = self.core.upgrade().ok_or(BlockingError::Stopped)?;
-        let pool = core.blocking().clone();
+        let pool = self.pool.upgrade().ok_or(BlockingError::Stopped)?;
         let stats = pool.clone();
         let task = Box::new(move || {
             let started = Instant::now();

@@ -8,7 +8,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-use super::service::{now_millis, Service, ServiceCore};
+use super::clock::now_millis;
+use super::service::{Service, ServiceCore};
 
 /// The beats of a service's workers ([`Service::heartbeat`]). There is no
 /// Winsock counterpart.

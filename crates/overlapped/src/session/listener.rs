@@ -6,8 +6,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::clock::now_millis;
 use super::log_budget::LogBudget;
-use super::service::{now_millis, Io, ServiceConfig, ServiceCore};
+use super::service::{Io, ServiceConfig, ServiceCore};
 use crate::error::{ErrorExt, WSA_OPERATION_ABORTED};
 use crate::net::TcpListener;
 use crate::port::{Completion, PortListener};

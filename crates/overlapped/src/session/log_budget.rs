@@ -3,7 +3,7 @@
 
 use std::sync::Mutex;
 
-use super::service::now_millis;
+use super::clock::now_millis;
 
 /// Up to `per_second` lines a second; the lines past it are counted and
 /// summarised in the first line of the next second.

@@ -25,6 +25,7 @@
 //! session_order.rs` holds a test for each of these.
 
 pub(crate) mod blocking;
+mod clock;
 mod connection;
 pub mod framing;
 mod heartbeat;
@@ -36,6 +37,7 @@ mod log_budget;
 pub(crate) mod metrics;
 mod metrics_endpoint;
 mod packet;
+mod prometheus;
 mod proxy_protocol;
 mod recv_buffer;
 mod registry;

@@ -271,12 +271,7 @@ impl Default for ServiceConfig {
     }
 }
 
-/// Milliseconds on the clock of idle timeouts: the coarse monotonic clock,
-/// read once per completed packet, which needs no precision finer than its
-/// few milliseconds and costs a fraction of a precise read.
-pub(crate) fn now_millis() -> u64 {
-    crate::driver::sys::coarse_millis()
-}
+pub(crate) use super::clock::now_millis;
 
 /// What [`Service::shutdown`] did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -601,10 +596,6 @@ impl ServiceCore {
 
     pub(crate) fn release_in_transit(&self, bytes: usize) {
         self.in_transit.fetch_sub(bytes, Ordering::Relaxed);
-    }
-
-    pub(crate) fn blocking(&self) -> &Arc<BlockingPool> {
-        &self.blocking
     }
 
     pub(crate) fn config(&self) -> &ServiceConfig {
@@ -987,7 +978,7 @@ impl Service {
     /// A new line of blocking work on the service's pool (see
     /// [`BlockingLine`]).
     pub fn blocking_line(&self) -> BlockingLine {
-        BlockingLine::new(&self.core)
+        BlockingLine::new(&self.core.blocking)
     }
 
     /// Whether a [`Service::shutdown`] or [`Service::stop`] has begun: the
