@@ -6,7 +6,8 @@ use std::sync::{Arc, Weak};
 use bytes::Bytes;
 use rustc_hash::FxHashMap;
 
-use crate::session::service::{GroupCast, Io, ServiceCore};
+use crate::session::core::ServiceCore;
+use crate::session::io::{GroupCast, Io};
 use crate::session::{Service, Session};
 
 /// A set of sessions of one service that a broadcast reaches: the bytes

@@ -11,11 +11,13 @@ use std::sync::{Arc, OnceLock, Weak};
 use bytes::Bytes;
 
 use super::clock::now_millis;
+use super::core::ServiceCore;
+use super::io::{DisconnectNotice, Io};
 use super::metrics::Counters as WorkerCounters;
 use super::recv_buffer::RecvBuffer;
 use super::send_gate::SendGate;
 use super::send_queue::SendQueue;
-use super::service::{DisconnectNotice, Io, Service, ServiceCore};
+use super::service::Service;
 use crate::driver::buf::Tail;
 use crate::error::{ErrorExt, WSAENOBUFS, WSA_OPERATION_ABORTED};
 use crate::overlapped::Transfer;

@@ -9,7 +9,8 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use super::clock::now_millis;
-use super::service::{Service, ServiceCore};
+use super::core::ServiceCore;
+use super::service::Service;
 
 /// The beats of a service's workers ([`Service::heartbeat`]). There is no
 /// Winsock counterpart.

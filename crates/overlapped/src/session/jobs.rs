@@ -11,7 +11,8 @@
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
-use super::service::{Io, ServiceCore};
+use super::core::ServiceCore;
+use super::io::Io;
 use crate::boundary::panic_message;
 
 /// A job: the closure pushed, with what it needs to reach its room.

@@ -9,7 +9,8 @@ use std::time::Duration;
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
-use super::service::{Service, ShutdownReport};
+use super::service::Service;
+use super::shutdown::ShutdownReport;
 
 fn signal_name(signal: i32) -> &'static str {
     match signal {

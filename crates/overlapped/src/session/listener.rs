@@ -7,8 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::clock::now_millis;
+use super::config::ServiceConfig;
+use super::core::ServiceCore;
+use super::io::Io;
 use super::log_budget::LogBudget;
-use super::service::{Io, ServiceConfig, ServiceCore};
 use crate::error::{ErrorExt, WSA_OPERATION_ABORTED};
 use crate::net::TcpListener;
 use crate::port::{Completion, PortListener};

@@ -21,12 +21,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use super::config::ServiceConfig;
 use super::connection::{Session, SessionHandler};
 use super::heartbeat::Heartbeat;
 use super::http::{self, Head};
 use super::log_budget::LogBudget;
 use super::metrics::DisconnectKind;
-use super::service::{Service, ServiceConfig};
+use super::service::Service;
 
 /// Tunables of a [`MetricsEndpoint`].
 #[derive(Clone, Debug)]

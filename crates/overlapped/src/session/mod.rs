@@ -26,10 +26,14 @@
 
 pub(crate) mod blocking;
 mod clock;
+mod config;
 mod connection;
+pub(crate) mod core;
+mod dispatch;
 pub mod framing;
 mod heartbeat;
 mod http;
+pub(crate) mod io;
 pub(crate) mod jobs;
 mod lifecycle;
 mod listener;
@@ -45,10 +49,12 @@ pub(crate) mod schedule;
 mod send_gate;
 mod send_queue;
 pub(crate) mod service;
+mod shutdown;
 mod timers;
 mod worker;
 
 pub use blocking::{BlockingError, BlockingLine, BlockingMetrics, BLOCKING_BOUNDS_US};
+pub use config::{default_max_memory, ServiceConfig};
 pub use connection::{Session, SessionHandler};
 pub use heartbeat::Heartbeat;
 pub use lifecycle::StopSignals;
@@ -58,6 +64,5 @@ pub use metrics::{DisconnectKind, Metrics, TICK_LATENESS_BOUNDS_US};
 pub use metrics_endpoint::{EndpointConfig, MetricsEndpoint};
 pub use packet::{recv_buffer_for, PacketHandler, PacketSession};
 pub use recv_buffer::RecvBuffer;
-pub use service::{
-    default_max_memory, PeerFactory, Service, ServiceConfig, SessionFactory, ShutdownReport,
-};
+pub use service::{PeerFactory, Service, SessionFactory};
+pub use shutdown::ShutdownReport;

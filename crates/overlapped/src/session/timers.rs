@@ -4,8 +4,9 @@
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use super::clock::now_millis;
+use super::core::ServiceCore;
 use super::listener::Listener;
-use super::service::{now_millis, ServiceCore};
 
 /// What the timer thread waits for.
 #[derive(Default)]
