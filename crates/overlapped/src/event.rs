@@ -1,10 +1,11 @@
-//! `Event` (WSAEVENT) and `wait_for_multiple_events` (WSAWaitForMultipleEvents).
+//! `Event` (WSAEVENT), and the waits: `wait_for_multiple_events`
+//! (WSAWaitForMultipleEvents) and `sleep_ex` (SleepEx), alertable or not.
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
-use std::sync::Arc;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::time::{Duration, Instant};
 
+use crate::driver::signal::Signal;
 use crate::driver::sys;
 use crate::error;
 use crate::routine;
@@ -36,49 +37,54 @@ pub const INFINITE: Option<Duration> = None;
 /// operation completes.
 #[derive(Clone, Debug)]
 pub struct Event {
-    fd: Arc<OwnedFd>,
+    signal: Signal,
 }
 
 impl Event {
     /// Creates a manual-reset, non-signaled event (`WSACreateEvent`).
     pub fn new() -> io::Result<Event> {
         Ok(Event {
-            fd: Arc::new(sys::eventfd()?),
+            signal: Signal::new()?,
         })
     }
 
     /// Signals the event (`WSASetEvent`). Setting a signaled event keeps it
     /// signaled.
     pub fn set(&self) -> io::Result<()> {
-        sys::eventfd_signal(self.fd.as_raw_fd())
+        self.signal.set()
     }
 
     /// Returns the event to non-signaled (`WSAResetEvent`).
     pub fn reset(&self) -> io::Result<()> {
-        sys::eventfd_clear(self.fd.as_raw_fd())
+        self.signal.reset()
     }
 
     /// Whether the event is signaled now, without waiting or changing it
     /// (`WSAWaitForMultipleEvents` on this one event with a zero timeout).
     pub fn is_set(&self) -> io::Result<bool> {
-        Ok(sys::poll_readable(&[self.fd.as_raw_fd()], Some(Duration::ZERO))?[0])
+        self.signal.is_set()
     }
 
     /// Whether two handles name the same event.
     pub fn same_as(&self, other: &Event) -> bool {
-        Arc::ptr_eq(&self.fd, &other.fd)
+        self.signal.same_as(&other.signal)
+    }
+
+    /// The driver's signal under it, which completions set.
+    pub(crate) fn signal(&self) -> &Signal {
+        &self.signal
     }
 }
 
 impl AsRawFd for Event {
     fn as_raw_fd(&self) -> RawFd {
-        self.fd.as_raw_fd()
+        self.signal.as_raw_fd()
     }
 }
 
 impl AsFd for Event {
     fn as_fd(&self) -> BorrowedFd<'_> {
-        self.fd.as_fd()
+        self.signal.as_fd()
     }
 }
 
@@ -216,5 +222,33 @@ fn wait_all_signaled(
         if routines.is_some() && woke[woke.len() - 1] {
             return Ok(None);
         }
+    }
+}
+
+/// `SleepEx`: sleeps for `timeout` ([`crate::INFINITE`] = forever). When
+/// `alertable`, it returns early with [`WaitResult::IoCompletion`] after
+/// running the completion routines queued to this thread; otherwise it
+/// returns [`WaitResult::Timeout`] when the time is up.
+pub fn sleep_ex(timeout: Option<Duration>, alertable: bool) -> io::Result<WaitResult> {
+    if !alertable {
+        match timeout {
+            Some(t) => std::thread::sleep(t),
+            None => loop {
+                std::thread::park();
+            },
+        }
+        return Ok(WaitResult::Timeout);
+    }
+    let queue = routine::current_queue()?;
+    let deadline = timeout.map(|t| std::time::Instant::now() + t);
+    loop {
+        if routine::run_queued() {
+            return Ok(WaitResult::IoCompletion);
+        }
+        let left = deadline.map(|d| d.saturating_duration_since(std::time::Instant::now()));
+        if left == Some(Duration::ZERO) {
+            return Ok(WaitResult::Timeout);
+        }
+        sys::wait_readable([std::os::fd::AsRawFd::as_raw_fd(&queue.wake)], left)?;
     }
 }

@@ -85,14 +85,15 @@ pub(crate) use driver::sync;
 pub use backend::{backend, Backend};
 pub use driver::buf::{IoBuf, IoBufMut, Tail};
 pub use error::ErrorExt;
-pub use event::{wait_for_multiple_events, Event, WaitResult, INFINITE, MAXIMUM_WAIT_EVENTS};
+pub use event::{
+    sleep_ex, wait_for_multiple_events, Event, WaitResult, INFINITE, MAXIMUM_WAIT_EVENTS,
+};
 pub use net::{TcpListener, TcpStream, UdpSocket};
 pub use overlapped::{
     get_overlapped_result, AsOverlappedSocket, Overlapped, StartError, Started, Transfer,
     MSG_CTRUNC, MSG_OOB, MSG_TRUNC,
 };
 pub use port::{Completion, CompletionPort, PortListener, PortStream};
-pub use routine::sleep_ex;
 
 /// The README's Rust examples, compiled (and, where they can, run) as
 /// doctests, so the README cannot drift from the API.

@@ -260,7 +260,7 @@ impl<B: Send + 'static> Overlapped<B> {
             ));
         }
         let notify = match &self.event {
-            Some(event) => Notify::Event(event.clone()),
+            Some(event) => Notify::Event(event.signal().clone()),
             None => Notify::Silent,
         };
         let op = make_op(notify, buffers);

@@ -3,9 +3,9 @@
 //! An operation started with a routine (`WSARecv(..., lpCompletionRoutine)`)
 //! does not signal an event: when it completes, its routine is queued to the
 //! thread that started it (Windows' APC queue), and runs only when that
-//! thread enters an alertable wait: [`sleep_ex`] or
+//! thread enters an alertable wait: [`crate::sleep_ex`] or
 //! [`crate::wait_for_multiple_events`] with `alertable = true`, which then
-//! report [`WaitResult::IoCompletion`].
+//! report [`crate::WaitResult::IoCompletion`].
 //!
 //! The routines themselves stay on their thread (in a thread-local table),
 //! so they need not be `Send` and may hold `Rc`s; only the outcome travels.
@@ -14,10 +14,9 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::io;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use crate::driver::op::{IoParts, Notify, Outcome, Payload, Sink};
-use crate::event::{Event, WaitResult};
+use crate::driver::signal::Signal;
 
 /// A routine as the thread keeps it.
 pub(crate) type Routine = Box<dyn FnOnce(Outcome, Option<IoParts>)>;
@@ -26,7 +25,7 @@ pub(crate) type Routine = Box<dyn FnOnce(Outcome, Option<IoParts>)>;
 pub(crate) struct ApcQueue {
     ready: Mutex<Vec<(u64, Outcome, Option<IoParts>)>>,
     /// Signaled while `ready` is not empty; alertable waits watch it.
-    pub(crate) wake: Event,
+    pub(crate) wake: Signal,
 }
 
 impl Sink for ApcQueue {
@@ -69,7 +68,7 @@ pub(crate) fn current_queue() -> io::Result<Arc<ApcQueue>> {
         }
         let created = Arc::new(ApcQueue {
             ready: Mutex::new(Vec::new()),
-            wake: Event::new()?,
+            wake: Signal::new()?,
         });
         *queue = Some(created.clone());
         Ok(created)
@@ -121,33 +120,5 @@ pub(crate) fn run_queued() -> bool {
                 let _ = crate::boundary::catch("a completion routine", || routine(outcome, parts));
             }
         }
-    }
-}
-
-/// `SleepEx`: sleeps for `timeout` ([`crate::INFINITE`] = forever). When
-/// `alertable`, it returns early with [`WaitResult::IoCompletion`] after
-/// running the completion routines queued to this thread; otherwise it
-/// returns [`WaitResult::Timeout`] when the time is up.
-pub fn sleep_ex(timeout: Option<Duration>, alertable: bool) -> io::Result<WaitResult> {
-    if !alertable {
-        match timeout {
-            Some(t) => std::thread::sleep(t),
-            None => loop {
-                std::thread::park();
-            },
-        }
-        return Ok(WaitResult::Timeout);
-    }
-    let queue = current_queue()?;
-    let deadline = timeout.map(|t| std::time::Instant::now() + t);
-    loop {
-        if run_queued() {
-            return Ok(WaitResult::IoCompletion);
-        }
-        let left = deadline.map(|d| d.saturating_duration_since(std::time::Instant::now()));
-        if left == Some(Duration::ZERO) {
-            return Ok(WaitResult::Timeout);
-        }
-        crate::driver::sys::wait_readable([std::os::fd::AsRawFd::as_raw_fd(&queue.wake)], left)?;
     }
 }

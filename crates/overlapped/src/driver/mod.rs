@@ -24,6 +24,7 @@
 
 #![allow(unsafe_code)]
 
+pub mod backend;
 pub(crate) mod buf;
 pub(crate) mod buf_ring;
 pub(crate) mod epoll;
@@ -34,6 +35,7 @@ pub(crate) mod lanes;
 pub(crate) mod op;
 pub(crate) mod pool_tail;
 pub(crate) mod ring;
+pub(crate) mod signal;
 pub(crate) mod socket;
 pub(crate) mod sync;
 pub(crate) mod sys;
@@ -55,11 +57,6 @@ use crate::error::{self, ErrorExt};
 /// created on first use.
 pub(crate) fn backend() -> io::Result<&'static Arc<ring::Ring>> {
     ring::Ring::global()
-}
-
-/// Whether io_uring can be set up here with what the driver needs.
-pub(crate) fn probe_uring() -> io::Result<()> {
-    uring::probe()
 }
 
 /// Starts `op`: `Ok(Some(outcome))` when it completed at once (its event is

@@ -30,12 +30,12 @@ use std::sync::{Arc, OnceLock};
 use std::thread;
 use std::time::Duration;
 
+use super::backend::{self, Backend};
 use super::buf_ring::{BufRing, POOL_BUFFERS};
 use super::epoll::Epoll;
 use super::op::{Claim, Op};
 use super::sys;
 use super::uring::Uring;
-use crate::backend::{self, Backend};
 
 /// The environment variable that makes threads with nothing to reap sleep
 /// in `poll` instead of in the ring: `poll`, or `ring` (the default).

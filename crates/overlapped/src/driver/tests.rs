@@ -30,7 +30,7 @@ fn receive(socket: &Arc<Socket>, event: &Event) -> Arc<Op> {
     Op::new(
         OpKind::Recv,
         Some(socket.clone()),
-        Notify::Event(event.clone()),
+        Notify::Event(event.signal().clone()),
         Some(parts),
     )
 }
@@ -141,7 +141,7 @@ fn a_send_that_went_out_in_part_before_a_refused_submit_completes_with_its_bytes
     let op = Op::new(
         OpKind::Send,
         Some(socket.clone()),
-        Notify::Event(event.clone()),
+        Notify::Event(event.signal().clone()),
         Some(parts),
     );
     // The queue is empty, so a refused submit needs a full queue: fill it

@@ -3,7 +3,7 @@
 use std::thread;
 use std::time::Duration;
 
-/// Tunables of a [`Service`].
+/// Tunables of a [`Service`](super::Service).
 #[derive(Clone, Debug)]
 pub struct ServiceConfig {
     /// Worker threads, each with a completion port of its own; sessions are
@@ -68,7 +68,7 @@ pub struct ServiceConfig {
     /// Most bytes the service holds for all its sessions together — their
     /// send queues (each buffer with its cost), sends on their way to a
     /// worker, receive buffers and partial packets, as
-    /// [`Session::held_bytes`] counts them (0: no budget). Sessions are held
+    /// [`Session::held_bytes`](super::Session::held_bytes) counts them (0: no budget). Sessions are held
     /// to half of it — the other half is room for what those bytes cost
     /// the allocator, and for the server's own memory, so that the process
     /// stays within the budget: past that half, the sessions holding the
@@ -85,13 +85,13 @@ pub struct ServiceConfig {
     /// Default: 1024.
     pub blocking_queue: usize,
     /// Share the listening port with other processes that bind it the
-    /// same way (`SO_REUSEPORT`, see [`TcpListener::bind_shared`]): each
+    /// same way (`SO_REUSEPORT`, see [`TcpListener::bind_shared`](crate::TcpListener::bind_shared)): each
     /// takes a share of the connections. For servers whose sessions need
     /// nothing of each other across processes. Default: off.
     pub reuse_port: bool,
     /// Every connection starts with a PROXY protocol version 2 header
     /// (from a load balancer): the factory, the per-address limit,
-    /// [`Session::peer_addr`] and the logs see the client it names, and a
+    /// [`Session::peer_addr`](super::Session::peer_addr) and the logs see the client it names, and a
     /// connection without a valid one is closed with the reason logged.
     /// Only for a server behind such a balancer: anyone else could claim
     /// any address. Default: off.

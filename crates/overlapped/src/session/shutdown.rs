@@ -31,7 +31,7 @@ pub struct ShutdownReport {
     /// [`Service::run_until`]) ended the drain before its deadline: the
     /// `forced` sessions were dropped then, not at the deadline.
     pub cut_short: bool,
-    /// Blocking calls ([`BlockingLine`]) still waiting or running at the
+    /// Blocking calls ([`BlockingLine`](super::BlockingLine)) still waiting or running at the
     /// deadline: dropped, their results never delivered.
     pub blocking_unfinished: usize,
 }
@@ -77,7 +77,7 @@ impl fmt::Display for ShutdownReport {
 
 impl Service {
     /// Shuts the service down cleanly: stops accepting, closes every
-    /// session gracefully ([`Session::close_gracefully`]: queued sends are
+    /// session gracefully ([`Session::close_gracefully`](super::Session::close_gracefully): queued sends are
     /// flushed, then the peer sees the end of the stream), waits up to
     /// `timeout` for the peers to close, then stops the service, dropping
     /// whatever session is left.

@@ -28,8 +28,8 @@ pub(crate) use parts::{downcast, IoParts};
 pub(crate) use spare::Finished;
 
 use super::buf_ring::Lease;
+use super::signal::Signal;
 use super::socket::Socket;
-use crate::event::Event;
 use phase::Phase;
 
 /// An operation's memory, claimed by one thread (see [`phase::Claim`]).
@@ -44,7 +44,7 @@ pub(crate) struct Op {
     pub(crate) kind: OpKind,
     pub(crate) socket: Option<Arc<Socket>>,
     /// The event to signal (`Notify::Event`).
-    event: Option<Event>,
+    event: Option<Signal>,
     /// Where the outcome and the arrivals go (`Notify::Deliver`). Fixed for
     /// the operation's life, so an arrival reaches it without the lock.
     deliver: Option<Delivery>,

@@ -9,9 +9,9 @@ use smallbox::space::S4;
 use smallbox::SmallBox;
 
 use super::super::buf_ring::Lease;
+use super::super::signal::Signal;
 use super::Finished;
 use crate::error;
-use crate::event::Event;
 
 /// Where a completed operation's outcome and memory go: a completion
 /// routine's thread or a completion port. `tag` is what the sink was given
@@ -47,7 +47,7 @@ pub(crate) enum Notify {
     /// Only through the `Overlapped` (polling or `get_overlapped_result`).
     Silent,
     /// Signal this event (`OVERLAPPED::hEvent`).
-    Event(Event),
+    Event(Signal),
     /// Give the outcome and the buffers away (completion routine, port).
     Deliver(Delivery),
 }

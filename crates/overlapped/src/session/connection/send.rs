@@ -44,7 +44,7 @@ impl Session {
     /// are handed to the worker, which queues them.
     ///
     /// A peer that does not read lets the queue grow; once it would hold
-    /// more than [`super::ServiceConfig::max_send_queue`] bytes, the session
+    /// more than [`ServiceConfig::max_send_queue`](crate::session::ServiceConfig::max_send_queue) bytes, the session
     /// is disconnected instead (its `on_disconnected` runs on the worker,
     /// inside this call when it is made there).
     pub fn send(self: &Arc<Self>, data: Bytes) -> bool {
@@ -95,7 +95,7 @@ impl Session {
     /// Bytes the server holds for this session now: its queued sends
     /// (each buffer with its cost), the sends other threads handed to its
     /// worker that it has not queued yet, and its receive buffer. What the
-    /// service's memory budget ([`super::ServiceConfig::max_memory`])
+    /// service's memory budget ([`ServiceConfig::max_memory`](crate::session::ServiceConfig::max_memory))
     /// counts.
     pub fn held_bytes(&self) -> usize {
         self.held_queued.load(Ordering::Relaxed)
