@@ -14,15 +14,15 @@
 //! snapshot is late by its offset minus that one.
 
 use std::collections::{HashSet, VecDeque};
-use std::fmt;
 use std::io;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use overlapped::error::{ErrorExt, WSAENOBUFS};
 use overlapped::{Completion, CompletionPort, PortStream};
-use serde::Serialize;
 
+use super::game_report::GameReport;
+use super::game_wire::{f32_at, frame, move_number, position, u16_at, u32_at, u64_at};
 use super::{BenchArgs, BenchMode};
 
 const C_JOIN: u16 = 10;
@@ -41,9 +41,6 @@ const JOIN_LIMIT: Duration = Duration::from_secs(60);
 const SLOTS: usize = 50;
 /// Errors described in the report.
 const DESCRIBED: usize = 5;
-/// Positions encode the move number `k` as `(k % SPAN, k / SPAN)`, both
-/// whole numbers within the protocol's ±10000.
-const SPAN: u32 = 10_000;
 
 enum Req {
     Connect(usize),
@@ -110,41 +107,6 @@ struct Bot {
     earliest: i64,
     /// Offsets of the snapshots of the measured period, in µs.
     offsets: Vec<i64>,
-}
-
-fn frame(id: u16, payload: &[u8], out: &mut Vec<u8>) {
-    out.extend_from_slice(&((4 + payload.len()) as u16).to_le_bytes());
-    out.extend_from_slice(&id.to_le_bytes());
-    out.extend_from_slice(payload);
-}
-
-fn position(k: u32) -> (f32, f32) {
-    ((k % SPAN) as f32, (k / SPAN) as f32)
-}
-
-/// The move number a position encodes, if it is one of ours.
-fn move_number(x: f32, y: f32) -> Option<u32> {
-    let whole = |v: f32| v >= 0.0 && v <= SPAN as f32 && v.fract() == 0.0;
-    if !whole(x) || !whole(y) || x >= SPAN as f32 {
-        return None;
-    }
-    Some(y as u32 * SPAN + x as u32)
-}
-
-fn u16_at(b: &[u8], at: usize) -> u16 {
-    u16::from_le_bytes([b[at], b[at + 1]])
-}
-
-fn u32_at(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes(b[at..at + 4].try_into().unwrap())
-}
-
-fn u64_at(b: &[u8], at: usize) -> u64 {
-    u64::from_le_bytes(b[at..at + 8].try_into().unwrap())
-}
-
-fn f32_at(b: &[u8], at: usize) -> f32 {
-    f32::from_le_bytes(b[at..at + 4].try_into().unwrap())
 }
 
 impl Bot {
@@ -380,74 +342,6 @@ impl Bot {
 }
 
 /// The result of a game run.
-#[derive(Debug, Serialize)]
-pub struct GameReport {
-    pub mode: BenchMode,
-    pub rooms: u32,
-    pub players: u32,
-    pub bots: usize,
-    pub joined: usize,
-    pub tick_hz: u16,
-    pub seconds: f64,
-    /// Snapshots delivered (the common name of the other modes' reports).
-    pub messages: u64,
-    pub messages_per_sec: f64,
-    /// What every bot getting every snapshot would be.
-    pub expected_per_sec: f64,
-    pub entries: u64,
-    pub entries_per_sec: f64,
-    pub moves_sent: u64,
-    pub update_age_p50_us: u64,
-    pub update_age_p99_us: u64,
-    pub update_age_max_us: u64,
-    pub lateness_p50_us: u64,
-    pub lateness_p99_us: u64,
-    pub lateness_max_us: u64,
-    /// Snapshots missed: gaps in the tick numbers.
-    pub lost: u64,
-    pub errors: u64,
-    pub first_errors: Vec<String>,
-}
-
-impl fmt::Display for GameReport {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(
-            f,
-            "mode         game, {} rooms × {} players, {} of {} bots joined, {} Hz",
-            self.rooms, self.players, self.joined, self.bots, self.tick_hz
-        )?;
-        writeln!(
-            f,
-            "snapshots    {} in {:.2} s: {:.0}/s (every bot every tick: {:.0}/s)",
-            self.messages, self.seconds, self.messages_per_sec, self.expected_per_sec
-        )?;
-        writeln!(
-            f,
-            "entries      {:.0}/s; {} moves sent",
-            self.entries_per_sec, self.moves_sent
-        )?;
-        writeln!(
-            f,
-            "update age   p50 {} us, p99 {} us, max {} us",
-            self.update_age_p50_us, self.update_age_p99_us, self.update_age_max_us
-        )?;
-        writeln!(
-            f,
-            "lateness     p50 {} us, p99 {} us, max {} us",
-            self.lateness_p50_us, self.lateness_p99_us, self.lateness_max_us
-        )?;
-        write!(
-            f,
-            "lost         {}\nerrors       {}",
-            self.lost, self.errors
-        )?;
-        for what in &self.first_errors {
-            write!(f, "\n  {what}")?;
-        }
-        Ok(())
-    }
-}
-
 pub fn run(args: &BenchArgs, duration: Duration) -> io::Result<GameReport> {
     let rooms = args.rooms;
     let total = rooms as usize * args.players as usize;

@@ -3,6 +3,8 @@
 
 mod fanout;
 mod game;
+mod game_report;
+mod game_wire;
 mod load;
 mod report;
 
