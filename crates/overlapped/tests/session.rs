@@ -331,3 +331,33 @@ fn a_send_then_a_graceful_close_from_another_thread_delivers_the_send() {
     assert_eq!(rest, &farewell[..], "the send before the close went out");
     service.stop();
 }
+
+#[test]
+fn a_service_that_takes_completions_in_groups_serves_every_message_in_order() {
+    struct Echo;
+    impl SessionHandler for Echo {
+        fn on_recv(&self, session: &Arc<Session>, data: &[u8]) -> Result<usize, String> {
+            session.send_copy(data);
+            Ok(data.len())
+        }
+    }
+    let config = ServiceConfig {
+        workers: 1,
+        completion_batch_wait: Some(std::time::Duration::from_micros(300)),
+        ..ServiceConfig::default()
+    };
+    let service = Service::server("127.0.0.1:0", config, Arc::new(|| Arc::new(Echo))).unwrap();
+    let mut clients: Vec<std::net::TcpStream> =
+        (0..4).map(|_| common::connect_to(&service)).collect();
+    for n in 0u32..200 {
+        for client in &mut clients {
+            std::io::Write::write_all(client, &n.to_le_bytes()).unwrap();
+        }
+        for client in &mut clients {
+            let mut echo = [0; 4];
+            std::io::Read::read_exact(client, &mut echo).unwrap();
+            assert_eq!(u32::from_le_bytes(echo), n);
+        }
+    }
+    service.stop();
+}

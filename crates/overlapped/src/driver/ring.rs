@@ -205,6 +205,16 @@ impl Ring {
         }
     }
 
+    /// Has a thread sleeping in the ring wait up to `wait` for more
+    /// completions once one came (see `Uring::set_batch_wait`); `false`
+    /// where it cannot (epoll, a kernel before 6.12, reapers in `poll`).
+    pub(crate) fn set_batch_wait(&self, wait: Duration) -> bool {
+        match (&self.engine, &self.sleep) {
+            (Engine::Uring(uring), Sleep::InRing) => uring.set_batch_wait(wait),
+            _ => wait.is_zero(),
+        }
+    }
+
     /// Whether the ring's port was closed.
     pub(crate) fn is_retired(&self) -> bool {
         self.retired.load(Ordering::Acquire)

@@ -7,7 +7,7 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread;
 use std::time::Duration;
@@ -83,7 +83,17 @@ pub(crate) struct Uring {
     /// Serializes readers of the completion queue, and keeps the vector
     /// they copy completions into between reaps.
     reaped: Mutex<Vec<Reaped>>,
+    /// How long a sleeper waits for more completions once it could wake
+    /// (io_uring's minimum wait, `IORING_FEAT_MIN_TIMEOUT`, Linux 6.12); 0:
+    /// it wakes at the first.
+    batch_wait_usec: AtomicU32,
+    /// The kernel takes a minimum wait.
+    min_timeout: bool,
 }
+
+/// Completions a sleeper waits for when it batches: what one dispatch
+/// handles.
+const BATCH_WANT: usize = 64;
 
 /// A completion copied out of the queue: user data, result, flags.
 type Reaped = (u64, i32, u32);
@@ -215,6 +225,7 @@ impl Uring {
     }
 
     fn with(ring: IoUring, sleeps_in_ring: bool, confinement: Option<Confinement>) -> Uring {
+        let min_timeout = ring.params().is_feature_min_timeout();
         Uring {
             ring,
             confinement,
@@ -223,7 +234,18 @@ impl Uring {
             submit_lock: Mutex::new(()),
             held_back: AtomicBool::new(false),
             reaped: Mutex::new(Vec::new()),
+            batch_wait_usec: AtomicU32::new(0),
+            min_timeout,
         }
+    }
+
+    /// Has sleepers wait up to `wait` for more completions once one came
+    /// (where the kernel takes a minimum wait): fewer wake-ups, for at most
+    /// that much lateness. `false` where the kernel cannot.
+    pub(crate) fn set_batch_wait(&self, wait: Duration) -> bool {
+        let usec = u32::try_from(wait.as_micros()).unwrap_or(u32::MAX);
+        self.batch_wait_usec.store(usec, Ordering::Relaxed);
+        self.min_timeout || usec == 0
     }
 
     /// Whether the ring is confined to this thread.
@@ -512,7 +534,20 @@ impl Uring {
         // submitting while this one sleeps: the kernel takes only the
         // entries whose tail a pusher has published.
         let submitter = self.ring.submitter();
+        let batch = self.batch_wait_usec.load(Ordering::Relaxed);
         let waited = match timeout {
+            _ if batch > 0 && self.min_timeout => {
+                // Up to BATCH_WANT completions, for up to `batch` µs once
+                // the first could end the wait; still woken by the deadline.
+                let args = types::SubmitArgs::new().min_wait_usec(batch);
+                match timeout {
+                    Some(timeout) => {
+                        let timespec = types::Timespec::from(timeout);
+                        submitter.submit_with_args(BATCH_WANT, &args.timespec(&timespec))
+                    }
+                    None => submitter.submit_with_args(BATCH_WANT, &args),
+                }
+            }
             None => submitter.submit_and_wait(1),
             Some(timeout) => {
                 let timespec = types::Timespec::from(timeout);

@@ -231,6 +231,13 @@ impl<T: Send + 'static> CompletionPort<T> {
         &self.shared.ring
     }
 
+    /// Has the worker, once a completion could wake it, wait up to `wait`
+    /// for more (io_uring's minimum wait); `false` where the backend or the
+    /// kernel cannot.
+    pub(crate) fn set_batch_wait(&self, wait: Duration) -> bool {
+        self.shared.ring.set_batch_wait(wait)
+    }
+
     /// Makes the pool of buffers that multishot receives take from now,
     /// of about `buffers` buffers (a power of two, between the pool's
     /// least and most): under steady traffic the kernel takes every buffer

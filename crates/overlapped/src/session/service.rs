@@ -102,6 +102,14 @@ impl Service {
                 }
             }
         }
+        if let Some(wait) = core.config.completion_batch_wait {
+            let batching = core.ports.iter().all(|port| port.set_batch_wait(wait));
+            if !batching {
+                tracing::warn!(
+                    "completion_batch_wait takes io_uring on Linux 6.12 or later: ignored"
+                );
+            }
+        }
         let mut workers = Vec::new();
         {
             let core = core.clone();
