@@ -143,6 +143,15 @@ class Server:
             self.proc.wait()
 
 
+def free_port():
+    """A loopback port free now (ports above 32768 may be any client's)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def probe(addr):
     import socket
 
@@ -249,9 +258,7 @@ def run_game_load_with_ticks(command, args, duration, settle=3):
     """`run_load` for our game server, which also reads the server's own
     tick lateness from its metrics endpoint over the middle of the measured
     period (the joins before it left out: they take `settle` seconds)."""
-    global next_port
-    next_port += 1
-    metrics_addr = f"127.0.0.1:{next_port + 20000}"
+    metrics_addr = f"127.0.0.1:{free_port()}"
     server = Server(command + ["--metrics-addr", metrics_addr])
     try:
         user_before, sys_before = cpu_times(server.proc.pid)
