@@ -80,12 +80,33 @@ def references(path, text, modules):
     # A `mod.rs` re-exporting its children declares them; what else it
     # names of them is a dependency like any other.
     reexported = set()
+    named = set()
     if path.name in ("mod.rs", "lib.rs"):
+        body = DECLARATION.sub("", REEXPORT.sub("", text))
         for m in REEXPORT.finditer(text):
-            reexported |= references_in(path, m.group(0), modules)
-        text = REEXPORT.sub("", text)
-    named = references_in(path, text, modules)
+            targets = references_in(path, m.group(0), modules)
+            # A re-exported name the module uses itself is a dependency.
+            if any(re.search(rf"\b{name}\b", body) for name in reexported_names(m.group(0))):
+                named |= targets
+            else:
+                reexported |= targets
+        text = body
+    named |= references_in(path, text, modules)
     return {t for t in named | reexported if not (t in reexported and t not in named and is_own_child(path, t))}
+
+
+def reexported_names(statement):
+    """The names a `pub use` statement brings in (the last segment, or the alias)."""
+    inner = statement.split("use", 1)[1].rstrip(";")
+    names = []
+    for item in re.split(r"[,{}]", inner):
+        item = item.strip()
+        if not item or item.endswith("::"):
+            continue
+        name = item.split(" as ")[-1].split("::")[-1].strip()
+        if name and name not in ("self", "*"):
+            names.append(name)
+    return names
 
 
 def references_in(path, text, modules):
@@ -138,7 +159,8 @@ def is_own_child(path, target):
     return target.parent == path.parent or path.parent in target.parents
 
 
-CHILD = re.compile(r"(?<![:\w])([a-z_][a-z0-9_]*)((?:::[A-Za-z_][A-Za-z0-9_]*)+)")
+CHILD = re.compile(r"(?<![:\w])([a-z_][a-z0-9_]*)((?:::[A-Za-z_][A-Za-z0-9_]*)+|::\{)")
+DECLARATION = re.compile(r"^\s*(?:#\[[^\]]*\]\s*)*pub(?:\([^)]*\))?\s+mod\s+\w+;|^\s*mod\s+\w+;", re.M)
 REEXPORT = re.compile(r"^\s*pub(?:\([^)]*\))?\s+use\s[^;]*;", re.M)
 
 

@@ -312,7 +312,7 @@ impl<B> Drop for Overlapped<B> {
 pub(crate) mod sealed {
     use std::sync::Arc;
 
-    use crate::driver::socket::Socket;
+    use crate::driver::Socket;
 
     pub trait Sealed {
         fn driver_socket(&self) -> &Arc<Socket>;
@@ -326,7 +326,7 @@ pub trait AsOverlappedSocket: sealed::Sealed {}
 impl<T: sealed::Sealed> AsOverlappedSocket for T {}
 
 /// The driver's side of one of our sockets.
-pub(crate) fn driver_socket<S: sealed::Sealed>(socket: &S) -> &Arc<crate::driver::socket::Socket> {
+pub(crate) fn driver_socket<S: sealed::Sealed>(socket: &S) -> &Arc<crate::driver::Socket> {
     socket.driver_socket()
 }
 

@@ -48,14 +48,14 @@ pub(crate) fn chosen() -> io::Result<Backend> {
 
 fn choose(requested: &str) -> io::Result<Backend> {
     match requested.trim() {
-        "" | "auto" => match super::uring::probe() {
+        "" | "auto" => match super::uring::probe::probe() {
             Ok(()) => Ok(Backend::IoUring),
             Err(e) => {
                 tracing::warn!("io_uring is unavailable ({e}); using the epoll backend");
                 Ok(Backend::Epoll)
             }
         },
-        "uring" | "io_uring" => match super::uring::probe() {
+        "uring" | "io_uring" => match super::uring::probe::probe() {
             Ok(()) => Ok(Backend::IoUring),
             Err(e) => Err(io::Error::new(
                 e.kind(),

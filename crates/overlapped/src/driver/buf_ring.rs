@@ -11,7 +11,6 @@ use std::sync::{Arc, Mutex};
 use io_uring::IoUring;
 
 use super::pool_tail::PoolTail;
-use super::ring::Ring;
 use super::sys;
 
 /// Buffers in a ring's pool unless its owner asks for fewer (a power of
@@ -242,7 +241,7 @@ impl Drop for BufRing {
         // A kernel pool is never freed (see `register`).
         if let Picker::User { .. } = self.picker {
             // SAFETY: `data` is the mapping made in `in_memory`, and no
-            // lease outlives the pool (each holds its ring).
+            // lease outlives the pool (each holds it).
             unsafe { sys::unmap(self.data, data_bytes(self.buffers)) };
         }
     }
@@ -282,32 +281,30 @@ fn entries_bytes(buffers: u16) -> usize {
 /// One filled buffer of the pool, handed to the program; dropping it gives
 /// the buffer back to the kernel.
 pub struct Lease {
-    ring: Arc<Ring>,
+    /// The pool the buffer belongs to, kept alive by the lease.
+    pool: Arc<BufRing>,
     bid: u16,
     len: usize,
 }
 
 impl Lease {
-    pub(crate) fn new(ring: Arc<Ring>, bid: u16, len: usize) -> Lease {
-        Lease { ring, bid, len }
+    /// The lease of buffer `bid` of `pool`, which the kernel (or the epoll
+    /// backend) filled with `len` bytes and handed to this thread.
+    pub(crate) fn new(pool: Arc<BufRing>, bid: u16, len: usize) -> Lease {
+        Lease { pool, bid, len }
     }
 
     /// The received bytes.
     pub fn bytes(&self) -> &[u8] {
-        match self.ring.pool() {
-            // SAFETY: the lease holds buffer `bid`, filled with `len` bytes,
-            // until it is dropped.
-            Some(pool) => unsafe { pool.filled(self.bid, self.len) },
-            None => &[],
-        }
+        // SAFETY: the lease holds buffer `bid`, filled with `len` bytes,
+        // until it is dropped.
+        unsafe { self.pool.filled(self.bid, self.len) }
     }
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        if let Some(pool) = self.ring.pool() {
-            pool.recycle(self.bid);
-        }
+        self.pool.recycle(self.bid);
     }
 }
 
@@ -319,6 +316,7 @@ impl std::fmt::Debug for Lease {
 
 #[cfg(all(test, not(loom)))]
 mod tests {
+    use super::super::ring::Ring;
     use super::*;
 
     #[test]

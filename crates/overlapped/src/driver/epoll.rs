@@ -12,14 +12,15 @@
 use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use polling::{Event, Events, PollMode, Poller};
 
-use super::buf_ring::{Lease, POOL_BUFFER_SIZE};
+use super::buf_ring::{BufRing, Lease, POOL_BUFFER_SIZE};
+use super::lifecycle;
 use super::op::{Claim, Direction, IoParts, Op, OpKind};
-use super::ring::Ring;
 use super::sys;
 
 pub(crate) struct Epoll {
@@ -97,9 +98,10 @@ impl Epoll {
     ///
     /// `claim` holds the op's memory; on failure the op was not submitted,
     /// and the claim comes back.
+    /// `wake` wakes the ring's reaper.
     pub(crate) fn submit<'a>(
         &self,
-        ring: &Ring,
+        wake: &dyn Fn(),
         op: &'a Arc<Op>,
         mut claim: Claim<'a>,
     ) -> Result<(), (io::Error, Claim<'a>)> {
@@ -107,7 +109,7 @@ impl Epoll {
             claim.submit();
             let mut state = self.state();
             let result = cancel(&mut state, target);
-            self.finish_now(ring, state, op, result);
+            self.finish_now(wake, state, op, result);
             return Ok(());
         }
         let Some(socket) = op.socket.as_ref() else {
@@ -145,7 +147,7 @@ impl Epoll {
         // state's lock, which this thread holds until it is queued.
         claim.submit();
         if let Some(result) = immediate {
-            self.finish_now(ring, state, op, result);
+            self.finish_now(wake, state, op, result);
             return Ok(());
         }
         let waiting = state.sockets.entry(fd).or_default();
@@ -171,10 +173,16 @@ impl Epoll {
     }
 
     /// Completes `op` with `result` at the next reap, and wakes the reaper.
-    fn finish_now(&self, ring: &Ring, mut state: MutexGuard<'_, State>, op: &Arc<Op>, result: i32) {
+    fn finish_now(
+        &self,
+        wake: &dyn Fn(),
+        mut state: MutexGuard<'_, State>,
+        op: &Arc<Op>,
+        result: i32,
+    ) {
         state.ready.push(Reaped::Complete(op.clone(), result));
         drop(state);
-        ring.wake();
+        wake();
     }
 
     /// Arms `fd` for what its waiting operations need, if not armed so.
@@ -251,27 +259,35 @@ impl Epoll {
     /// completions are handled in the order they were made, by one thread.
     /// The state's lock is let go of meanwhile: a completion may start the
     /// next operation of its lane, which takes it.
-    pub(crate) fn drain(&self, ring: &Arc<Ring>) -> usize {
+    ///
+    /// `pool` is the ring's buffer pool, if it has one, and `in_flight` the
+    /// count of its operations whose final completion was not reaped.
+    pub(crate) fn drain(&self, pool: Option<&Arc<BufRing>>, in_flight: &AtomicUsize) -> usize {
         let mut finished = self.reaping.lock().unwrap_or_else(|p| p.into_inner());
         {
             let mut state = self.state();
             finished.append(&mut state.ready);
-            self.progress_ready(ring, &mut state, &mut finished);
+            self.progress_ready(pool, &mut state, &mut finished);
         }
         let count = finished.len();
         for item in finished.drain(..) {
             match item {
-                Reaped::Arrival(op, lease) => super::arrived(&op, lease),
+                Reaped::Arrival(op, lease) => lifecycle::arrived(&op, lease),
                 Reaped::Complete(op, result) => {
-                    ring.completed_one();
-                    super::complete(op, result);
+                    in_flight.fetch_sub(1, Ordering::AcqRel);
+                    lifecycle::complete(op, result);
                 }
             }
         }
         count
     }
 
-    fn progress_ready(&self, ring: &Arc<Ring>, state: &mut State, out: &mut Vec<Reaped>) {
+    fn progress_ready(
+        &self,
+        pool: Option<&Arc<BufRing>>,
+        state: &mut State,
+        out: &mut Vec<Reaped>,
+    ) {
         let State {
             sockets, events, ..
         } = state;
@@ -287,10 +303,10 @@ impl Epoll {
             };
             waiting.armed = None;
             if event.readable {
-                progress(ring, &mut waiting.readers, out);
+                progress(pool, &mut waiting.readers, out);
             }
             if event.writable {
-                progress(ring, &mut waiting.writers, out);
+                progress(pool, &mut waiting.writers, out);
             }
             if let Err(e) = self.arm(fd, waiting) {
                 // The socket cannot be watched any more: fail what waits on it.
@@ -326,10 +342,10 @@ const ARRIVALS_PER_EVENT: usize = 16;
 
 /// Carries out the operations at the head of `queue` while the socket lets
 /// them complete.
-fn progress(ring: &Arc<Ring>, queue: &mut VecDeque<Arc<Op>>, out: &mut Vec<Reaped>) {
+fn progress(pool: Option<&Arc<BufRing>>, queue: &mut VecDeque<Arc<Op>>, out: &mut Vec<Reaped>) {
     let mut arrivals = 0;
     while let Some(op) = queue.front() {
-        match attempt(ring, op) {
+        match attempt(pool, op) {
             Attempt::Wait => return,
             Attempt::Arrival(lease) => {
                 out.push(Reaped::Arrival(op.clone(), lease));
@@ -348,7 +364,7 @@ fn progress(ring: &Arc<Ring>, queue: &mut VecDeque<Arc<Op>>, out: &mut Vec<Reape
 }
 
 /// One non-blocking try at `op`.
-fn attempt(ring: &Arc<Ring>, op: &Op) -> Attempt {
+fn attempt(pool: Option<&Arc<BufRing>>, op: &Op) -> Attempt {
     let Some(socket) = &op.socket else {
         return Attempt::Done(-libc::EBADF);
     };
@@ -373,7 +389,7 @@ fn attempt(ring: &Arc<Ring>, op: &Op) -> Attempt {
             Ok(None) => Ok(Some(0)),
             Err(e) => Err(e),
         },
-        OpKind::RecvMulti => return receive_into_pool(ring, sock),
+        OpKind::RecvMulti => return receive_into_pool(pool, sock),
         OpKind::Cancel(_) | OpKind::CancelAll | OpKind::Shutdown(_) => Ok(Some(0)),
     };
     match outcome {
@@ -440,8 +456,8 @@ unsafe fn attempt_now(
 
 /// One arrival of a multishot receive, into a buffer of the ring's pool.
 /// Like io_uring, the receive ends with `ENOBUFS` when the pool is dry.
-fn receive_into_pool(ring: &Arc<Ring>, sock: &socket2::Socket) -> Attempt {
-    let Some(pool) = ring.pool() else {
+fn receive_into_pool(pool: Option<&Arc<BufRing>>, sock: &socket2::Socket) -> Attempt {
+    let Some(pool) = pool else {
         return Attempt::Done(-libc::ENOBUFS);
     };
     let Some((bid, ptr)) = pool.pick() else {
@@ -450,7 +466,7 @@ fn receive_into_pool(ring: &Arc<Ring>, sock: &socket2::Socket) -> Attempt {
     // SAFETY: `pick` handed this thread buffer `bid`, valid for
     // POOL_BUFFER_SIZE bytes, until it is recycled below or by its lease.
     match unsafe { sys::recv_now(sock, ptr, POOL_BUFFER_SIZE, 0) } {
-        Ok(Some(n)) if n > 0 => Attempt::Arrival(Lease::new(ring.clone(), bid, n)),
+        Ok(Some(n)) if n > 0 => Attempt::Arrival(Lease::new(pool.clone(), bid, n)),
         other => {
             pool.recycle(bid);
             match other {

@@ -33,7 +33,8 @@ use std::time::Duration;
 use super::backend::{self, Backend};
 use super::buf_ring::{BufRing, POOL_BUFFERS};
 use super::epoll::Epoll;
-use super::op::{Claim, Op};
+use super::op::{Claim, Op, Route};
+use super::socket::Forget;
 use super::sys;
 use super::uring::Uring;
 
@@ -90,18 +91,13 @@ pub(crate) struct Ring {
     /// Its port was closed: nothing new may start on it.
     retired: AtomicBool,
     /// The buffer pool of multishot receives, made on first use.
-    pool: OnceLock<BufRing>,
+    pool: OnceLock<Arc<BufRing>>,
 }
 
 /// The process-wide ring, or why it could not be made.
 static GLOBAL: OnceLock<Result<Arc<Ring>, (io::ErrorKind, String)>> = OnceLock::new();
 
 impl Ring {
-    /// The process-wide ring, if it was made already.
-    pub(crate) fn global_if_started() -> Option<&'static Arc<Ring>> {
-        GLOBAL.get()?.as_ref().ok()
-    }
-
     /// The process-wide ring, created with its completion thread on first use.
     pub(crate) fn global() -> io::Result<&'static Arc<Ring>> {
         let ring = GLOBAL.get_or_init(|| {
@@ -168,25 +164,25 @@ impl Ring {
     }
 
     /// The buffer pool, if one was made.
-    pub(crate) fn pool(&self) -> Option<&BufRing> {
+    pub(crate) fn pool(&self) -> Option<&Arc<BufRing>> {
         self.pool.get()
     }
 
     /// Makes the buffer pool (and registers it with io_uring) unless it
     /// already exists, with the most buffers a pool has.
-    pub(crate) fn ensure_pool(&self) -> io::Result<&BufRing> {
+    pub(crate) fn ensure_pool(&self) -> io::Result<&Arc<BufRing>> {
         self.ensure_pool_of(POOL_BUFFERS)
     }
 
     /// Makes the buffer pool with about `buffers` buffers (see
     /// `BufRing::register`) unless it already exists, whatever its size.
-    pub(crate) fn ensure_pool_of(&self, buffers: u16) -> io::Result<&BufRing> {
+    pub(crate) fn ensure_pool_of(&self, buffers: u16) -> io::Result<&Arc<BufRing>> {
         if let Some(pool) = self.pool.get() {
             return Ok(pool);
         }
         let pool = match &self.engine {
             Engine::Uring(uring) => return uring.register_pool(&self.pool, buffers),
-            Engine::Epoll(_) => BufRing::in_memory(buffers)?,
+            Engine::Epoll(_) => Arc::new(BufRing::in_memory(buffers)?),
         };
         Ok(self.pool.get_or_init(|| pool))
     }
@@ -280,7 +276,7 @@ impl Ring {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         let submitted = match &self.engine {
             Engine::Uring(uring) => uring.submit(op, claim, self.is_batching()),
-            Engine::Epoll(epoll) => epoll.submit(self, op, claim),
+            Engine::Epoll(epoll) => epoll.submit(&|| self.wake(), op, claim),
         };
         if submitted.is_err() {
             self.in_flight.fetch_sub(1, Ordering::AcqRel);
@@ -308,11 +304,6 @@ impl Ring {
         if let Engine::Epoll(epoll) = &self.engine {
             epoll.forget(fd);
         }
-    }
-
-    /// Called by the engines once per final completion.
-    pub(super) fn completed_one(&self) {
-        self.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 
     /// Completes whatever is ready; if nothing, sleeps until something is,
@@ -363,8 +354,8 @@ impl Ring {
 
     fn drain(self: &Arc<Self>) -> usize {
         match &self.engine {
-            Engine::Uring(uring) => uring.drain(self),
-            Engine::Epoll(epoll) => epoll.drain(self),
+            Engine::Uring(uring) => uring.drain(self.pool(), &self.in_flight),
+            Engine::Epoll(epoll) => epoll.drain(self.pool(), &self.in_flight),
         }
     }
 
@@ -413,6 +404,30 @@ impl Ring {
                 thread::sleep(Duration::from_millis(10));
             }
         }
+    }
+}
+
+impl Route for Ring {
+    fn submit<'a>(&self, op: &'a Arc<Op>, claim: Claim<'a>) -> Result<(), (io::Error, Claim<'a>)> {
+        Ring::submit(self, op, claim)
+    }
+
+    fn flush(&self) -> io::Result<()> {
+        Ring::flush(self)
+    }
+
+    fn is_retired(&self) -> bool {
+        Ring::is_retired(self)
+    }
+
+    fn is_batching(&self) -> bool {
+        Ring::is_batching(self)
+    }
+}
+
+impl Forget for Ring {
+    fn forget(&self, fd: RawFd) {
+        Ring::forget(self, fd)
     }
 }
 

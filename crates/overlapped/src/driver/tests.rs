@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use super::op::{IoParts, Notify, Op, OpKind};
 use super::ring::Ring;
-use super::socket::Socket;
+use super::Socket;
 use super::{close, fault, start};
 use crate::event::{wait_for_multiple_events, Event, WaitResult};
 

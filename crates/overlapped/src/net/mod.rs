@@ -11,7 +11,7 @@ use std::io;
 use std::sync::Arc;
 
 use crate::driver::op::{IoParts, Notify, Op, OpKind, Outcome};
-use crate::driver::socket::Socket;
+use crate::driver::Socket;
 use crate::driver::{self, buf::IoBuf, buf::IoBufMut};
 use crate::error;
 pub(crate) use crate::overlapped::{driver_socket, sealed};

@@ -10,7 +10,7 @@ use socket2::{Domain, Protocol, Type};
 
 use super::{cancel, register, sealed, start_recv, start_send, start_with_routine};
 use crate::driver::op::{IoParts, OpKind};
-use crate::driver::socket::Socket;
+use crate::driver::Socket;
 use crate::driver::{self, buf::IoBuf, buf::IoBufMut};
 use crate::overlapped::{Overlapped, StartError, Started, Transfer};
 

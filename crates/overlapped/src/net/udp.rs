@@ -9,7 +9,7 @@ use socket2::{Domain, Protocol, Type};
 use super::tcp::{each_address, socket_addr};
 use super::{cancel, register, sealed, start_recv, start_send};
 use crate::driver::op::OpKind;
-use crate::driver::socket::Socket;
+use crate::driver::Socket;
 use crate::driver::{self, buf::IoBuf, buf::IoBufMut};
 use crate::overlapped::{Overlapped, StartError, Started};
 

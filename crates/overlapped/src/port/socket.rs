@@ -8,7 +8,7 @@ use socket2::{Domain, Protocol, Type};
 
 use super::CompletionPort;
 use crate::driver::op::{IoParts, Op, OpKind};
-use crate::driver::socket::Socket;
+use crate::driver::Socket;
 use crate::driver::{self, buf::IoBuf, buf::IoBufMut};
 use crate::net::{TcpListener, TcpStream};
 use crate::overlapped::{StartError, Started};

@@ -1,12 +1,10 @@
 //! What an operation does.
 
-use std::sync::Arc;
-
 pub(crate) use super::super::lanes::Direction;
-use super::Op;
 
-/// What the operation does.
-pub(crate) enum OpKind {
+/// What the operation does. `T` is what a cancel names its target by (the
+/// operation record, [`super::OpKind`]).
+pub(crate) enum Kind<T> {
     /// Stream receive into the iovecs (`WSARecv`).
     Recv,
     /// Stream send of the iovecs, all of them (`WSASend`).
@@ -17,7 +15,7 @@ pub(crate) enum OpKind {
     SendTo,
     /// Cancel one in-flight operation (`CancelIoEx`). Holding the target
     /// keeps its address, which the kernel matches on, from being reused.
-    Cancel(Arc<Op>),
+    Cancel(T),
     /// Cancel every in-flight operation on the socket (`closesocket`).
     CancelAll,
     /// Accept a connection (`AcceptEx`); the new descriptor lands in
@@ -32,11 +30,11 @@ pub(crate) enum OpKind {
     RecvMulti,
 }
 
-impl OpKind {
+impl<T> Kind<T> {
     pub(crate) fn direction(&self) -> Option<Direction> {
         match self {
-            OpKind::Recv | OpKind::RecvFrom => Some(Direction::Recv),
-            OpKind::Send | OpKind::SendTo => Some(Direction::Send),
+            Kind::Recv | Kind::RecvFrom => Some(Direction::Recv),
+            Kind::Send | Kind::SendTo => Some(Direction::Send),
             _ => None,
         }
     }
@@ -44,10 +42,7 @@ impl OpKind {
     /// Whether the operation moves data or a connection (not a cancel or a
     /// shutdown, which a close does not abort).
     pub(crate) fn is_io(&self) -> bool {
-        !matches!(
-            self,
-            OpKind::Cancel(_) | OpKind::CancelAll | OpKind::Shutdown(_)
-        )
+        !matches!(self, Kind::Cancel(_) | Kind::CancelAll | Kind::Shutdown(_))
     }
 
     /// Whether the operation works on a socket without a lane: several may
@@ -55,7 +50,7 @@ impl OpKind {
     pub(crate) fn is_unordered(&self) -> bool {
         matches!(
             self,
-            OpKind::Accept | OpKind::Connect | OpKind::Shutdown(_) | OpKind::RecvMulti
+            Kind::Accept | Kind::Connect | Kind::Shutdown(_) | Kind::RecvMulti
         )
     }
 }

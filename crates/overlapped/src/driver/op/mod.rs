@@ -6,41 +6,103 @@
 //! never frees anything the kernel still uses. Nothing here is specific to
 //! io_uring: the backend only reads the prepared [`IoParts`].
 //!
+//! This module holds the record, how the program is told it finished (a
+//! [`Sink`], an event), where it goes ([`Route`]: the ring of its socket),
+//! and finished records kept for reuse ([`Finished`]). Its parts name
+//! nothing of it:
 //! - [`kind`]: what the operation does;
 //! - [`parts`]: the memory it lends to the kernel;
-//! - [`notify`]: how the program learns the outcome;
-//! - [`phase`]: who may touch the memory when (the lock-free protocol);
-//! - [`spare`]: finished operations kept for reuse.
+//! - [`outcome`]: what it came to;
+//! - [`phase`]: who may touch the memory when (the lock-free protocol).
 
 pub(crate) mod kind;
-pub(crate) mod notify;
+pub(crate) mod outcome;
 pub(crate) mod parts;
 pub(crate) mod phase;
-mod spare;
 
+use std::cell::RefCell;
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-pub(crate) use kind::{Direction, OpKind};
-pub(crate) use notify::{Delivery, Erased, Notify, Outcome, Payload, Sink};
+pub(crate) use kind::Direction;
+pub(crate) use outcome::{Erased, Outcome};
 pub(crate) use parts::{downcast, IoParts};
-pub(crate) use spare::Finished;
 
 use super::buf_ring::Lease;
 use super::signal::Signal;
-use super::socket::Socket;
+use super::socket;
 use phase::Phase;
+
+/// What the operation does; a cancel names its target.
+pub(crate) type OpKind = kind::Kind<Arc<Op>>;
+
+/// A socket as the driver sees it, with its operations and the rings they
+/// go to (see [`socket::Socket`]).
+pub type Socket = socket::Socket<Op, dyn Route>;
 
 /// An operation's memory, claimed by one thread (see [`phase::Claim`]).
 pub(crate) type Claim<'a> = phase::Claim<'a, IoParts, Outcome>;
+
+/// Where a socket's operations go: a ring, as the operations see it. The
+/// rings implement it; the operations and sockets name only this, so the
+/// ring and its backends can carry operations out without the operation
+/// types naming them back.
+pub trait Route: socket::Forget {
+    /// Hands `op`, whose memory `claim` holds, to the backend, which keeps
+    /// a reference to it until its completion has been reaped. On failure
+    /// the op was not submitted, and the claim comes back.
+    fn submit<'a>(&self, op: &'a Arc<Op>, claim: Claim<'a>) -> Result<(), (io::Error, Claim<'a>)>;
+
+    /// Hands held-back submissions to the kernel.
+    fn flush(&self) -> io::Result<()>;
+
+    /// Whether the ring's completion port was closed: nothing new may start.
+    fn is_retired(&self) -> bool;
+
+    /// Whether this thread is holding its submissions back for a batch.
+    fn is_batching(&self) -> bool;
+}
+
+/// Where a completed operation's outcome and memory go: a completion
+/// routine's thread or a completion port. `tag` is what the sink was given
+/// with the operation (a routine's id, a completion key).
+pub(crate) trait Sink: Send + Sync {
+    fn deliver(&self, tag: u64, outcome: Outcome, payload: Payload);
+}
+
+/// What a delivery hands over besides the outcome.
+pub(crate) enum Payload {
+    /// The operation itself, at its final completion: its memory (buffers,
+    /// an accepted connection) stays in it until taken with
+    /// [`Op::take_parts`], and the program's record, already taken out.
+    Done {
+        op: Finished,
+        record: Option<Erased>,
+    },
+    /// One arrival of a multishot receive, in a pooled buffer.
+    Lease(Lease),
+}
+
+/// A sink and the tag to deliver with.
+pub(crate) type Delivery = (Arc<dyn Sink>, u64);
+
+/// How the program learns that the operation completed.
+pub(crate) enum Notify {
+    /// Only through the `Overlapped` (polling or `get_overlapped_result`).
+    Silent,
+    /// Signal this event (`OVERLAPPED::hEvent`).
+    Event(Signal),
+    /// Give the outcome and the buffers away (completion routine, port).
+    Deliver(Delivery),
+}
 
 /// One operation, shared between the program and the driver.
 ///
 /// Its state is a few atomics, not a lock: a message passes through two
 /// operations (its receive and its reply), and each changes phase three or
 /// four times. Who may touch the memory follows from the [`phase`].
-pub(crate) struct Op {
+pub struct Op {
     pub(crate) kind: OpKind,
     pub(crate) socket: Option<Arc<Socket>>,
     /// The event to signal (`Notify::Event`).
@@ -72,7 +134,7 @@ impl Op {
         };
         let delivery_due = deliver.is_some();
         let phase = Phase::new(parts, Outcome::aborted());
-        if let Some(mut spare) = spare::take_spare() {
+        if let Some(mut spare) = take_spare() {
             if let Some(op) = Arc::get_mut(&mut spare) {
                 op.kind = kind;
                 op.socket = socket;
@@ -276,6 +338,67 @@ impl Op {
             None => Ok(()),
         }
     }
+}
+
+/// A completed operation as a sink hands it on: when the last reference to
+/// it goes, its allocation is kept for the next operation this thread
+/// starts. A server starts one per message; reusing the record saves an
+/// allocation and a free each time.
+pub(crate) struct Finished(Option<Arc<Op>>);
+
+impl Finished {
+    fn new(op: Arc<Op>) -> Finished {
+        Finished(Some(op))
+    }
+
+    /// The operation's memory (see [`Op::take_parts`]).
+    pub(crate) fn take_parts(&self) -> Option<IoParts> {
+        self.0.as_ref().and_then(|op| op.take_parts())
+    }
+}
+
+impl Drop for Finished {
+    fn drop(&mut self) {
+        if let Some(op) = self.0.take() {
+            keep_spare(op);
+        }
+    }
+}
+
+/// Most finished operations a thread keeps for reuse: enough for a burst of
+/// completions handled between two starts, small enough not to matter.
+const SPARE_OPS: usize = 256;
+
+thread_local! {
+    static SPARE: RefCell<Vec<Arc<Op>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Keeps `op` for reuse if nothing else refers to it: no kernel request,
+/// no cancel naming it, no `Overlapped`, no weak reference.
+fn keep_spare(mut op: Arc<Op>) {
+    let Some(unshared) = Arc::get_mut(&mut op) else {
+        return;
+    };
+    // Let go of what the operation held now, not when it is reused.
+    unshared.kind = OpKind::CancelAll;
+    unshared.socket = None;
+    unshared.event = None;
+    unshared.deliver = None;
+    unshared.phase = Phase::new(None, Outcome::aborted());
+    // During thread teardown the list may be gone: then the op is freed.
+    let _ = SPARE.try_with(|spare| {
+        let mut spare = spare.borrow_mut();
+        if spare.len() < SPARE_OPS {
+            spare.push(op);
+        }
+    });
+}
+
+fn take_spare() -> Option<Arc<Op>> {
+    SPARE
+        .try_with(|spare| spare.borrow_mut().pop())
+        .ok()
+        .flatten()
 }
 
 #[cfg(all(test, not(loom)))]

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use smallbox::{smallbox, SmallBox};
 
 use super::super::buf::{IoBuf, IoBufMut};
-use super::notify::Erased;
+use super::outcome::Erased;
 
 /// The message header and address buffer of the operations that need them
 /// (several buffers, datagrams, accept, connect), in one allocation.
@@ -22,7 +22,7 @@ pub(crate) struct Header {
 /// the kernel is given a pointer to lives on the heap, so moving `IoParts`
 /// moves no byte the kernel points at. A receive or send into one buffer
 /// needs no header and no iovec array: the kernel gets pointer and length.
-pub(crate) struct IoParts {
+pub struct IoParts {
     /// The program's buffers, `Vec<B>`, type-erased until they go back.
     buffers: Erased,
     /// The one buffer, when there is exactly one.

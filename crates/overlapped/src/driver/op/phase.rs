@@ -225,7 +225,7 @@ impl<P, O: Copy> Phase<P, O> {
 /// ([`Claim::submit`]), by finishing ([`Claim::finish`]), by taking the
 /// memory out ([`Claim::take`]) or, dropped (a failed start, an unwind),
 /// by giving it back to the phase it came from.
-pub(crate) struct Claim<'a, P, O: Copy> {
+pub struct Claim<'a, P, O: Copy> {
     phase: &'a Phase<P, O>,
     back_to: u8,
 }

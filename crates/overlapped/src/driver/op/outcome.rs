@@ -1,37 +1,14 @@
-//! How the program learns that an operation completed, and what it gets.
+//! What an operation comes to: its outcome, and the program's values the
+//! driver carries without knowing their type.
 
 use std::any::Any;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 use smallbox::space::S4;
 use smallbox::SmallBox;
 
-use super::super::buf_ring::Lease;
-use super::super::signal::Signal;
-use super::Finished;
 use crate::error;
-
-/// Where a completed operation's outcome and memory go: a completion
-/// routine's thread or a completion port. `tag` is what the sink was given
-/// with the operation (a routine's id, a completion key).
-pub(crate) trait Sink: Send + Sync {
-    fn deliver(&self, tag: u64, outcome: Outcome, payload: Payload);
-}
-
-/// What a delivery hands over besides the outcome.
-pub(crate) enum Payload {
-    /// The operation itself, at its final completion: its memory (buffers,
-    /// an accepted connection) stays in it until taken with
-    /// [`Op::take_parts`], and the program's record, already taken out.
-    Done {
-        op: Finished,
-        record: Option<Erased>,
-    },
-    /// One arrival of a multishot receive, in a pooled buffer.
-    Lease(Lease),
-}
 
 /// A value of the program's whose type the driver does not know (its
 /// buffers, its record). Up to four words are kept in place: a `Vec` of
@@ -39,22 +16,9 @@ pub(crate) enum Payload {
 /// and back without a heap allocation of their own.
 pub(crate) type Erased = SmallBox<dyn Any + Send, S4>;
 
-/// A sink and the tag to deliver with.
-pub(crate) type Delivery = (Arc<dyn Sink>, u64);
-
-/// How the program learns that the operation completed.
-pub(crate) enum Notify {
-    /// Only through the `Overlapped` (polling or `get_overlapped_result`).
-    Silent,
-    /// Signal this event (`OVERLAPPED::hEvent`).
-    Event(Signal),
-    /// Give the outcome and the buffers away (completion routine, port).
-    Deliver(Delivery),
-}
-
 /// The outcome of a completed operation.
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct Outcome {
+pub struct Outcome {
     /// Bytes transferred.
     pub(crate) bytes: usize,
     /// The errno the operation failed with, if it failed.

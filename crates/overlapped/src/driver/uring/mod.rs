@@ -7,19 +7,23 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread;
 use std::time::Duration;
 
-use io_uring::{cqueue, opcode, squeue, types, IoUring, Probe};
+use io_uring::{opcode, squeue, types, IoUring};
 
-use super::buf_ring::{BufRing, Lease, POOL_GROUP};
-use super::hand_over::HandOver;
-use super::op::{Claim, IoParts, Op, OpKind};
-use super::ring::Ring;
-use super::sync::Confined;
-use super::sys;
+use super::buf_ring::BufRing;
+use super::op::{Claim, Op};
+use confinement::Confinement;
+use entry::entry_for;
+use reap::{Reaped, DOORBELL_POLL, WAKE_NOP, WAKE_POLL};
+
+mod confinement;
+mod entry;
+pub(crate) mod probe;
+mod reap;
 
 /// Submission queue size. Requests waiting on sockets do not occupy it, only
 /// requests not yet handed to the kernel, so this bounds a burst, not the
@@ -28,39 +32,6 @@ const SQ_ENTRIES: u32 = 4096;
 /// Completion queue size: room for a large burst of completions between two
 /// reaps (the kernel keeps any overflow, see IORING_FEAT_NODROP).
 const CQ_ENTRIES: u32 = 32 * 1024;
-
-/// Checks that this kernel lets the process set up an io_uring with what the
-/// driver uses. Container seccomp profiles often refuse `io_uring_setup`.
-pub(crate) fn probe() -> io::Result<()> {
-    let ring: IoUring = IoUring::builder().setup_submit_all().build(8)?;
-    let mut probe = Probe::new();
-    ring.submitter().register_probe(&mut probe)?;
-    let needed = [
-        opcode::Recv::CODE,
-        opcode::Send::CODE,
-        opcode::RecvMsg::CODE,
-        opcode::SendMsg::CODE,
-        opcode::Accept::CODE,
-        opcode::Connect::CODE,
-        opcode::Shutdown::CODE,
-        opcode::AsyncCancel::CODE,
-    ];
-    match needed.iter().find(|&&code| !probe.is_supported(code)) {
-        Some(code) => Err(io::Error::new(
-            io::ErrorKind::Unsupported,
-            format!("io_uring lacks opcode {code}"),
-        )),
-        None => Ok(()),
-    }
-}
-
-/// `user_data` of the multishot poll on the owner's wake-up descriptor.
-/// An operation's `user_data` is the address of its `Op`, never this small.
-const WAKE_POLL: u64 = 1;
-/// `user_data` of a no-op submitted to wake a thread sleeping in the ring.
-const WAKE_NOP: u64 = 2;
-/// `user_data` of the multishot poll on a confined ring's doorbell.
-const DOORBELL_POLL: u64 = 3;
 
 /// `Uring::wake_poll` when no wake-up poll runs.
 const NO_WAKE_POLL: RawFd = -1;
@@ -94,75 +65,6 @@ pub(crate) struct Uring {
 /// Completions a sleeper waits for when it batches: what one dispatch
 /// handles.
 const BATCH_WANT: usize = 64;
-
-/// A completion copied out of the queue: user data, result, flags.
-type Reaped = (u64, i32, u32);
-
-/// What a ring confined to one thread needs: a ring set up with
-/// `IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN` (Linux 6.1),
-/// which the kernel lets only one thread enter, and which finishes requests
-/// only when that thread asks for completions — in its own time, instead of
-/// interrupting it. That thread, the *issuer*, is the one that enables the
-/// ring (it is made disabled, `IORING_SETUP_R_DISABLED`) and from then on the
-/// only one that writes the submission queue, so it takes no lock to do so.
-/// Any other thread hands its entries over and rings the doorbell, an
-/// eventfd that the issuer keeps a multishot poll on.
-///
-/// The issuer must outlive the ring's requests: once it has exited, the
-/// kernel refuses every other thread, and what is still in flight stays
-/// there (its memory is kept, never freed under the kernel).
-struct Confinement {
-    /// The vector the issuer copies completions into, which it alone
-    /// reaches: it reads the completion queue without a lock. Its owner is
-    /// the issuer, the thread that enabled the ring; unclaimed while the
-    /// ring is disabled.
-    reaped: Confined<Vec<Reaped>>,
-    /// Entries from other threads, in the order they came.
-    handed_over: HandOver<squeue::Entry>,
-    /// Rung by other threads to wake the issuer.
-    doorbell: OwnedFd,
-    /// The multishot poll on the doorbell runs.
-    doorbell_watched: AtomicBool,
-}
-
-impl Confinement {
-    fn new() -> io::Result<Confinement> {
-        Ok(Confinement {
-            reaped: Confined::new(Vec::new()),
-            handed_over: HandOver::new(),
-            doorbell: sys::eventfd()?,
-            doorbell_watched: AtomicBool::new(false),
-        })
-    }
-
-    fn on_issuer(&self) -> bool {
-        self.reaped.is_owned_here()
-    }
-
-    /// Whether another thread has claimed the ring.
-    fn claimed_elsewhere(&self) -> bool {
-        self.reaped.is_claimed() && !self.on_issuer()
-    }
-
-    /// Queues an entry from another thread for the issuer: it is written
-    /// either way; the error is the doorbell's.
-    fn hand_over(&self, entry: squeue::Entry, batching: bool) -> io::Result<()> {
-        self.handed_over.push(entry);
-        if batching {
-            // The doorbell rings when the batch ends.
-            return Ok(());
-        }
-        self.ring_doorbell()
-    }
-
-    fn ring_doorbell(&self) -> io::Result<()> {
-        #[cfg(all(test, not(loom)))]
-        if let Some(injected) = super::fault::doorbell() {
-            return Err(injected);
-        }
-        sys::eventfd_signal(self.doorbell.as_raw_fd())
-    }
-}
 
 impl Uring {
     /// Sets up a ring. A thread with nothing to reap sleeps in the ring
@@ -300,9 +202,9 @@ impl Uring {
     /// from its issuer.
     pub(crate) fn register_pool<'a>(
         &self,
-        slot: &'a OnceLock<BufRing>,
+        slot: &'a OnceLock<Arc<BufRing>>,
         buffers: u16,
-    ) -> io::Result<&'a BufRing> {
+    ) -> io::Result<&'a Arc<BufRing>> {
         if !self.may_reap() {
             return slot.get().ok_or_else(confined_elsewhere);
         }
@@ -310,7 +212,7 @@ impl Uring {
         if let Some(pool) = slot.get() {
             return Ok(pool);
         }
-        let pool = BufRing::register(&self.ring, buffers)?;
+        let pool = Arc::new(BufRing::register(&self.ring, buffers)?);
         Ok(slot.get_or_init(|| pool))
     }
 
@@ -639,18 +541,22 @@ impl Uring {
     /// completions of one request are handled in the order the kernel
     /// posted them, by one thread (a multishot receive's arrivals before
     /// its final completion, which lets go of the request).
-    pub(crate) fn drain(&self, owner: &Arc<Ring>) -> usize {
+    ///
+    /// `pool` is the ring's buffer pool, if it has one, and `in_flight` the
+    /// count of its requests whose final completion was not reaped.
+    pub(crate) fn drain(&self, pool: Option<&Arc<BufRing>>, in_flight: &AtomicUsize) -> usize {
         if self.is_issuer() {
-            if let Some(pool) = owner.pool() {
+            if let Some(pool) = pool {
                 pool.settle_on_issuer();
             }
         }
+        let owner = reap::Owner { pool, in_flight };
         let by_issuer = self.confinement.as_ref().and_then(|confinement| {
             confinement.reaped.with(|batch| {
                 // SAFETY: only the issuer reaps a confined ring (others may
                 // not even enter it), and `with` let only it in.
                 unsafe { self.copy_completions(batch) };
-                self.complete_all(owner, batch)
+                reap::complete_all(&owner, batch, |ended| self.poll_ended(ended))
             })
         });
         if let Some(reaped) = by_issuer {
@@ -660,7 +566,7 @@ impl Uring {
         // SAFETY: the `reaped` lock, held until the batch is handled, makes
         // this thread the only reader of the completion queue.
         unsafe { self.copy_completions(&mut batch) };
-        self.complete_all(owner, &mut batch)
+        reap::complete_all(&owner, &mut batch, |ended| self.poll_ended(ended))
     }
 
     /// Copies the posted completions into `batch`, so the queue's slots are
@@ -672,60 +578,6 @@ impl Uring {
         // SAFETY: per the contract.
         let completions = unsafe { self.ring.completion_shared() };
         batch.extend(completions.map(|cqe| (cqe.user_data(), cqe.result(), cqe.flags())));
-    }
-
-    /// Hands each completion in `batch` to the driver, emptying it.
-    fn complete_all(&self, owner: &Arc<Ring>, batch: &mut Vec<Reaped>) -> usize {
-        let reaped = batch.len();
-        for (user_data, result, flags) in batch.drain(..) {
-            if user_data <= DOORBELL_POLL {
-                // A wake-up only ends a wait. A poll that ended (the kernel
-                // stops a multishot poll on overflow) is posted again by the
-                // next sleep.
-                if !cqueue::more(flags) {
-                    self.poll_ended(user_data);
-                }
-                continue;
-            }
-            let arrival = cqueue::buffer_select(flags).filter(|_| result > 0);
-            if cqueue::more(flags) {
-                if let Some(bid) = arrival {
-                    let op = counted_reference(user_data);
-                    super::arrived(&op, Lease::new(owner.clone(), bid, result as usize));
-                }
-                continue;
-            }
-            owner.completed_one();
-            // SAFETY: every submitted entry carries a reference made by
-            // `Arc::into_raw` in `submit`, and the kernel posts exactly one
-            // final completion (without IORING_CQE_F_MORE) for it, so each
-            // reference is taken back exactly once.
-            let op = unsafe { Arc::from_raw(user_data as *const Op) };
-            if let Some(bid) = arrival {
-                // A multishot receive that stopped with data in hand.
-                super::arrived(&op, Lease::new(owner.clone(), bid, result as usize));
-            }
-            super::complete(op, result);
-        }
-        reaped
-    }
-}
-
-/// A reference of its own to the op of a request the kernel is not done
-/// with (it posted a completion with `IORING_CQE_F_MORE`), for as long as
-/// one of its arrivals is handled: the ring's own reference is let go of
-/// only at the request's final completion, which the one reaper handles
-/// after this one.
-fn counted_reference(user_data: u64) -> Arc<Op> {
-    let op = user_data as *const Op;
-    // SAFETY: `user_data` is a reference made by `Arc::into_raw` in
-    // `Uring::submit`, which the ring holds until the final completion;
-    // that completion comes after this one and is handled after it by the
-    // same reaper (see `Uring::drain`), so the op is alive here. Counting
-    // one more reference leaves the ring's own untouched.
-    unsafe {
-        Arc::increment_strong_count(op);
-        Arc::from_raw(op)
     }
 }
 
@@ -757,79 +609,4 @@ fn confined_elsewhere() -> io::Error {
         io::ErrorKind::PermissionDenied,
         "this ring is confined to another thread (IORING_SETUP_SINGLE_ISSUER)",
     )
-}
-
-/// Builds the submission entry of `op` from its memory, which the caller
-/// has claimed. Its pointers stay valid until the completion, because the
-/// op owns the memory and the ring owns the op.
-fn entry_for(op: &Op, parts: Option<&mut IoParts>) -> io::Result<squeue::Entry> {
-    let fd = op
-        .socket
-        .as_ref()
-        .map(|s| types::Fd(s.sock.as_raw_fd()))
-        .ok_or_else(|| io::Error::from_raw_os_error(libc::EBADF));
-    Ok(match (&op.kind, parts) {
-        (OpKind::Cancel(target), _) => opcode::AsyncCancel::new(Arc::as_ptr(target) as u64).build(),
-        (OpKind::CancelAll, _) => {
-            opcode::AsyncCancel2::new(types::CancelBuilder::fd(fd?).all()).build()
-        }
-        (OpKind::Shutdown(how), _) => opcode::Shutdown::new(fd?, *how).build(),
-        (OpKind::RecvMulti, _) => opcode::RecvMulti::new(fd?, POOL_GROUP).build(),
-        (kind, Some(parts)) => data_entry(kind, fd?, parts),
-        (_, None) => return Err(io::Error::from_raw_os_error(libc::EINVAL)),
-    })
-}
-
-/// The most bytes one entry's length may give.
-const MAX_LEN: u32 = i32::MAX as u32;
-
-/// The entry of an operation that uses the op's memory.
-fn data_entry(kind: &OpKind, fd: types::Fd, parts: &mut IoParts) -> squeue::Entry {
-    // A stream send completes only when every byte is taken, as an
-    // overlapped WSASend does: MSG_WAITALL.
-    let stream_send = (libc::MSG_NOSIGNAL | libc::MSG_WAITALL) as u32;
-    // The kernel takes at most `i32::MAX` bytes in an entry's length (more
-    // is `EINVAL`): a larger single buffer is received into in part (a
-    // stream receive may complete short), and sent through a message
-    // header, whose iovec takes any length.
-    let single = parts.single();
-    let small = single.map(|(ptr, len)| (ptr, u32::try_from(len).ok().filter(|&l| l <= MAX_LEN)));
-    match (kind, small) {
-        (OpKind::Recv, Some((ptr, len))) => {
-            opcode::Recv::new(fd, ptr, len.unwrap_or(MAX_LEN)).build()
-        }
-        (OpKind::Send, Some((ptr, Some(len)))) => opcode::Send::new(fd, ptr, len)
-            .flags(stream_send as i32)
-            .build(),
-        (OpKind::Send, Some((_, None))) => opcode::SendMsg::new(fd, parts.msg_ptr())
-            .flags(stream_send)
-            .build(),
-        (OpKind::Recv, None) => opcode::RecvMsg::new(fd, parts.msg_ptr()).build(),
-        (OpKind::Send, None) => opcode::SendMsg::new(fd, parts.msg_ptr())
-            .flags(stream_send)
-            .build(),
-        // With MSG_TRUNC the kernel reports a datagram's real length, which
-        // tells us it did not fit (Winsock's WSAEMSGSIZE).
-        (OpKind::RecvFrom, _) => opcode::RecvMsg::new(fd, parts.msg_ptr())
-            .flags(libc::MSG_TRUNC as u32)
-            .build(),
-        (OpKind::SendTo, _) => opcode::SendMsg::new(fd, parts.msg_ptr())
-            .flags(libc::MSG_NOSIGNAL as u32)
-            .build(),
-        (OpKind::Accept, _) => {
-            let (addr, len) = parts.addr_ptrs();
-            opcode::Accept::new(fd, addr, len)
-                .flags(libc::SOCK_CLOEXEC)
-                .build()
-        }
-        (OpKind::Connect, _) => {
-            let (addr, len) = parts.addr_ptrs();
-            // SAFETY: `len` points into the op's header, set by `use_address`
-            // and not changed by a connect; read here before submission.
-            opcode::Connect::new(fd, addr, unsafe { *len }).build()
-        }
-        (OpKind::Cancel(_) | OpKind::CancelAll | OpKind::Shutdown(_) | OpKind::RecvMulti, _) => {
-            unreachable!("operations without memory are built in entry_for")
-        }
-    }
 }
