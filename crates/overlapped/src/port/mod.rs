@@ -46,7 +46,6 @@ use wake::Wake;
 use std::collections::VecDeque;
 use std::fmt;
 use std::io;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -56,7 +55,6 @@ use crate::driver::op::{self, Notify, Outcome, Payload, Sink};
 use crate::driver::ring::Ring;
 use crate::error;
 use crate::event::Event;
-use crate::net::TcpStream;
 use crate::overlapped::Transfer;
 use crate::sync::{current_thread, Confined, ThreadKey};
 use std::os::fd::AsRawFd;
@@ -285,35 +283,6 @@ impl<T: Send + 'static> CompletionPort<T> {
     /// The number of worker threads the port was created for.
     pub fn concurrency(&self) -> usize {
         self.shared.concurrency
-    }
-
-    /// Associates a connected socket with the port under `key`
-    /// (`CreateIoCompletionPort(socket, port, key, 0)`): every operation on
-    /// the returned stream reports here.
-    pub fn associate(&self, stream: TcpStream, key: u64) -> PortStream<T> {
-        PortStream::new(stream, self.clone(), key)
-    }
-
-    /// Associates a listening socket with the port under `key`, for
-    /// overlapped accepts ([`PortListener::accept`]).
-    pub fn associate_listener(
-        &self,
-        listener: crate::TcpListener,
-        key: u64,
-    ) -> io::Result<PortListener<T>> {
-        PortListener::new(listener, self.clone(), key)
-    }
-
-    /// Starts an overlapped connect (`ConnectEx`) on a new socket associated
-    /// with the port under `key`. The stream comes back at once; the packet
-    /// carrying `record` reports whether the connection was made.
-    pub fn connect(
-        &self,
-        addr: SocketAddr,
-        key: u64,
-        record: T,
-    ) -> Result<PortStream<T>, (io::Error, T)> {
-        PortStream::connect(self.clone(), addr, key, record)
     }
 
     /// Queues a packet of the program's own (`PostQueuedCompletionStatus`):

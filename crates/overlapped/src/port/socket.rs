@@ -13,6 +13,38 @@ use crate::driver::{self, buf::IoBuf, buf::IoBufMut};
 use crate::net::{TcpListener, TcpStream};
 use crate::overlapped::{StartError, Started};
 
+/// Associating sockets with a port (`CreateIoCompletionPort` with a socket).
+impl<T: Send + 'static> CompletionPort<T> {
+    /// Associates a connected socket with the port under `key`
+    /// (`CreateIoCompletionPort(socket, port, key, 0)`): every operation on
+    /// the returned stream reports here.
+    pub fn associate(&self, stream: TcpStream, key: u64) -> PortStream<T> {
+        PortStream::new(stream, self.clone(), key)
+    }
+
+    /// Associates a listening socket with the port under `key`, for
+    /// overlapped accepts ([`PortListener::accept`]).
+    pub fn associate_listener(
+        &self,
+        listener: TcpListener,
+        key: u64,
+    ) -> io::Result<PortListener<T>> {
+        PortListener::new(listener, self.clone(), key)
+    }
+
+    /// Starts an overlapped connect (`ConnectEx`) on a new socket associated
+    /// with the port under `key`. The stream comes back at once; the packet
+    /// carrying `record` reports whether the connection was made.
+    pub fn connect(
+        &self,
+        addr: SocketAddr,
+        key: u64,
+        record: T,
+    ) -> Result<PortStream<T>, (io::Error, T)> {
+        PortStream::connect(self.clone(), addr, key, record)
+    }
+}
+
 /// A TCP stream associated with a completion port: its receives, sends and
 /// disconnect report to the port as packets carrying a record `T`.
 ///

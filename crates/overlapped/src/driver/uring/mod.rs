@@ -24,14 +24,7 @@ mod confinement;
 mod entry;
 pub(crate) mod probe;
 mod reap;
-
-/// Submission queue size. Requests waiting on sockets do not occupy it, only
-/// requests not yet handed to the kernel, so this bounds a burst, not the
-/// number of operations in flight.
-const SQ_ENTRIES: u32 = 4096;
-/// Completion queue size: room for a large burst of completions between two
-/// reaps (the kernel keeps any overflow, see IORING_FEAT_NODROP).
-const CQ_ENTRIES: u32 = 32 * 1024;
+mod setup;
 
 /// `Uring::wake_poll` when no wake-up poll runs.
 const NO_WAKE_POLL: RawFd = -1;
@@ -75,55 +68,12 @@ impl Uring {
     /// [`Confinement`]) is made where the kernel can (6.1) and the thread
     /// sleeps in the ring; otherwise the ring is an ordinary one.
     pub(crate) fn new(cooperative: bool, sleep_in_ring: bool, confined: bool) -> io::Result<Uring> {
-        if confined && sleep_in_ring {
-            if let Some(uring) = Uring::confined()? {
-                return Ok(uring);
-            }
-        }
-        let mut builder = IoUring::builder();
-        builder
-            .setup_cqsize(CQ_ENTRIES)
-            // Submit every entry even if an earlier one fails to prepare; its
-            // error then arrives as a completion like any other.
-            .setup_submit_all();
-        if cooperative {
-            builder.setup_coop_taskrun();
-        }
-        let ring = match builder.build(SQ_ENTRIES) {
-            // Kernels before 5.19 do not know the flag: do without it.
-            Err(e) if cooperative && e.raw_os_error() == Some(libc::EINVAL) => {
-                return Uring::new(false, sleep_in_ring, false);
-            }
-            other => other?,
-        };
-        // A wait with a timeout needs IORING_FEAT_EXT_ARG (5.11), the
-        // multishot wake-up poll 5.13, the kernel that brought
-        // IORING_FEAT_RSRC_TAGS, which stands for it here.
-        let params = ring.params();
-        let sleeps_in_ring =
-            sleep_in_ring && params.is_feature_ext_arg() && params.is_feature_resource_tagging();
-        Ok(Uring::with(ring, sleeps_in_ring, None))
-    }
-
-    /// A confined ring, or `None` where the kernel cannot make one.
-    fn confined() -> io::Result<Option<Uring>> {
-        let built = IoUring::builder()
-            .setup_cqsize(CQ_ENTRIES)
-            .setup_submit_all()
-            .setup_single_issuer()
-            .setup_defer_taskrun()
-            .setup_r_disabled()
-            .build(SQ_ENTRIES);
-        let ring = match built {
-            // Kernels before 6.1 do not know the flags.
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => return Ok(None),
-            other => other?,
-        };
-        let params = ring.params();
-        if !(params.is_feature_ext_arg() && params.is_feature_resource_tagging()) {
-            return Ok(None);
-        }
-        Ok(Some(Uring::with(ring, true, Some(Confinement::new()?))))
+        let setup::Built {
+            ring,
+            sleeps_in_ring,
+            confinement,
+        } = setup::build(cooperative, sleep_in_ring, confined)?;
+        Ok(Uring::with(ring, sleeps_in_ring, confinement))
     }
 
     fn with(ring: IoUring, sleeps_in_ring: bool, confinement: Option<Confinement>) -> Uring {
