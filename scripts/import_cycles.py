@@ -9,9 +9,18 @@ A file's module is its path (`src/driver/op/mod.rs` is `driver::op`); a
 path names the deepest module file it reaches (`crate::driver::op::Op` is
 `driver/op/mod.rs`, `crate::session::Service` is `session/mod.rs`, which
 re-exports it — so a re-export through a `mod.rs` is an edge to that
-`mod.rs`, and a `mod.rs` that declares its children is not an edge to
-them). Unit-test modules (`tests.rs`, `#[cfg(test)]` blocks) and loom
-models are left out: they may reach anywhere.
+`mod.rs`). A `mod.rs` that declares its children, or re-exports them
+without using what it re-exports, names none of them; one that uses a
+child's item (`use kind::OpKind`, then `OpKind` in its own code, or
+`spare::take_spare()`) names that child. `use super::*` names the parent.
+Unit-test modules (`tests.rs`, `#[cfg(test)]` and `#[cfg(all(test, ...))]`
+blocks) and loom models are left out: they may reach anywhere.
+
+What it cannot see: which file defines a method it calls. A child file
+may add an `impl` block to its parent's type, as `session/connection/
+send.rs` and `recv.rs` do to `Session`: the child names the parent, and
+the parent calling the child's methods is not counted — one type kept in
+several files, not two layers.
 """
 
 import argparse
@@ -26,6 +35,7 @@ LINE_LIMIT = 600
 OTHER_SOURCES = [ROOT / "crates" / "overlapped-cli" / "src"]
 
 PATH = re.compile(r"\b(crate|super)((?:::[A-Za-z_][A-Za-z0-9_]*)+)")
+GLOB = re.compile(r"\b(crate|super)((?:::[A-Za-z_][A-Za-z0-9_]*)*)::\*")
 GROUP = re.compile(r"\b(crate|super)((?:::[A-Za-z_][A-Za-z0-9_]*)*)::\{([^;]*?)\}", re.S)
 
 
@@ -49,7 +59,7 @@ def strip_tests(text):
     """The text without `#[cfg(test)]` / `#[cfg(loom)]` items and comments."""
     text = re.sub(r"//[^\n]*", "", text)
     out, i = [], 0
-    marker = re.compile(r"#\[cfg\((?:test|loom|all\(test[^)]*\))\)\]")
+    marker = re.compile(r"#\[cfg\((?:test|loom|all\(test[^\]]*)\)\]")
     while True:
         m = marker.search(text, i)
         if not m:
@@ -133,6 +143,9 @@ def references_in(path, text, modules):
             elif item == "self":
                 names.add(tuple(prefix))
     for m in PATH.finditer(GROUP.sub("", text)):
+        names.add(tuple(resolve(m.group(1), m.group(2))))
+    # `use super::*;`: everything of that module.
+    for m in GLOB.finditer(text):
         names.add(tuple(resolve(m.group(1), m.group(2))))
     # Paths from this module's own children (`use lanes::Next`,
     # `op::Op::new`) and `self::`.

@@ -6,18 +6,19 @@
 //! backend-neutral; [`uring`] (io_uring) or [`epoll`] (readiness, for hosts
 //! without io_uring) carries the operations out.
 //!
-//! Life of an operation:
-//! 1. The model builds an [`Op`] holding its buffers ([`op::IoParts`]).
-//! 2. [`start`] ([`lifecycle`]) takes the socket's lane for its direction (or queues behind
+//! Life of an operation ([`lifecycle`]):
+//! 1. The model builds an [`Op`](op::Op) holding its buffers ([`op::IoParts`]).
+//! 2. [`start`] takes the socket's lane for its direction (or queues behind
 //!    the operation that has it, see [`lanes`]) and claims the operation's
 //!    memory ([`op::Claim`]); it tries the call once without blocking, as
-//!    Windows does: if the data (or buffer space) is there, the operation
-//!    completes at once. Otherwise it goes to the kernel, and the starter
+//!    Windows does ([`attempt`]): if the data (or buffer space) is there, the
+//!    operation completes at once. Otherwise it goes to the kernel through
+//!    its socket's [`Route`](op::Route) (a [`ring::Ring`]), and the starter
 //!    asks the lanes whether the socket began closing meanwhile (then it
 //!    cancels what it submitted: nothing starts on a closing socket).
-//! 3. The backend's reaper calls [`complete`], which records the outcome,
-//!    signals the event or delivers to the sink, and hands the next queued
-//!    operation of that direction to the kernel.
+//! 3. The backend's reaper hands each completion to `lifecycle::complete`,
+//!    which records the outcome, signals the event or delivers to the sink,
+//!    and hands the next queued operation of that direction to the kernel.
 //!
 //! `docs/design.md` ("Promises held by code") lists the invariants and the
 //! code that enforces each.

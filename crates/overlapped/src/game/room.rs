@@ -3,9 +3,10 @@
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
+use crate::session::core::ServiceCore;
 use crate::session::jobs::JobQueue;
 use crate::session::{BlockingError, BlockingLine, Service};
 
@@ -33,6 +34,8 @@ pub struct Room<S> {
 }
 
 struct RoomInner<S> {
+    /// The service, while it runs.
+    service: Weak<ServiceCore>,
     jobs: Arc<JobQueue>,
     /// The room's line of blocking work: its calls run in submission order.
     line: BlockingLine,
@@ -110,6 +113,8 @@ struct TickControl {
     running: Mutex<()>,
     /// The room's queue: which worker its runs are on.
     jobs: Arc<JobQueue>,
+    /// The room's service, while it runs.
+    service: Weak<ServiceCore>,
     ran: AtomicU64,
     skipped: AtomicU64,
 }
@@ -138,8 +143,8 @@ impl Ticker {
     pub fn cancel(&self) {
         let control = &self.control;
         let on_its_worker = control
-            .jobs
-            .service()
+            .service
+            .upgrade()
             .is_some_and(|core| core.current_worker() == Some(control.jobs.worker()));
         if on_its_worker {
             control.cancelled.store(true, Ordering::Release);
@@ -168,7 +173,12 @@ impl<S: Send + 'static> Room<S> {
         let worker = core.worker_for_room();
         Room {
             inner: Arc::new(RoomInner {
-                jobs: Arc::new(JobQueue::new(core, worker, name.into())),
+                service: Arc::downgrade(core),
+                jobs: Arc::new(JobQueue::new(
+                    Arc::downgrade(core) as Weak<_>,
+                    worker,
+                    name.into(),
+                )),
                 line: service.blocking_line(),
                 state: Mutex::new(state),
                 ticks_run: AtomicU64::new(0),
@@ -270,10 +280,11 @@ impl<S: Send + 'static> Room<S> {
             cancelled: AtomicBool::new(false),
             running: Mutex::new(()),
             jobs: self.inner.jobs.clone(),
+            service: self.inner.service.clone(),
             ran: AtomicU64::new(0),
             skipped: AtomicU64::new(0),
         });
-        let service = self.inner.jobs.service().ok_or(RoomError::Closed)?;
+        let service = self.inner.service.upgrade().ok_or(RoomError::Closed)?;
         let ticking = Ticking {
             room: self.clone(),
             tick: Box::new(tick),
@@ -299,7 +310,7 @@ impl<S: Send + 'static> Room<S> {
 
     /// Whether the room was closed, or its service stopped.
     pub fn is_closed(&self) -> bool {
-        self.inner.jobs.is_closed() || self.inner.jobs.service().is_none()
+        self.inner.jobs.is_closed() || !self.inner.jobs.has_service()
     }
 
     /// Ticks this room has run, over all its tickers.
@@ -320,7 +331,7 @@ impl<S: Send + 'static> Room<S> {
     /// Runs `f` on the room's worker at `at`.
     fn at(&self, at: Instant, f: impl FnOnce() + Send + 'static) -> Result<(), RoomError> {
         let jobs = &self.inner.jobs;
-        let service = jobs.service().ok_or(RoomError::Closed)?;
+        let service = self.inner.service.upgrade().ok_or(RoomError::Closed)?;
         if jobs.is_closed() || !service.run_at(jobs.worker(), at, Box::new(f)) {
             return Err(RoomError::Closed);
         }
@@ -390,7 +401,7 @@ impl<S: Send + 'static> Ticking<S> {
             lateness: started.saturating_duration_since(self.due),
             skipped: std::mem::take(&mut self.skipped),
         };
-        if let Some(service) = self.room.inner.jobs.service() {
+        if let Some(service) = self.room.inner.service.upgrade() {
             service.counters_here().tick_ran(tick.lateness);
         }
         self.control.ran.fetch_add(1, Ordering::Relaxed);
@@ -423,7 +434,7 @@ impl<S: Send + 'static> Ticking<S> {
         self.number = self.number.saturating_add(passed);
         self.skipped = passed;
         self.control.skipped.fetch_add(passed, Ordering::Relaxed);
-        if let Some(service) = self.room.inner.jobs.service() {
+        if let Some(service) = self.room.inner.service.upgrade() {
             service.counters_here().ticks_skipped(passed);
         }
         self.room

@@ -4,23 +4,20 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
 use super::blocking::BlockingPool;
 use super::config::ServiceConfig;
-use super::connection::{Session, SessionHandler, SessionLimits};
-use super::io::Io;
-use super::listener::per_address_refusal;
-use super::listener::Listener;
+use super::connection::{Host, Io, PeerFactory, Session, SessionHandler, SessionLimits};
+use super::jobs::{JobHost, JobQueue};
 use super::metrics::Counters;
 use super::proxy_protocol::Proxied;
 use super::recv_buffer::RecvBuffer;
-use super::registry::Registry;
+use super::registry::{per_address_refusal, Registry};
 use super::schedule::{Due, Schedule};
-use super::service::PeerFactory;
 use super::timers::Timers;
 use super::worker::Worker;
 use crate::net::TcpStream;
@@ -40,11 +37,11 @@ pub(crate) struct ServiceCore {
     /// counted with the sessions' against the memory budget.
     pub(super) in_transit: AtomicUsize,
     pub(super) next_id: AtomicU64,
-    pub(super) listener: Mutex<Option<Arc<Listener>>>,
+    pub(super) listener: Mutex<Option<Arc<dyn Listening>>>,
     pub(super) workers: Mutex<Vec<Worker>>,
     /// The thread of each port's worker, in port order.
     pub(super) worker_threads: OnceLock<Vec<ThreadKey>>,
-    /// The counters of each worker, in port order (see [`Metrics`]); a
+    /// The counters of each worker, in port order (see [`Metrics`](super::Metrics)); a
     /// session holds its worker's.
     pub(super) counters: Vec<Arc<Counters>>,
     pub(super) timers: Timers,
@@ -63,7 +60,7 @@ pub(crate) struct ServiceCore {
     pub(super) stopping: AtomicBool,
     /// A shutdown or a stop has begun (what a health check reports).
     pub(super) ending: AtomicBool,
-    /// `stop` has finished: what [`Service::wait`] waits for.
+    /// `stop` has finished: what [`Service::wait`](super::Service::wait) waits for.
     pub(super) stopped: Mutex<bool>,
     pub(super) stopped_changed: Condvar,
 }
@@ -120,7 +117,7 @@ impl ServiceCore {
             peer,
             stream,
             handler,
-            Arc::downgrade(self),
+            Arc::downgrade(self) as Weak<dyn Host>,
             limits,
             self.worker_of(id),
         );
@@ -174,9 +171,10 @@ impl ServiceCore {
         self.registry.len()
     }
 
-    /// Posts an accept of `listener` again after `delay`.
-    pub(crate) fn defer_accept(&self, listener: Arc<Listener>, delay: Duration) {
-        self.timers.defer_accept(listener, delay);
+    /// Runs `run` on the timer thread once `delay` has passed (an accept
+    /// re-armed after a back-off).
+    pub(crate) fn defer(&self, delay: Duration, run: Box<dyn FnOnce() + Send>) {
+        self.timers.defer(delay, run);
     }
 
     /// The port of the first worker, which the listener reports to.
@@ -299,6 +297,43 @@ impl ServiceCore {
 
     pub(super) fn recv_buffer(&self) -> RecvBuffer {
         RecvBuffer::new(self.config.recv_buffer, self.config.recv_low_water)
+    }
+}
+
+/// The service's listener, as the service sees it.
+pub(crate) trait Listening: Send + Sync {
+    /// The address it listens on.
+    fn local_addr(&self) -> SocketAddr;
+
+    /// Stops accepting; posted accepts complete as aborted.
+    fn close(&self);
+}
+
+impl Host for ServiceCore {
+    fn forget(&self, id: u64) {
+        ServiceCore::forget(self, id);
+    }
+
+    fn post_to_worker(&self, id: u64, io: Io) -> bool {
+        ServiceCore::post_to_worker(self, id, io)
+    }
+
+    fn readdress(&self, session: &Session, client: SocketAddr) -> Result<(), String> {
+        ServiceCore::readdress(self, session, client)
+    }
+
+    fn make_handler(&self, peer: SocketAddr) -> Result<Arc<dyn SessionHandler>, String> {
+        ServiceCore::make_handler(self, peer)
+    }
+}
+
+impl JobHost for ServiceCore {
+    fn post_jobs(&self, worker: usize, queue: Arc<JobQueue>) -> bool {
+        self.post_to_worker_at(worker, Io::Jobs(queue))
+    }
+
+    fn job_ran(&self, panicked: bool) {
+        self.counters_here().job_ran(panicked);
     }
 }
 

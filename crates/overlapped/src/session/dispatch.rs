@@ -9,9 +9,9 @@ use std::time::Instant;
 
 use rustc_hash::FxHashMap;
 
-use super::connection::Session;
+use super::connection::{Io, Session};
 use super::core::ServiceCore;
-use super::io::{in_transit_cost, Io};
+use super::io::in_transit_cost;
 use crate::boundary::panic_message;
 use crate::event::INFINITE;
 use crate::port::{Completion, CompletionPort};
@@ -62,7 +62,7 @@ impl ServiceCore {
             return;
         };
         match io {
-            Io::Accept(listener) => listener.on_accept(self, packet),
+            Io::Accept(listener) => (*listener).on_accept(packet),
             Io::Connect(session) => match packet.result {
                 Ok(_) => session.start(),
                 Err(e) => session.disconnect(&format!("connect failed: {e}")),
@@ -94,7 +94,7 @@ impl ServiceCore {
                 self.in_transit
                     .fetch_sub(in_transit_cost(&data), Ordering::Relaxed);
             }
-            Io::Jobs(queue) => queue.run(self),
+            Io::Jobs(queue) => queue.run(),
             Io::GroupCast(cast) => {
                 self.release_in_transit(cast.cost());
                 for session in &cast.sessions {

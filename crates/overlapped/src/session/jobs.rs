@@ -11,9 +11,18 @@
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
-use super::core::ServiceCore;
-use super::io::Io;
 use crate::boundary::panic_message;
+
+/// What a queue needs of its service: a way to its worker, and the
+/// worker's counters.
+pub(crate) trait JobHost: Send + Sync {
+    /// Hands `queue` to the worker at `worker` to run its jobs; `false`
+    /// once that worker's port is closed.
+    fn post_jobs(&self, worker: usize, queue: Arc<JobQueue>) -> bool;
+
+    /// Counts a job run on this worker, and whether it panicked.
+    fn job_ran(&self, panicked: bool);
+}
 
 /// A job: the closure pushed, with what it needs to reach its room.
 pub(crate) type Job = Box<dyn FnOnce() + Send>;
@@ -34,17 +43,17 @@ struct Pending {
 /// Jobs that run one at a time, in push order, on one worker.
 pub(crate) struct JobQueue {
     worker: usize,
-    service: Weak<ServiceCore>,
+    service: Weak<dyn JobHost>,
     pending: Mutex<Pending>,
     /// What a panicking job is logged as part of ("room 3").
     name: String,
 }
 
 impl JobQueue {
-    pub(crate) fn new(service: &Arc<ServiceCore>, worker: usize, name: String) -> JobQueue {
+    pub(crate) fn new(service: Weak<dyn JobHost>, worker: usize, name: String) -> JobQueue {
         JobQueue {
             worker,
-            service: Arc::downgrade(service),
+            service,
             pending: Mutex::new(Pending::default()),
             name,
         }
@@ -61,9 +70,9 @@ impl JobQueue {
         self.worker
     }
 
-    /// The service, while it runs.
-    pub(crate) fn service(&self) -> Option<Arc<ServiceCore>> {
-        self.service.upgrade()
+    /// Whether its service still runs.
+    pub(crate) fn has_service(&self) -> bool {
+        self.service.strong_count() > 0
     }
 
     /// Appends `job`; `false` (and the job dropped) once the queue is
@@ -88,7 +97,7 @@ impl JobQueue {
     /// Posts the queue to its worker.
     fn post(self: &Arc<Self>) -> bool {
         match self.service.upgrade() {
-            Some(service) => service.post_to_worker_at(self.worker, Io::Jobs(self.clone())),
+            Some(service) => service.post_jobs(self.worker, self.clone()),
             None => false,
         }
     }
@@ -110,7 +119,10 @@ impl JobQueue {
 
     /// On the worker: runs the jobs pushed so far, up to a batch, each
     /// guarded (a panicking job is logged and counted; the next runs).
-    pub(crate) fn run(self: &Arc<Self>, core: &ServiceCore) {
+    pub(crate) fn run(self: &Arc<Self>) {
+        let Some(service) = self.service.upgrade() else {
+            return self.close();
+        };
         for _ in 0..JOBS_PER_VISIT {
             let job = {
                 let mut pending = self.pending();
@@ -127,7 +139,7 @@ impl JobQueue {
                 let what = panic_message(panic.as_ref());
                 tracing::error!("a job of {} panicked: {what}", self.name);
             }
-            core.counters_here().job_ran(outcome.is_err());
+            service.job_ran(outcome.is_err());
         }
         // More are waiting: back of the worker's line, still scheduled.
         if !self.post() {

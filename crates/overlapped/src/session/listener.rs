@@ -3,14 +3,15 @@
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use super::clock::now_millis;
-use super::config::ServiceConfig;
-use super::core::ServiceCore;
-use super::io::Io;
+use super::connection::{Io, Session};
+use super::core::{Listening, ServiceCore};
+use super::io::Accepting;
 use super::log_budget::LogBudget;
+use super::registry::per_address_refusal;
 use crate::error::{ErrorExt, WSA_OPERATION_ABORTED};
 use crate::net::TcpListener;
 use crate::port::{Completion, PortListener};
@@ -26,6 +27,8 @@ const ACCEPT_LOG_EVERY: Duration = Duration::from_secs(1);
 /// The accepting side of a server [`super::Service`].
 pub struct Listener {
     socket: PortListener<Io>,
+    /// The service it accepts for, while it runs.
+    service: Weak<ServiceCore>,
     closed: AtomicBool,
     /// When a failing accept was last logged (service clock, ms; 0: never).
     last_failure_log: AtomicU64,
@@ -40,6 +43,7 @@ impl Listener {
     ) -> io::Result<Arc<Listener>> {
         let listener = Arc::new(Listener {
             socket: core.port().associate_listener(listener, 0)?,
+            service: Arc::downgrade(core),
             closed: AtomicBool::new(false),
             last_failure_log: AtomicU64::new(0),
             refusals: LogBudget::new(REFUSALS_LOGGED_PER_SECOND),
@@ -52,7 +56,7 @@ impl Listener {
 
     fn post_accept(self: &Arc<Self>) -> io::Result<()> {
         self.socket
-            .accept(Io::Accept(self.clone()))
+            .accept(Io::Accept(Box::new(self.clone())))
             .map(drop)
             .map_err(|(e, _)| e)
     }
@@ -68,7 +72,7 @@ impl Listener {
     }
 
     /// An accept completed: re-arm it, then start the new session.
-    pub(crate) fn on_accept(self: Arc<Self>, core: &Arc<ServiceCore>, mut packet: Completion<Io>) {
+    fn accepted(self: Arc<Self>, core: &Arc<ServiceCore>, mut packet: Completion<Io>) {
         if self.closed.load(Ordering::Acquire) {
             return;
         }
@@ -84,7 +88,7 @@ impl Listener {
                     "accept failed: {e}; retrying in {} ms",
                     ACCEPT_BACKOFF.as_millis()
                 ));
-                core.defer_accept(self, ACCEPT_BACKOFF);
+                core.defer(ACCEPT_BACKOFF, Box::new(move || self.rearm()));
                 return;
             }
             self.log_failure(&format!("accept failed: {e}"));
@@ -136,6 +140,24 @@ impl Listener {
     }
 }
 
+impl Accepting<Session> for Listener {
+    fn on_accept(self: Arc<Self>, packet: Completion<Io>) {
+        if let Some(core) = self.service.upgrade() {
+            self.accepted(&core, packet);
+        }
+    }
+}
+
+impl Listening for Listener {
+    fn local_addr(&self) -> SocketAddr {
+        Listener::local_addr(self)
+    }
+
+    fn close(&self) {
+        Listener::close(self);
+    }
+}
+
 /// Why a connection from `peer` is refused, if it is: the service is full,
 /// or its address has all the sessions it may have (counted once a PROXY
 /// protocol header named the client, when the service takes them). The
@@ -155,37 +177,6 @@ fn refusal(core: &ServiceCore, peer: SocketAddr) -> Option<String> {
         return None;
     }
     per_address_refusal(config, peer, core.sessions_from(peer.ip()))
-}
-
-/// Why another session from `peer`'s address is refused when it has
-/// `from_ip` already, if it is.
-pub(crate) fn per_address_refusal(
-    config: &ServiceConfig,
-    peer: SocketAddr,
-    from_ip: usize,
-) -> Option<String> {
-    let per_ip = config.max_sessions_per_ip;
-    if per_ip == 0 || (is_loopback(peer) && !config.limit_loopback) {
-        return None;
-    }
-    (from_ip >= per_ip).then(|| {
-        let loopback = if is_loopback(peer) {
-            "; loopback peers are counted only with --limit-loopback, \
-             ServiceConfig::limit_loopback"
-        } else {
-            ""
-        };
-        format!(
-            "{from_ip} sessions open from {}, the limit per address is {per_ip} \
-             (--max-sessions-per-ip, ServiceConfig::max_sessions_per_ip; 0 = none{loopback})",
-            peer.ip()
-        )
-    })
-}
-
-/// A peer on this host: `127.0.0.0/8`, `::1`, or either mapped into IPv6.
-fn is_loopback(peer: SocketAddr) -> bool {
-    peer.ip().to_canonical().is_loopback()
 }
 
 /// Failures that last until descriptors or memory are freed.

@@ -144,7 +144,7 @@ impl SessionHandler for Proxied {
             Header::Partial => return Ok(0),
             Header::Complete { len, client } => (len, client),
         };
-        let core = session.core().ok_or("the service stopped")?;
+        let core = session.host().ok_or("the service stopped")?;
         if let Some(client) = client {
             core.readdress(session, client)?;
         }

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use rustc_hash::FxHashMap;
 
+use super::config::ServiceConfig;
 use super::connection::Session;
 
 pub(crate) struct Registry {
@@ -124,4 +125,35 @@ impl Registry {
     pub(crate) fn open_from(&self, ip: IpAddr) -> usize {
         self.tables().per_ip.get(&ip).copied().unwrap_or(0)
     }
+}
+
+/// Why another session from `peer`'s address is refused when it has
+/// `from_ip` already, if it is.
+pub(crate) fn per_address_refusal(
+    config: &ServiceConfig,
+    peer: SocketAddr,
+    from_ip: usize,
+) -> Option<String> {
+    let per_ip = config.max_sessions_per_ip;
+    if per_ip == 0 || (is_loopback(peer) && !config.limit_loopback) {
+        return None;
+    }
+    (from_ip >= per_ip).then(|| {
+        let loopback = if is_loopback(peer) {
+            "; loopback peers are counted only with --limit-loopback, \
+             ServiceConfig::limit_loopback"
+        } else {
+            ""
+        };
+        format!(
+            "{from_ip} sessions open from {}, the limit per address is {per_ip} \
+             (--max-sessions-per-ip, ServiceConfig::max_sessions_per_ip; 0 = none{loopback})",
+            peer.ip()
+        )
+    })
+}
+
+/// A peer on this host: `127.0.0.0/8`, `::1`, or either mapped into IPv6.
+fn is_loopback(peer: SocketAddr) -> bool {
+    peer.ip().to_canonical().is_loopback()
 }

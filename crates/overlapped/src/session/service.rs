@@ -19,27 +19,26 @@ use bytes::Bytes;
 
 use super::blocking::{BlockingLine, BlockingMetrics, BlockingPool};
 use super::config::ServiceConfig;
-use super::connection::{Session, SessionHandler};
+use super::connection::{Io, PeerFactory, Session, SessionFactory};
 use super::core::ServiceCore;
-use super::io::{in_transit_cost, Io};
+use super::io::in_transit_cost;
 use super::listener::Listener;
 use super::metrics::Metrics;
 use super::registry::Registry;
 use super::schedule::Schedule;
+use super::sweep;
 use super::timers::Timers;
 use super::worker::Worker;
 use crate::net::{TcpListener, TcpStream};
 use crate::port::CompletionPort;
 
-/// Makes the handler of each new session.
-pub type SessionFactory = Arc<dyn Fn() -> Arc<dyn SessionHandler> + Send + Sync>;
-
-/// Makes the handler of each new session knowing its peer's address, or
-/// refuses the connection: an `Err` closes it as soon as it is accepted,
-/// with the reason logged (as a refusal for the session limits is) and
-/// counted in [`Metrics::refused`]. Runs on the worker that accepted.
-pub type PeerFactory =
-    Arc<dyn Fn(SocketAddr) -> Result<Arc<dyn SessionHandler>, String> + Send + Sync>;
+impl Session {
+    /// The service the session belongs to, while it runs.
+    pub fn service(&self) -> Option<Service> {
+        let host: Arc<dyn std::any::Any + Send + Sync> = self.host()?;
+        host.downcast::<ServiceCore>().ok().map(Service::from_core)
+    }
+}
 
 /// A server or client: worker threads, each dispatching the packets of its
 /// own completion port, and the sessions it tracks (the classic IOCP
@@ -114,7 +113,7 @@ impl Service {
         {
             let core = core.clone();
             workers.push(Worker::spawn("service-timer".into(), move || {
-                core.timers.keep_time(&core);
+                core.timers.keep_time(sweep::of(&core));
                 None::<fn()>
             })?);
         }

@@ -19,7 +19,7 @@ pub(crate) enum Kind<T> {
     /// Cancel every in-flight operation on the socket (`closesocket`).
     CancelAll,
     /// Accept a connection (`AcceptEx`); the new descriptor lands in
-    /// [`IoParts::accepted`], the peer's address in the address buffer.
+    /// [`IoParts::accepted`](super::IoParts::accepted), the peer's address in the address buffer.
     Accept,
     /// Connect to the address in the address buffer (`ConnectEx`).
     Connect,

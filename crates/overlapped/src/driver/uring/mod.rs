@@ -64,7 +64,7 @@ impl Uring {
     /// itself if `sleep_in_ring` is asked for and the kernel can bound that
     /// wait with a timeout (`IORING_FEAT_EXT_ARG`, 5.11); otherwise it sleeps
     /// in `poll` on an eventfd given to [`Uring::signal_completions_to`].
-    /// See [`Ring::new`] for `cooperative`. A `confined` ring (see
+    /// See [`Ring::new`](super::ring::Ring::new) for `cooperative`. A `confined` ring (see
     /// [`Confinement`]) is made where the kernel can (6.1) and the thread
     /// sleeps in the ring; otherwise the ring is an ordinary one.
     pub(crate) fn new(cooperative: bool, sleep_in_ring: bool, confined: bool) -> io::Result<Uring> {

@@ -14,13 +14,11 @@ use std::sync::{Arc, OnceLock, Weak};
 use bytes::Bytes;
 
 use super::clock::now_millis;
-use super::core::ServiceCore;
-use super::io::{DisconnectNotice, Io};
+use super::io::{Announce, DisconnectNotice};
 use super::metrics::Counters as WorkerCounters;
 use super::recv_buffer::RecvBuffer;
 use super::send_gate::SendGate;
 use super::send_queue::SendQueue;
-use super::service::Service;
 use crate::driver::buf::Tail;
 use crate::error::{ErrorExt, WSAENOBUFS, WSA_OPERATION_ABORTED};
 use crate::overlapped::Transfer;
@@ -57,13 +55,46 @@ pub trait SessionHandler: Send + Sync + 'static {
     }
 }
 
+/// Makes the handler of each new session.
+pub type SessionFactory = Arc<dyn Fn() -> Arc<dyn SessionHandler> + Send + Sync>;
+
+/// Makes the handler of each new session knowing its peer's address, or
+/// refuses the connection: an `Err` closes it as soon as it is accepted,
+/// with the reason logged (as a refusal for the session limits is) and
+/// counted in [`Metrics::refused`](super::Metrics::refused). Runs on the worker that accepted.
+pub type PeerFactory =
+    Arc<dyn Fn(SocketAddr) -> Result<Arc<dyn SessionHandler>, String> + Send + Sync>;
+
+/// The record of the service's operations and packets (see [`super::io::Io`]).
+pub(crate) type Io = super::io::Io<Session>;
+
+/// What a session, and the handler between it and the program (the PROXY
+/// protocol's), need of the service it belongs to: the service implements
+/// it, and a session names nothing else of it.
+pub(crate) trait Host: std::any::Any + Send + Sync {
+    /// Drops a disconnected session from the service's tables.
+    fn forget(&self, id: u64);
+
+    /// Hands `io` to the worker of session `id`; `false` once its port is
+    /// closed.
+    fn post_to_worker(&self, id: u64, io: Io) -> bool;
+
+    /// Makes `client` the address of `session` (a PROXY protocol header
+    /// named it), if the per-address limit lets it in.
+    fn readdress(&self, session: &Session, client: SocketAddr) -> Result<(), String>;
+
+    /// The program's handler for a session with `peer`, or the reason to
+    /// refuse it.
+    fn make_handler(&self, peer: SocketAddr) -> Result<Arc<dyn SessionHandler>, String>;
+}
+
 /// The receive buffer, and the vector that carries it into the kernel.
 struct RecvSlot {
     buffer: Option<RecvBuffer>,
     carrier: Vec<Tail>,
 }
 
-/// One connection of a [`Service`].
+/// One connection of a [`Service`](super::Service).
 ///
 /// Every operation in flight holds an `Arc` of its session, so a session
 /// lives until its last completion has been handled, whatever else drops it.
@@ -79,7 +110,7 @@ pub struct Session {
     proxied_peer: OnceLock<SocketAddr>,
     stream: PortStream<Io>,
     handler: Arc<dyn SessionHandler>,
-    service: Weak<ServiceCore>,
+    service: Weak<dyn Host>,
     /// The receive buffer (while no receive is in flight it is whole).
     recv: Confined<RecvSlot>,
     send: Confined<SendQueue>,
@@ -143,7 +174,7 @@ impl Session {
         peer: SocketAddr,
         stream: PortStream<Io>,
         handler: Arc<dyn SessionHandler>,
-        service: Weak<ServiceCore>,
+        service: Weak<dyn Host>,
         limits: SessionLimits,
         worker: ThreadKey,
     ) -> Arc<Session> {
@@ -205,8 +236,8 @@ impl Session {
         let _ = self.proxied_peer.set(client);
     }
 
-    /// The service's core, while it runs.
-    pub(crate) fn core(&self) -> Option<Arc<ServiceCore>> {
+    /// The service, while it runs.
+    pub(crate) fn host(&self) -> Option<Arc<dyn Host>> {
         self.service.upgrade()
     }
 
@@ -215,19 +246,14 @@ impl Session {
         !self.disconnected.load(Ordering::Acquire)
     }
 
-    /// Whether the session is one of `core`'s.
-    pub(crate) fn belongs_to(&self, core: &Arc<ServiceCore>) -> bool {
-        std::ptr::eq(self.service.as_ptr(), Arc::as_ptr(core))
+    /// Whether the session is one of `service`'s.
+    pub(crate) fn belongs_to<H: Host>(&self, service: &Arc<H>) -> bool {
+        std::ptr::addr_eq(self.service.as_ptr(), Arc::as_ptr(service))
     }
 
     /// The counters of the session's worker.
     pub(crate) fn counters(&self) -> &WorkerCounters {
         &self.counters
-    }
-
-    /// The service the session belongs to, while it runs.
-    pub fn service(&self) -> Option<Service> {
-        self.service.upgrade().map(Service::from_core)
     }
 
     /// Disconnects the session (`closesocket`): the connection ends at
@@ -450,6 +476,16 @@ impl Session {
 /// worker queues it: its bytes, its box and its packet in the port's queue.
 fn handed_over_cost(len: usize) -> usize {
     len + 256
+}
+
+impl Announce for Session {
+    fn id(&self) -> u64 {
+        self.id
+    }
+
+    fn announce(session: &Arc<Self>, reason: &str) {
+        session.announce_disconnect(reason);
+    }
 }
 
 impl fmt::Debug for Session {
