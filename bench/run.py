@@ -66,6 +66,11 @@ GAME_SERVERS = {
     "tokio-mpsc": ["tokio-game", "--addr", "{addr}", "--threads", "1", "--tick-hz", str(GAME_TICK_HZ),
                    "--max-room-players", "64"],
 }
+# The game's floor: a bare io_uring loop at the game's rate (issue #27,
+# bench/peers/src/bin/uring-game-floor.rs), run beside the game servers to
+# show how much of a snapshot's CPU is the kernel's.
+GAME_FLOOR = {"uring-game-floor": ["uring-game-floor", "--addr", "{addr}", "--tick-hz", str(GAME_TICK_HZ),
+                                   "--max-room-players", "64"]}
 # A server that needs more than this share of its core fails the capacity
 # test however on time its snapshots are (issue #27).
 CAPACITY_MAX_CPU_SHARE = 0.95
@@ -435,7 +440,9 @@ def slow_db_scenario():
 def run_game(opts, results):
     servers = usable_game_servers()
     duration = opts.duration
-    results["game"] = game_scenario(servers, 100, duration, opts.rounds) if servers else {}
+    # The floor runs in the fixed load only: it has no capacity to compare,
+    # it is the CPU below which no game server on this kernel can go.
+    results["game"] = game_scenario({**servers, **GAME_FLOOR}, 100, duration, opts.rounds) if servers else {}
     if "overlapped" in servers:
         results["game_slow_db"] = slow_db_scenario()
     results["game_capacity"] = {}
@@ -683,7 +690,10 @@ def game_markdown(results):
            "a move stored in a `Cell` the tick reads, each snapshot written with `try_write` from the tick. `tokio-mpsc`",
            "is the first peer (a multi-thread runtime of one worker, an mpsc message per move, every room's interval",
            "started in the first wave). CPU µs/snapshot = server CPU over the run / snapshots delivered; wake-ups/s =",
-           "the server's threads' voluntary context switches a second over the run.", ""]
+           "the server's threads' voluntary context switches a second over the run. `uring-game-floor` is the floor:",
+           "a bare io_uring loop at the same rate (one thread, one ring, a multishot receive per connection, each",
+           "room's snapshot encoded once and sent to its players from that buffer, 16 phases, the same minimum wait);",
+           "no server on this kernel can spend much less per snapshot.", ""]
     if game:
         base = game.get("tokio", {}).get("cpu_us_per_snapshot")
         out += [f"### 100 rooms × {GAME_ROOM_PLAYERS} players, {GAME_TICK_HZ} Hz", "",

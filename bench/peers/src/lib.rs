@@ -3,6 +3,9 @@
 
 use std::net::SocketAddr;
 
+pub mod game;
+pub mod uring;
+
 /// The address to listen on: the first argument, or 127.0.0.1:7777.
 pub fn listen_addr() -> SocketAddr {
     let arg = std::env::args()

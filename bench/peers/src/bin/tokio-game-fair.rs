@@ -28,21 +28,17 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
+use overlapped_bench_peers::game::{
+    C_JOIN, C_MOVE, MAX_CLIENT_FRAME, MAX_COORD, S_JOINED, S_PLAYER_JOIN, S_PLAYER_LEAVE,
+    S_SNAPSHOT,
+};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 use tokio::time::{Instant, MissedTickBehavior};
 
-const C_JOIN: u16 = 10;
-const S_JOINED: u16 = 11;
-const S_PLAYER_JOIN: u16 = 12;
-const C_MOVE: u16 = 13;
-const S_SNAPSHOT: u16 = 14;
-const S_PLAYER_LEAVE: u16 = 15;
-const MAX_CLIENT_FRAME: usize = 4 + 4 + 32;
 /// Bytes a connection may have waiting for its writer; past it a snapshot
 /// is dropped.
 const MAX_PENDING: usize = 256 * 1024;
-const MAX_COORD: f32 = 10_000.0;
 /// The phases of a period that rooms start on, as `overlapped`'s rooms do.
 const PHASES: u32 = 16;
 

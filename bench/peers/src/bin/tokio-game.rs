@@ -22,23 +22,18 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
+use overlapped_bench_peers::game::{
+    C_JOIN, C_MOVE, MAX_CLIENT_FRAME, MAX_COORD, S_JOINED, S_PLAYER_JOIN, S_PLAYER_LEAVE,
+    S_SNAPSHOT,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, MissedTickBehavior};
 
-const C_JOIN: u16 = 10;
-const S_JOINED: u16 = 11;
-const S_PLAYER_JOIN: u16 = 12;
-const C_MOVE: u16 = 13;
-const S_SNAPSHOT: u16 = 14;
-const S_PLAYER_LEAVE: u16 = 15;
-/// The largest frame a client sends: a join with a 32-byte name.
-const MAX_CLIENT_FRAME: usize = 4 + 4 + 32;
 /// Frames queued for one connection's writer; a client that falls this far
 /// behind misses snapshots rather than growing the server's memory.
 const WRITER_QUEUE: usize = 256;
-const MAX_COORD: f32 = 10_000.0;
 
 struct Options {
     addr: SocketAddr,

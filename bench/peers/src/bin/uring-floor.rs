@@ -14,17 +14,15 @@
 use std::io;
 use std::net::TcpListener;
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicU16, Ordering};
 
-use io_uring::types::{BufRingEntry, Fd};
+use io_uring::types::Fd;
 use io_uring::{cqueue, opcode, squeue, IoUring};
+use overlapped_bench_peers::uring::{set_nodelay, Pool};
 
-/// Buffers in the pool (a power of two).
+/// Buffers in the pool (a power of two) and bytes per buffer: one arrival
+/// at most.
 const BUFFERS: u16 = 4096;
-/// Bytes per buffer: one arrival at most.
 const BUFFER_SIZE: usize = 4096;
-/// The buffer group the pool is registered under.
-const GROUP: u16 = 0;
 
 /// What a completion is for, in the top bits of its user data; the low 32
 /// bits carry the descriptor, bits 32..48 a send's buffer id.
@@ -38,7 +36,7 @@ fn main() -> io::Result<()> {
         .setup_single_issuer()
         .setup_defer_taskrun()
         .build(4096)?;
-    let mut pool = Pool::register(&ring)?;
+    let mut pool = Pool::register(&ring, BUFFERS, BUFFER_SIZE)?;
     overlapped_bench_peers::announce(listener.local_addr()?);
     let mut floor = Floor {
         ring: &mut ring,
@@ -117,100 +115,16 @@ impl Floor<'_> {
 
     fn recv(&mut self, fd: i32) -> io::Result<()> {
         self.push(
-            opcode::RecvMulti::new(Fd(fd), GROUP)
+            opcode::RecvMulti::new(Fd(fd), Pool::GROUP)
                 .build()
                 .user_data(u64::from(fd as u32)),
         )
     }
 
     fn push(&mut self, entry: squeue::Entry) -> io::Result<()> {
-        loop {
-            // SAFETY: the entry points at a pool buffer (sends) or at nothing;
-            // the pool lives for the whole process and a buffer is recycled
-            // only when its send completed.
-            if unsafe { self.ring.submission().push(&entry) }.is_ok() {
-                return Ok(());
-            }
-            self.ring.submit()?;
-        }
+        // SAFETY: the entry points at a pool buffer (sends) or at nothing;
+        // the pool lives for the whole process and a buffer is recycled
+        // only when its send completed.
+        unsafe { overlapped_bench_peers::uring::push(self.ring, &entry) }
     }
-}
-
-/// The provided buffer ring multishot receives pick from.
-struct Pool {
-    entries: *mut BufRingEntry,
-    data: *mut u8,
-    tail: u16,
-}
-
-impl Pool {
-    /// Allocates the pool (never freed: the process ends with it) and
-    /// registers it with the ring.
-    fn register(ring: &IoUring) -> io::Result<Pool> {
-        let entries_layout = std::alloc::Layout::from_size_align(usize::from(BUFFERS) * 16, 4096)
-            .map_err(io::Error::other)?;
-        let data_layout =
-            std::alloc::Layout::from_size_align(usize::from(BUFFERS) * BUFFER_SIZE, 4096)
-                .map_err(io::Error::other)?;
-        // SAFETY: both layouts have a non-zero size.
-        let (entries, data) = unsafe {
-            (
-                std::alloc::alloc_zeroed(entries_layout).cast::<BufRingEntry>(),
-                std::alloc::alloc_zeroed(data_layout),
-            )
-        };
-        if entries.is_null() || data.is_null() {
-            return Err(io::Error::from(io::ErrorKind::OutOfMemory));
-        }
-        // SAFETY: `entries` is a page-aligned, zeroed array of BUFFERS
-        // entries that is never freed.
-        unsafe {
-            ring.submitter()
-                .register_buf_ring_with_flags(entries as u64, BUFFERS, GROUP, 0)?
-        };
-        let mut pool = Pool {
-            entries,
-            data,
-            tail: 0,
-        };
-        for bid in 0..BUFFERS {
-            pool.recycle(bid);
-        }
-        Ok(pool)
-    }
-
-    fn buffer(&self, bid: u16) -> *const u8 {
-        // SAFETY: bid < BUFFERS, so the offset stays inside `data`.
-        unsafe { self.data.add(usize::from(bid) * BUFFER_SIZE) }
-    }
-
-    /// Gives buffer `bid` back to the kernel.
-    fn recycle(&mut self, bid: u16) {
-        let slot = usize::from(self.tail & (BUFFERS - 1));
-        // SAFETY: `slot` < BUFFERS; this thread is the ring's only writer and
-        // the kernel reads the slot only after the tail below moves past it.
-        let entry = unsafe { &mut *self.entries.add(slot) };
-        entry.set_addr(self.buffer(bid) as u64);
-        entry.set_len(BUFFER_SIZE as u32);
-        entry.set_bid(bid);
-        self.tail = self.tail.wrapping_add(1);
-        // SAFETY: the first entry's tail field is the ring's shared tail, a
-        // u16 the kernel reads, aligned for an atomic access.
-        let shared = unsafe { &*(BufRingEntry::tail(self.entries) as *const AtomicU16) };
-        shared.store(self.tail, Ordering::Release);
-    }
-}
-
-fn set_nodelay(fd: i32) {
-    let on: libc::c_int = 1;
-    // SAFETY: a valid descriptor and a pointer to an int of the given size.
-    unsafe {
-        libc::setsockopt(
-            fd,
-            libc::IPPROTO_TCP,
-            libc::TCP_NODELAY,
-            (&on as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
 }
