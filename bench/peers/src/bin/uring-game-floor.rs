@@ -260,8 +260,11 @@ impl Floor<'_> {
             bytes.extend_from_slice(&conn.at.0.to_le_bytes());
             bytes.extend_from_slice(&conn.at.1.to_le_bytes());
         }
-        let players = room.players.clone();
-        self.send_to(&players, index)
+        // Lent out for the sends, so a tick allocates nothing.
+        let players = std::mem::take(&mut self.rooms.get_mut(&number).expect("the room").players);
+        let sent = self.send_to(&players, index);
+        self.rooms.get_mut(&number).expect("the room").players = players;
+        sent
     }
 
     /// Sends out-buffer `index` to each of `fds`; frees it if `fds` is empty.
