@@ -19,10 +19,8 @@ impl SessionHandler for Echo {
         session.send_copy(data);
         Ok(data.len())
     }
-
-    fn on_disconnected(&self, session: &Arc<Session>, reason: &str) {
-        tracing::info!("{} disconnected: {reason}", session.peer_addr());
-    }
+    // No `on_disconnected`: the service logs why it dropped a client
+    // (`ServiceConfig::log_disconnects`).
 }
 
 fn main() -> io::Result<()> {

@@ -16,7 +16,11 @@ use crate::game::{self, GameConfig, World};
 
 /// Serves until `signals` catch SIGINT/SIGTERM, then drains.
 pub fn run(args: &ServerArgs, signals: StopSignals) -> io::Result<()> {
-    let mut config = ServiceConfig::default();
+    let mut config = ServiceConfig {
+        // Every mode's `on_disconnected` logs its own line, naming the client.
+        log_disconnects: false,
+        ..ServiceConfig::default()
+    };
     if let Some(threads) = args.threads {
         config.workers = usize::from(threads);
     }

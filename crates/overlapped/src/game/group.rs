@@ -65,7 +65,7 @@ impl Group {
         added
     }
 
-    /// Removes the session with `id`; whether it was a member.
+    /// Removes the session with `id`; the session if it was a member.
     pub fn remove(&mut self, id: u64) -> Option<Arc<Session>> {
         let removed = self
             .by_worker

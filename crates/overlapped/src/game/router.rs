@@ -124,6 +124,7 @@ type Route<S> =
 ///
 /// fn on_ping(player: &mut Player, session: &Arc<Session>, r: &mut PacketReader) -> PacketResult {
 ///     let nonce = r.u32()?;
+///     r.finish()?; // every field read: now act on it
 ///     player.pings += 1;
 ///     session.send(PacketWriter::new(2).u32(nonce).finish()?);
 ///     Ok(())

@@ -103,6 +103,15 @@ pub struct ServiceConfig {
     /// the game: 200 µs took a fifth off the CPU per snapshot
     /// (docs/performance-log.md). `None`: wake at the first. Default: `None`.
     pub completion_batch_wait: Option<Duration>,
+    /// Log, through `tracing` at info level, why a session was dropped —
+    /// a malformed packet, a handler's `Err`, a timeout, a full send
+    /// queue, the memory budget, a failed receive or send — as
+    /// `session N (PEER) disconnected: REASON`, at most 10 lines a second
+    /// (the rest are counted in the next line). A peer that leaves and a
+    /// server that stops are not logged, nor a panic, which is logged as
+    /// an error anyway. Turn it off when `on_disconnected` logs its own
+    /// line. Default: on.
+    pub log_disconnects: bool,
 }
 
 /// A quarter of the machine's memory, between 64 MiB and 8 GiB: the
@@ -135,6 +144,7 @@ impl Default for ServiceConfig {
             reuse_port: false,
             proxy_protocol: false,
             completion_batch_wait: None,
+            log_disconnects: true,
         }
     }
 }

@@ -13,7 +13,8 @@ use super::blocking::BlockingPool;
 use super::config::ServiceConfig;
 use super::connection::{Host, Io, PeerFactory, Session, SessionHandler, SessionLimits};
 use super::jobs::{JobHost, JobQueue};
-use super::metrics::Counters;
+use super::log_budget::LogBudget;
+use super::metrics::{Counters, DisconnectKind};
 use super::proxy_protocol::Proxied;
 use super::recv_buffer::RecvBuffer;
 use super::registry::{per_address_refusal, Registry};
@@ -63,7 +64,14 @@ pub(crate) struct ServiceCore {
     /// `stop` has finished: what [`Service::wait`](super::Service::wait) waits for.
     pub(super) stopped: Mutex<bool>,
     pub(super) stopped_changed: Condvar,
+    /// The lines saying why sessions were dropped
+    /// ([`ServiceConfig::log_disconnects`]).
+    pub(super) disconnect_log: LogBudget,
 }
+
+/// Lines a second that say why a session was dropped: a storm of bad
+/// clients writes a few, then a count.
+pub(super) const DISCONNECTS_LOGGED_PER_SECOND: u32 = 10;
 
 impl ServiceCore {
     /// Whether the current thread is one of the service's workers.
@@ -312,6 +320,21 @@ pub(crate) trait Listening: Send + Sync {
 impl Host for ServiceCore {
     fn forget(&self, id: u64) {
         ServiceCore::forget(self, id);
+    }
+
+    fn log_disconnect(&self, session: &Session, reason: &str) {
+        // A panic is logged as an error where it is caught.
+        let routine = matches!(
+            DisconnectKind::of(reason),
+            DisconnectKind::PeerClosed | DisconnectKind::Shutdown | DisconnectKind::Panic
+        );
+        if self.config.log_disconnects && !routine {
+            self.disconnect_log.info(&format!(
+                "session {} ({}) disconnected: {reason}",
+                session.id(),
+                session.peer_addr()
+            ));
+        }
     }
 
     fn post_to_worker(&self, id: u64, io: Io) -> bool {

@@ -152,6 +152,8 @@ fn service_config(config: &EndpointConfig) -> ServiceConfig {
         idle_timeout: Some(config.request_timeout),
         max_send_queue: 1 << 20,
         max_memory: 64 << 20,
+        // Its `on_disconnected` logs the drops, naming the endpoint.
+        log_disconnects: false,
         ..ServiceConfig::default()
     }
 }

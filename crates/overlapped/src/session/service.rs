@@ -20,9 +20,10 @@ use bytes::Bytes;
 use super::blocking::{BlockingLine, BlockingMetrics, BlockingPool};
 use super::config::ServiceConfig;
 use super::connection::{Io, PeerFactory, Session, SessionFactory};
-use super::core::ServiceCore;
+use super::core::{ServiceCore, DISCONNECTS_LOGGED_PER_SECOND};
 use super::io::in_transit_cost;
 use super::listener::Listener;
+use super::log_budget::LogBudget;
 use super::metrics::Metrics;
 use super::registry::Registry;
 use super::schedule::Schedule;
@@ -89,6 +90,7 @@ impl Service {
             ending: AtomicBool::new(false),
             stopped: Mutex::new(false),
             stopped_changed: Condvar::new(),
+            disconnect_log: LogBudget::new(DISCONNECTS_LOGGED_PER_SECOND),
         });
         if core.multishot() {
             // A confined ring takes registrations only from its worker once

@@ -49,7 +49,10 @@ pub trait SessionHandler: Send + Sync + 'static {
         let _ = (session, bytes);
     }
 
-    /// The session is gone; called exactly once, with the reason.
+    /// The session is gone; called exactly once, with the reason (free
+    /// text; [`DisconnectKind::of`](crate::session::DisconnectKind::of)
+    /// classifies it). The service has logged it already unless it was
+    /// routine or [`ServiceConfig::log_disconnects`](crate::session::ServiceConfig::log_disconnects) is off.
     fn on_disconnected(&self, session: &Arc<Session>, reason: &str) {
         let _ = (session, reason);
     }
@@ -74,6 +77,10 @@ pub(crate) type Io = super::io::Io<Session>;
 pub(crate) trait Host: std::any::Any + Send + Sync {
     /// Drops a disconnected session from the service's tables.
     fn forget(&self, id: u64);
+
+    /// Logs why `session` was dropped, if the service logs disconnects
+    /// (`ServiceConfig::log_disconnects`) and this is not a routine one.
+    fn log_disconnect(&self, session: &Session, reason: &str);
 
     /// Hands `io` to the worker of session `id`; `false` once its port is
     /// closed.
@@ -272,6 +279,7 @@ impl Session {
         let _ = self.stream.close();
         if let Some(service) = self.service.upgrade() {
             service.forget(self.id);
+            service.log_disconnect(self, reason);
         }
         if self.is_on_worker() {
             return self.announce_disconnect(reason);
