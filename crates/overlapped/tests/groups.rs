@@ -167,3 +167,83 @@ fn a_session_of_another_service_cannot_join_a_group() {
     h.service.stop();
     other.service.stop();
 }
+
+/// Polls `f` until it holds, for up to 10 s.
+fn eventually(mut f: impl FnMut() -> bool) -> bool {
+    for _ in 0..1000 {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    false
+}
+
+#[test]
+fn a_broadcast_is_held_against_each_members_send_queue_until_its_send_ends() {
+    let mut h = harness(1, 2);
+    let mut group = Group::new(&h.service);
+    for session in &h.sessions {
+        group.insert(session);
+    }
+    let before: Vec<usize> = h.sessions.iter().map(|s| s.held_bytes()).collect();
+    let room = Room::new(&h.service, "held", group);
+    let (tx, rx) = mpsc::channel();
+    let big = Bytes::from(vec![7u8; 256 << 10]);
+    let data = big.clone();
+    room.push(move |group, _| {
+        group.broadcast(&data);
+        let held: Vec<usize> = group.sessions().map(|s| s.held_bytes()).collect();
+        tx.send(held).unwrap();
+    });
+    let held = rx.recv_timeout(Duration::from_secs(30)).unwrap();
+    for (held, before) in held.iter().zip(&before) {
+        assert!(
+            *held >= before + big.len(),
+            "held {held} bytes with a {}-byte broadcast on its way",
+            big.len()
+        );
+    }
+    for client in &mut h.clients {
+        assert_eq!(read_exactly(client, big.len()), big);
+    }
+    for (session, before) in h.sessions.iter().zip(&before) {
+        assert!(
+            eventually(|| session.held_bytes() == *before),
+            "still holds {} bytes once the broadcast went out",
+            session.held_bytes()
+        );
+    }
+    h.service.stop();
+}
+
+#[test]
+fn a_member_reset_by_its_peer_is_dropped_and_the_others_still_receive_every_broadcast() {
+    let mut h = harness(1, 3);
+    let mut group = Group::new(&h.service);
+    for session in &h.sessions {
+        group.insert(session);
+    }
+    let reset = h.clients.remove(0);
+    socket2::SockRef::from(&reset)
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
+    drop(reset);
+    let room = Room::new(&h.service, "reset", group);
+    for n in 0..200u8 {
+        room.push(move |group, _| {
+            group.broadcast(&Bytes::from(vec![n; 100]));
+        });
+    }
+    for client in &mut h.clients {
+        let got = read_exactly(client, 200 * 100);
+        let expected: Vec<u8> = (0..200u8).flat_map(|n| [n; 100]).collect();
+        assert!(got == expected, "a healthy member lost or reordered bytes");
+    }
+    assert!(
+        eventually(|| !h.sessions[0].is_connected()),
+        "the reset member is still connected"
+    );
+    assert!(h.sessions[1].is_connected() && h.sessions[2].is_connected());
+    h.service.stop();
+}

@@ -35,6 +35,7 @@ pub(crate) mod fault;
 pub(crate) mod hand_over;
 pub(crate) mod lanes;
 mod lifecycle;
+pub(crate) mod multicast;
 pub(crate) mod op;
 pub(crate) mod pool_tail;
 pub(crate) mod ring;

@@ -33,6 +33,7 @@ use std::time::Duration;
 use super::backend::{self, Backend};
 use super::buf_ring::{BufRing, POOL_BUFFERS};
 use super::epoll::Epoll;
+use super::multicast::Multicast;
 use super::op::{Claim, Op, Route};
 use super::socket::Forget;
 use super::sys;
@@ -282,6 +283,27 @@ impl Ring {
             self.in_flight.fetch_sub(1, Ordering::AcqRel);
         }
         submitted
+    }
+
+    /// Hands a multicast's sends to the kernel (see [`Multicast`]): only on
+    /// an io_uring confined to this thread, where they wait for the batch's
+    /// flush, or are flushed now outside a batch. `Err` when this ring
+    /// cannot take it; nothing was sent then.
+    pub(crate) fn multicast(&self, record: &Arc<Multicast>) -> io::Result<()> {
+        let Engine::Uring(uring) = &self.engine else {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "the epoll backend sends to each socket on its own",
+            ));
+        };
+        uring.submit_multicast(record, &self.in_flight)?;
+        if !self.is_batching() {
+            if let Err(e) = self.flush() {
+                // The entries are written: the next enter takes them.
+                tracing::warn!("a multicast waits in the ring for the next enter: {e}");
+            }
+        }
+        Ok(())
     }
 
     /// Fills the submission queue with no-ops the kernel is not told of,

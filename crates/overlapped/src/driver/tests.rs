@@ -299,3 +299,73 @@ fn an_accept_that_completes_as_its_listener_closes_closes_the_connection() {
     };
     assert!(ended, "the accepted connection stayed open: {read:?}");
 }
+
+/// Records what a multicast's sink hears, and is dropped with its record.
+struct Heard(std::sync::Mutex<Vec<(usize, i32)>>, Arc<()>);
+
+impl super::multicast::MemberSink for Arc<Heard> {
+    fn sent(&self, index: usize, result: i32) {
+        self.0.lock().unwrap().push((index, result));
+    }
+}
+
+/// A multicast of `data` to `sockets` on `ring` (confined to this thread),
+/// reaped until every member has been heard of; what was heard, by index.
+fn multicast_heard(ring: &Arc<Ring>, data: &'static [u8], sockets: &[Arc<Socket>]) -> Vec<i32> {
+    use super::multicast::Multicast;
+    let heard = Arc::new(Heard(Default::default(), Arc::new(())));
+    let record = Multicast::new(
+        bytes::Bytes::from_static(data),
+        sockets.iter().cloned(),
+        Box::new(heard.clone()),
+    );
+    ring.multicast(&record).unwrap();
+    drop(record);
+    while heard.0.lock().unwrap().len() < sockets.len() {
+        ring.reap(Some(Duration::from_millis(100)), None).unwrap();
+    }
+    let mut results = heard.0.lock().unwrap().clone();
+    results.sort_unstable();
+    assert_eq!(
+        Arc::strong_count(&heard.1),
+        1,
+        "the record let go of its sink"
+    );
+    results.into_iter().map(|(_, result)| result).collect()
+}
+
+/// A ring confined to this thread, or `None` where the kernel (or
+/// `OVERLAPPED_WAIT=poll`, or the epoll backend) makes an ordinary one.
+fn confined_here() -> Option<Arc<Ring>> {
+    let ring = Ring::confined().unwrap();
+    ring.reap(Some(Duration::ZERO), None).unwrap();
+    ring.is_confined_to_this_thread().then_some(ring)
+}
+
+#[test]
+fn a_multicast_sends_its_one_buffer_to_every_member_and_reports_each() {
+    let Some(ring) = confined_here() else { return };
+    let pairs: Vec<_> = (0..3).map(|_| pair_on(&ring)).collect();
+    let sockets: Vec<_> = pairs.iter().map(|(socket, _)| socket.clone()).collect();
+    assert_eq!(multicast_heard(&ring, b"snapshot", &sockets), [8, 8, 8]);
+    for (socket, mut peer) in pairs {
+        let mut got = [0u8; 8];
+        std::io::Read::read_exact(&mut peer, &mut got).unwrap();
+        assert_eq!(&got, b"snapshot");
+        assert_eq!(
+            Arc::strong_count(&socket),
+            2,
+            "the record let go of the socket"
+        );
+    }
+}
+
+#[test]
+fn a_multicast_member_closed_before_its_send_reports_aborted_and_the_others_their_bytes() {
+    let Some(ring) = confined_here() else { return };
+    let pairs: Vec<_> = (0..3).map(|_| pair_on(&ring)).collect();
+    let sockets: Vec<_> = pairs.iter().map(|(socket, _)| socket.clone()).collect();
+    assert!(close(&sockets[1]));
+    let heard = multicast_heard(&ring, b"snapshot", &sockets);
+    assert_eq!(heard, [8, -libc::ECANCELED, 8]);
+}

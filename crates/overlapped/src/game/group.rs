@@ -21,6 +21,15 @@ use crate::session::{Service, Session};
 /// worker, not one per send. Called from a room's job, the members on the
 /// room's own worker are reached without any hand-off.
 ///
+/// On io_uring, the members of one worker whose send queue is idle (the
+/// usual case for a game's snapshots) share one operation record for the
+/// broadcast: one send each in the kernel, all from the same bytes, and
+/// each member's outcome handled as that session's own send completing —
+/// counted against its send-queue cap until then, its `on_sent` run, and
+/// what it queued meanwhile sent after it. A member with sends queued
+/// already queues the bytes behind them. (Winsock has no such call: a
+/// broadcast there is a `WSASend` per socket.)
+///
 /// A group is plain data: keep it in a room's state and change it from the
 /// room's jobs. Members that disconnected are skipped by broadcasts; remove
 /// them in the session's `on_disconnected` (or the job it pushes).
@@ -116,7 +125,7 @@ impl Group {
                 .values()
                 .filter(|session| Some(session.id()) != except && session.is_connected());
             if Some(worker) == here {
-                reached += members.filter(|session| session.send(data.clone())).count();
+                reached += core.multicast_here(worker, data, members);
                 continue;
             }
             let cast = GroupCast {

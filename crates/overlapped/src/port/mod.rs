@@ -51,6 +51,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::driver::buf_ring::POOL_BUFFERS;
+use crate::driver::multicast::{self, MemberSink, Multicast};
 use crate::driver::op::{self, Notify, Outcome, Payload, Sink};
 use crate::driver::ring::Ring;
 use crate::error;
@@ -223,6 +224,34 @@ impl<T: Send + 'static> CompletionPort<T> {
             }),
             shared,
         })
+    }
+
+    /// Whether this thread can send `len` bytes to some of the port's
+    /// sockets as one multicast ([`CompletionPort::multicast`]): the port's
+    /// ring is an io_uring confined to this thread (a worker's), still open.
+    pub(crate) fn can_multicast(&self, len: usize) -> bool {
+        let ring = self.ring();
+        (1..=multicast::MAX_LEN).contains(&len)
+            && ring.is_confined_to_this_thread()
+            && !ring.is_retired()
+    }
+
+    /// Sends `data` to every socket in `members` (each from
+    /// [`PortStream::multicast_member`]) under one record, and reports each
+    /// member's outcome to `sink` by its index (see
+    /// [`crate::driver::multicast`]). Call it where
+    /// [`CompletionPort::can_multicast`] says it can; should the ring still
+    /// refuse, every member fails with the error.
+    pub(crate) fn multicast(
+        &self,
+        data: bytes::Bytes,
+        members: Vec<Arc<crate::driver::Socket>>,
+        sink: Box<dyn MemberSink>,
+    ) {
+        let record = Multicast::new(data, members, sink);
+        if let Err(e) = self.ring().multicast(&record) {
+            record.fail_all(&e);
+        }
     }
 
     pub(crate) fn ring(&self) -> &Arc<Ring> {

@@ -219,6 +219,20 @@ impl<T: Send + 'static> PortStream<T> {
         self.stream.shutdown(how)
     }
 
+    /// This stream's socket, if a multicast sent from this thread can
+    /// carry a send on it now: the stream is open for sending, and its
+    /// port's ring is an io_uring confined to this thread (a port worker's).
+    pub(crate) fn multicast_member(&self) -> Option<Arc<Socket>> {
+        let socket = self.socket();
+        let ring = self.port.ring();
+        let on_this_ring = std::ptr::addr_eq(Arc::as_ptr(socket.ring()), Arc::as_ptr(ring));
+        let open = !socket.is_closing()
+            && !socket.was_reset()
+            && !socket.is_shut(driver::lanes::Direction::Send);
+        (open && on_this_ring && ring.is_confined_to_this_thread() && !ring.is_retired())
+            .then(|| socket.clone())
+    }
+
     /// The completion key this stream reports with.
     pub fn key(&self) -> u64 {
         self.key

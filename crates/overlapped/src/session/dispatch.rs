@@ -97,8 +97,13 @@ impl ServiceCore {
             Io::Jobs(queue) => queue.run(),
             Io::GroupCast(cast) => {
                 self.release_in_transit(cast.cost());
-                for session in &cast.sessions {
-                    session.send(cast.data.clone());
+                let connected = cast.sessions.iter().filter(|s| s.is_connected());
+                if let Some(index) = self.worker_index_here() {
+                    self.multicast_here(index, &cast.data, connected);
+                } else {
+                    for session in connected {
+                        session.send(cast.data.clone());
+                    }
                 }
             }
             Io::Wake => {}

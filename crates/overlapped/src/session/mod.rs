@@ -40,6 +40,7 @@ mod listener;
 mod log_budget;
 pub(crate) mod metrics;
 mod metrics_endpoint;
+mod multicast;
 mod packet;
 mod prometheus;
 mod proxy_protocol;

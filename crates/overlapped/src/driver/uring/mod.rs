@@ -15,6 +15,7 @@ use std::time::Duration;
 use io_uring::{opcode, squeue, types, IoUring};
 
 use super::buf_ring::BufRing;
+use super::multicast::{self, Multicast};
 use super::op::{Claim, Op};
 use confinement::Confinement;
 use entry::entry_for;
@@ -222,6 +223,45 @@ impl Uring {
                 Err((e, claim.expect("a refused submission is still submitted")))
             }
         }
+    }
+
+    /// Hands every member of `record` to the kernel, held back for the
+    /// next flush; only the issuer of a confined ring may. The ring takes a
+    /// reference to the record, which the last member's completion gives
+    /// back; a member whose entry cannot be written ends at once with the
+    /// error. `in_flight` counts one request per member.
+    pub(crate) fn submit_multicast(
+        &self,
+        record: &Arc<Multicast>,
+        in_flight: &AtomicUsize,
+    ) -> io::Result<()> {
+        if !self.is_issuer() || record.len() == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "a multicast goes to a confined ring, from its issuer",
+            ));
+        }
+        let stream_send = libc::MSG_NOSIGNAL | libc::MSG_WAITALL;
+        let raw = Arc::into_raw(record.clone());
+        for index in 0..record.len() {
+            let (fd, ptr, len, user_data) = record.send_of(index);
+            let entry = opcode::Send::new(types::Fd(fd), ptr, len)
+                .flags(stream_send)
+                .build()
+                .user_data(user_data);
+            in_flight.fetch_add(1, Ordering::AcqRel);
+            // SAFETY: this thread is the issuer, the queue's only user; the
+            // entry points into the record's buffer, which the ring's
+            // reference (`raw`) keeps until the member's completion.
+            if let Err(e) = unsafe { self.push_entry(&entry) } {
+                in_flight.fetch_sub(1, Ordering::AcqRel);
+                // SAFETY: the entry was not written, so this member never
+                // completes; the ring's reference is still held.
+                unsafe { multicast::refused(&*raw, index, &e) };
+            }
+        }
+        self.held_back.store(true, Ordering::Release);
+        Ok(())
     }
 
     fn flush_confined(&self, confinement: &Confinement) -> io::Result<()> {

@@ -8,6 +8,7 @@ use io_uring::cqueue;
 
 use super::super::buf_ring::{BufRing, Lease};
 use super::super::lifecycle;
+use super::super::multicast;
 use super::super::op::Op;
 
 /// `user_data` of the multishot poll on the owner's wake-up descriptor.
@@ -36,6 +37,14 @@ pub(super) fn complete_all(
             if !cqueue::more(flags) {
                 poll_ended(user_data);
             }
+            continue;
+        }
+        if multicast::is_member(user_data) {
+            owner.in_flight.fetch_sub(1, Ordering::AcqRel);
+            // SAFETY: only `submit_multicast` tags `user_data` (an op's
+            // address is even), with a member whose entry the kernel took;
+            // a send posts one completion.
+            unsafe { multicast::complete(user_data, result) };
             continue;
         }
         let arrival = cqueue::buffer_select(flags).filter(|_| result > 0);

@@ -189,17 +189,68 @@ impl Session {
         result: io::Result<Transfer>,
         sent: Option<Vec<Bytes>>,
     ) {
+        let sent = sent.unwrap_or_default();
+        let done = SendQueue::cost_of_batch(&sent);
+        self.finish_send(result.map(|transfer| transfer.bytes), sent, done)
+    }
+
+    /// If this session's queue is idle — started, nothing queued or in
+    /// flight, connected and not closing — takes `len` bytes of a multicast
+    /// as its send in flight (counted against its cap as a send of its own)
+    /// and gives the socket to send them on; `None` otherwise, when the
+    /// bytes are queued with [`Session::send`] instead. Only on the
+    /// session's worker.
+    pub(crate) fn lend_to_multicast(&self, len: usize) -> Option<Arc<crate::driver::Socket>> {
+        if !self.is_connected() || self.gate.is_draining() {
+            return None;
+        }
+        let socket = self.stream.multicast_member()?;
+        let cost = SendQueue::cost_of(len);
+        let lent = self.send.with(|queue| {
+            let idle = queue.started && !queue.in_flight && !queue.has_pending();
+            if !idle || queue.queued + cost > self.max_send_queue {
+                return false;
+            }
+            queue.in_flight = true;
+            queue.queued += cost;
+            self.held_queued.store(queue.queued, Ordering::Relaxed);
+            true
+        });
+        if lent != Some(true) {
+            return None;
+        }
+        WorkerCounters::bump(&self.counters.packets_out, 1);
+        self.counters.send_queue_reached(SendQueue::cost_of(len));
+        Some(socket)
+    }
+
+    /// This session's send of a multicast's `len` bytes ended with
+    /// `result` (bytes taken, or `-errno`): as a gathered send's completion.
+    pub(crate) fn on_multicast_sent(self: &Arc<Self>, result: i32, len: usize) {
+        let taken = match usize::try_from(result) {
+            Ok(bytes) if bytes == len => Ok(bytes),
+            // A stream send takes every byte unless it fails part way.
+            Ok(bytes) => Err(io::Error::new(
+                io::ErrorKind::WriteZero,
+                format!("the connection took {bytes} of {len} bytes"),
+            )),
+            Err(_) => Err(crate::error::from_errno(-result)),
+        };
+        self.finish_send(taken, Vec::new(), SendQueue::cost_of(len))
+    }
+
+    /// A send that cost `done` against the cap ended with `result` (bytes
+    /// sent): report it, then send whatever queued up meanwhile, in
+    /// `spare`'s vector (that of the finished batch).
+    fn finish_send(self: &Arc<Self>, result: io::Result<usize>, spare: Vec<Bytes>, done: usize) {
         match result {
-            Ok(transfer) => {
-                WorkerCounters::bump(&self.counters.bytes_out, transfer.bytes as u64);
-                self.handler.on_sent(self, transfer.bytes)
+            Ok(bytes) => {
+                WorkerCounters::bump(&self.counters.bytes_out, bytes as u64);
+                self.handler.on_sent(self, bytes)
             }
             Err(e) => return self.disconnect(&format!("send failed: {e}")),
         }
-        let next = self.send.with_arg(sent, |queue, sent| {
-            // Keep the finished batch's vector for the next one.
-            let mut spare = sent.unwrap_or_default();
-            let done = SendQueue::cost_of_batch(&spare);
+        let next = self.send.with_arg(spare, |queue, mut spare| {
             queue.queued = queue.queued.saturating_sub(done);
             self.held_queued.store(queue.queued, Ordering::Relaxed);
             spare.clear();
