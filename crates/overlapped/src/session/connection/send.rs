@@ -200,7 +200,10 @@ impl Session {
     /// and gives the socket to send them on; `None` otherwise, when the
     /// bytes are queued with [`Session::send`] instead. Only on the
     /// session's worker.
-    pub(crate) fn lend_to_multicast(&self, len: usize) -> Option<Arc<crate::driver::Socket>> {
+    pub(crate) fn lend_to_multicast(
+        self: &Arc<Self>,
+        len: usize,
+    ) -> Option<Arc<crate::driver::Socket>> {
         if !self.is_connected() || self.gate.is_draining() {
             return None;
         }
@@ -209,18 +212,19 @@ impl Session {
         let lent = self.send.with(|queue| {
             let idle = queue.started && !queue.in_flight && !queue.has_pending();
             if !idle || queue.queued + cost > self.max_send_queue {
-                return false;
+                return None;
             }
             queue.in_flight = true;
             queue.queued += cost;
             self.held_queued.store(queue.queued, Ordering::Relaxed);
-            true
+            self.counters.send_queue_reached(queue.queued);
+            Some(self.multishot && queue.stop_reading(self.max_send_queue))
         });
-        if lent != Some(true) {
-            return None;
-        }
+        let stop_reading = lent.flatten()?;
         WorkerCounters::bump(&self.counters.packets_out, 1);
-        self.counters.send_queue_reached(SendQueue::cost_of(len));
+        if stop_reading {
+            self.stop_multishot();
+        }
         Some(socket)
     }
 
